@@ -1,0 +1,155 @@
+//! The only part of busmq that talks to a store.
+//!
+//! [`Storage`] is everything the broker needs from a store, batch-first: one
+//! call is one store round trip whatever the batch size. Implementations:
+//! [`memory::MemoryStorage`] (tests, ephemeral) and [`remote::RemoteStorage`]
+//! (a gRPC client of the `busmq-storage` service, which serves any other
+//! implementation through [`service::StorageService`]). The broker holds an
+//! `Arc<dyn Storage>` and never knows which one it has.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+pub use busmq_core::{Error, Message, QueueName, Result};
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+pub mod memory;
+pub mod remote;
+pub mod server;
+pub mod service;
+
+/// Result of [`Storage::attach`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attached {
+    /// The queue existed before this attach.
+    pub existed: bool,
+    /// Attachments after this attach.
+    pub attachments: u64,
+}
+
+/// The ids a pushed batch received: `first..=last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdRange {
+    pub first: u64,
+    pub last: u64,
+}
+
+/// How [`Storage::take`] treats the messages it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TakeMode {
+    /// Removed from the queue for good (at most once).
+    Remove,
+    /// Moved to the pending set until acked (at least once).
+    Pending,
+}
+
+/// Identity and lease of a queue's one reliable consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReliableLock {
+    /// Unique per consumer; only the holder renews or ends the lock.
+    pub owner: String,
+    /// The lock lapses when not renewed within this time, so a consumer
+    /// whose broker died does not hold the queue forever.
+    pub lease: Duration,
+}
+
+/// State of one queue.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QueueInfo {
+    /// Stored messages: waiting plus pending.
+    pub count: u64,
+    /// How long the queue lives with no attachments.
+    pub ttl: Duration,
+    pub attachments: u64,
+    /// Messages taken in reliable mode and not acked.
+    pub pending: u64,
+    /// The id the next pushed message gets.
+    pub next_id: u64,
+    /// Messages ever pushed.
+    pub pushed: u64,
+    /// Messages ever taken (persistent reads excluded).
+    pub consumed: u64,
+    /// A reliable consumer holds the queue.
+    pub reliable_consumer: bool,
+}
+
+/// A change that may concern a waiting consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notification {
+    /// The queue has messages to take (new, or put back at the front).
+    Data(QueueName),
+    /// The queue was closed.
+    Closed(QueueName),
+    /// The queue expired.
+    Expired(QueueName),
+    /// Notifications were lost (a slow watcher, a reconnect): every waiting
+    /// consumer must look again.
+    Lagged,
+}
+
+/// A stream of every [`Notification`] of a store, for every queue.
+pub type Notifications = BoxStream<'static, Notification>;
+
+/// Everything the broker needs from a store. Every method is atomic in the
+/// store; operations on a queue that does not exist fail with
+/// [`Error::QueueNotFound`] unless documented otherwise.
+#[async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// Creates the queue if needed, counts one more attachment, sets its ttl
+    /// and cancels any pending expiry.
+    async fn attach(&self, queue: &QueueName, ttl: Duration) -> Result<Attached>;
+
+    /// Counts one attachment less (never below zero) and returns how many
+    /// remain. At zero the queue expires after its ttl.
+    async fn detach(&self, queue: &QueueName) -> Result<u64>;
+
+    /// Appends `messages` in order, assigning consecutive ids.
+    async fn push(&self, queue: &QueueName, messages: Vec<Bytes>) -> Result<IdRange>;
+
+    /// Takes up to `max` messages from the front of the queue, in order.
+    async fn take(&self, queue: &QueueName, max: u32, mode: TakeMode) -> Result<Vec<Message>>;
+
+    /// Reads up to `max` stored messages with id >= `from`, removing nothing.
+    async fn read(&self, queue: &QueueName, from: u64, max: u32) -> Result<Vec<Message>>;
+
+    /// Removes every pending message with id <= `id`; returns how many.
+    /// An id above every id ever taken as pending is [`Error::UnknownAck`].
+    async fn ack(&self, queue: &QueueName, id: u64) -> Result<u64>;
+
+    /// Makes `lock.owner` the queue's one reliable consumer, unless another
+    /// owner holds an unexpired lock ([`Error::ReliableConsumerActive`]).
+    /// Discards every stored message with id <= `last`, then puts pending
+    /// messages back at the front; returns how many were put back.
+    async fn begin_reliable(&self, queue: &QueueName, lock: &ReliableLock, last: u64)
+    -> Result<u64>;
+
+    /// Extends the lock; false when `lock.owner` no longer holds it.
+    async fn renew_reliable(&self, queue: &QueueName, lock: &ReliableLock) -> Result<bool>;
+
+    /// Releases the lock if `lock.owner` holds it and puts pending messages
+    /// back at the front; returns how many. A missing queue yields 0.
+    async fn end_reliable(&self, queue: &QueueName, lock: &ReliableLock) -> Result<u64>;
+
+    /// Destroys the queue and its messages; false when it did not exist.
+    async fn close(&self, queue: &QueueName) -> Result<bool>;
+
+    /// Removes every stored message; ids keep counting.
+    async fn flush(&self, queue: &QueueName) -> Result<u64>;
+
+    /// State of the queue, or `None` when it does not exist.
+    async fn info(&self, queue: &QueueName) -> Result<Option<QueueInfo>>;
+
+    /// One metadata value of the queue.
+    async fn get_metadata(&self, queue: &QueueName, key: &str) -> Result<Option<String>>;
+
+    /// Writes one metadata value of the queue.
+    async fn set_metadata(&self, queue: &QueueName, key: &str, value: &str) -> Result<()>;
+
+    /// Every notification from now on. Opened before the first take of a
+    /// consumer, so nothing between the take and the wait is missed.
+    fn watch(&self) -> Notifications;
+}

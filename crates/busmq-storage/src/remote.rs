@@ -1,0 +1,1 @@
+//! A gRPC client of the `busmq-storage` service that implements [`Storage`].

@@ -1,0 +1,1 @@
+//! Running the storage gRPC server.

@@ -1,0 +1,1 @@
+//! The `busmq.storage.v1` gRPC service over any [`Storage`].
