@@ -1,0 +1,121 @@
+//! Process plumbing shared by every busmq server, so each is started,
+//! observed and stopped the same way.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+pub use tonic_health::server::health_reporter;
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A second init (tests starting several servers) is harmless.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// One token for the whole process, cancelled on SIGTERM or Ctrl-C. Every
+/// server and long-running loop watches it.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested: draining");
+        trigger.cancel();
+    });
+    token
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// gRPC server reflection for every busmq contract and for health.
+pub fn reflection() -> tonic_reflection::server::v1::ServerReflectionServer<
+    impl tonic_reflection::server::v1::ServerReflection,
+> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(busmq_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("descriptor sets compiled into the binary are valid")
+}
+
+/// Marks `services` (and the whole server, "") as serving, and flips them to
+/// NOT_SERVING as soon as `shutdown` fires, before in-flight work drains, so
+/// load balancers stop sending new work first.
+pub async fn report_health(
+    reporter: HealthReporter,
+    services: &[&str],
+    shutdown: CancellationToken,
+) {
+    let names: Vec<String> = std::iter::once("")
+        .chain(services.iter().copied())
+        .map(str::to_owned)
+        .collect();
+    for name in &names {
+        reporter
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
+    }
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        for name in &names {
+            reporter
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
+        }
+    });
+}
+
+/// Binds a TCP listener, naming the address in the error.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+    })
+}
+
+/// The incoming connections of `listener`, with TCP_NODELAY: small frames
+/// of a stream must not wait for Nagle.
+pub fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        conn.set_nodelay(true)?;
+        Ok(conn)
+    })
+}
+
+/// How long in-flight work may take to finish after shutdown is requested,
+/// before the process exits anyway.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
