@@ -130,9 +130,11 @@ pub trait Storage: Send + Sync + 'static {
     /// Extends the lock; false when `lock.owner` no longer holds it.
     async fn renew_reliable(&self, queue: &QueueName, lock: &ReliableLock) -> Result<bool>;
 
-    /// Releases the lock if `lock.owner` holds it and puts pending messages
-    /// back at the front; returns how many. A missing queue yields 0.
-    async fn end_reliable(&self, queue: &QueueName, lock: &ReliableLock) -> Result<u64>;
+    /// Releases the lock if `lock.owner` holds it; returns whether it did. A
+    /// missing queue yields false. Pending messages stay pending: acks still
+    /// in flight from the departing consumer must land, and the next
+    /// [`Storage::begin_reliable`] puts whatever is left back at the front.
+    async fn end_reliable(&self, queue: &QueueName, lock: &ReliableLock) -> Result<bool>;
 
     /// Destroys the queue and its messages; false when it did not exist.
     async fn close(&self, queue: &QueueName) -> Result<bool>;

@@ -306,22 +306,17 @@ impl Storage for MemoryStorage {
         }
     }
 
-    async fn end_reliable(&self, queue: &QueueName, lock: &ReliableLock) -> Result<u64> {
-        let requeued = match self.with_queue(queue, |q| {
+    async fn end_reliable(&self, queue: &QueueName, lock: &ReliableLock) -> Result<bool> {
+        match self.with_queue(queue, |q| {
             let holds = q.reliable.as_ref().is_some_and(|(o, _)| *o == lock.owner);
-            if !holds {
-                return 0;
+            if holds {
+                q.reliable = None;
             }
-            q.reliable = None;
-            q.requeue_pending()
+            holds
         }) {
-            Err(Error::QueueNotFound(_)) => 0,
-            other => other?,
-        };
-        if requeued > 0 {
-            self.notify(Notification::Data(queue.clone()));
+            Err(Error::QueueNotFound(_)) => Ok(false),
+            other => other,
         }
-        Ok(requeued)
     }
 
     async fn close(&self, queue: &QueueName) -> Result<bool> {
