@@ -1,0 +1,34 @@
+//! What a broker can be tuned with.
+
+use std::time::Duration;
+
+use busmq_core::Limits;
+
+/// Broker settings; [`Default`] gives the documented defaults.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Message, batch and name limits enforced on every request.
+    pub limits: Limits,
+    /// Messages in flight to a consumer when it names no prefetch.
+    pub default_prefetch: u32,
+    /// How long a reliable consumer's lock outlives a broker that stopped
+    /// renewing it (a crashed broker). Renewed every third of this.
+    pub reliable_lease: Duration,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            limits: Limits::default(),
+            default_prefetch: 256,
+            reliable_lease: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The largest prefetch a consumer may ask for.
+pub const MAX_PREFETCH: u32 = 10_000;
+
+/// The longest ttl a queue may have (ten years): larger values are typos,
+/// and would overflow deadline arithmetic.
+pub const MAX_TTL_SECS: u64 = 10 * 365 * 24 * 3600;

@@ -1,0 +1,217 @@
+//! One task per Consume stream: takes batches from the store as the client
+//! makes room for them, and waits for a wake-up when the queue is empty.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use busmq_core::{Error, Message, QueueName};
+use busmq_proto::v1::{self, ConsumeEvent, consume_event::Event};
+use busmq_storage::{ReliableLock, Storage, TakeMode};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::wakeup::{QueueSignal, Subscription};
+
+/// Consume events buffered between the task and the gRPC stream. Each is a
+/// whole batch, so messages in flight are at most about this many batches of
+/// `prefetch`: the store is not read faster than the client drains.
+pub const STREAM_BUFFER: usize = 2;
+
+/// The stream half the gRPC layer hands to the client.
+pub type EventSender = mpsc::Sender<Result<ConsumeEvent, Status>>;
+
+/// How this consumer reads the queue.
+#[derive(Debug)]
+pub enum Mode {
+    /// Take and remove.
+    Unreliable,
+    /// Take into pending under the queue's reliable lock.
+    Reliable { lock: ReliableLock, last: u64 },
+    /// Read from `next` on, removing nothing.
+    Persistent { next: u64 },
+}
+
+/// Why consumption ended without an error.
+enum End {
+    /// `max` messages were delivered.
+    MaxReached,
+    /// The client went away.
+    ClientGone,
+    /// The queue was closed or expired.
+    QueueGone(v1::ClosedReason),
+}
+
+/// One running consumer.
+pub struct ConsumeTask {
+    pub storage: Arc<dyn Storage>,
+    pub queue: QueueName,
+    pub mode: Mode,
+    /// Messages still to deliver; `None` is unbounded.
+    pub remaining: Option<u64>,
+    pub prefetch: u32,
+    pub signal: Subscription,
+    pub shutdown: CancellationToken,
+    pub tx: EventSender,
+}
+
+impl ConsumeTask {
+    /// Runs until the client leaves, `max` is reached, the queue goes away,
+    /// an error occurs or the broker shuts down; always releases the
+    /// reliable lock on the way out.
+    pub async fn run(mut self) {
+        let tx = self.tx.clone();
+        let outcome = self.consume(&tx).await;
+        if let Mode::Reliable { lock, .. } = &self.mode {
+            if let Err(e) = self.storage.end_reliable(&self.queue, lock).await {
+                // The lease lapses on its own; the next consumer is at most
+                // `reliable_lease` late.
+                tracing::warn!(queue = %self.queue, error = %e, "could not release reliable lock");
+            }
+        }
+        let last = match outcome {
+            Ok(End::MaxReached | End::ClientGone) => None,
+            Ok(End::QueueGone(reason)) => Some(Ok(ConsumeEvent {
+                event: Some(Event::Closed(v1::Closed {
+                    reason: reason as i32,
+                })),
+            })),
+            Err(status) => Some(Err(status)),
+        };
+        if let Some(last) = last {
+            let _ = tx.send(last).await;
+        }
+    }
+
+    async fn consume(&mut self, tx: &EventSender) -> Result<End, Status> {
+        let redelivered = match &self.mode {
+            Mode::Reliable { lock, last } => self
+                .storage
+                .begin_reliable(&self.queue, lock, *last)
+                .await
+                .map_err(busmq_proto::to_status)?,
+            _ => 0,
+        };
+        let started = Event::Consuming(v1::Consuming { redelivered });
+        if tx
+            .send(Ok(ConsumeEvent {
+                event: Some(started),
+            }))
+            .await
+            .is_err()
+        {
+            return Ok(End::ClientGone);
+        }
+        let mut renew_at = self.next_renewal();
+        loop {
+            if self.remaining == Some(0) {
+                return Ok(End::MaxReached);
+            }
+            if Instant::now() >= renew_at {
+                self.renew().await?;
+                renew_at = self.next_renewal();
+            }
+            // Wait for room first: never take from the store what the client
+            // cannot receive yet.
+            let permit = tokio::select! {
+                permit = tx.reserve() => match permit {
+                    Ok(p) => p,
+                    Err(_) => return Ok(End::ClientGone),
+                },
+                _ = self.shutdown.cancelled() => return Err(shutting_down()),
+                _ = tokio::time::sleep_until(renew_at) => continue,
+            };
+            if let Some(gone) = ended(self.signal.mark_seen()) {
+                return Ok(End::QueueGone(gone));
+            }
+            let want = self
+                .remaining
+                .map_or(self.prefetch, |r| r.min(u64::from(self.prefetch)) as u32);
+            let batch = match self.fetch(want).await {
+                Ok(batch) => batch,
+                Err(Error::QueueNotFound(_)) => {
+                    return Ok(End::QueueGone(v1::ClosedReason::Closed));
+                }
+                Err(e) => return Err(busmq_proto::to_status(e)),
+            };
+            if batch.is_empty() {
+                drop(permit);
+                tokio::select! {
+                    signal = self.signal.changed() => {
+                        if let Some(gone) = ended(signal) {
+                            return Ok(End::QueueGone(gone));
+                        }
+                    }
+                    _ = tx.closed() => return Ok(End::ClientGone),
+                    _ = self.shutdown.cancelled() => return Err(shutting_down()),
+                    _ = tokio::time::sleep_until(renew_at) => {}
+                }
+                continue;
+            }
+            if let Some(r) = self.remaining.as_mut() {
+                *r -= batch.len() as u64;
+            }
+            let messages = batch
+                .into_iter()
+                .map(|m| v1::Message {
+                    id: m.id,
+                    payload: m.payload,
+                })
+                .collect();
+            permit.send(Ok(ConsumeEvent {
+                event: Some(Event::Messages(v1::MessageBatch { messages })),
+            }));
+        }
+    }
+
+    async fn fetch(&mut self, max: u32) -> Result<Vec<Message>, Error> {
+        match &mut self.mode {
+            Mode::Unreliable => self.storage.take(&self.queue, max, TakeMode::Remove).await,
+            Mode::Reliable { .. } => self.storage.take(&self.queue, max, TakeMode::Pending).await,
+            Mode::Persistent { next } => {
+                let batch = self.storage.read(&self.queue, *next, max).await?;
+                if let Some(last) = batch.last() {
+                    *next = last.id + 1;
+                }
+                Ok(batch)
+            }
+        }
+    }
+
+    fn next_renewal(&self) -> Instant {
+        match &self.mode {
+            Mode::Reliable { lock, .. } => Instant::now() + lock.lease / 3,
+            // Nothing to renew: a deadline far enough never to fire.
+            _ => Instant::now() + Duration::from_secs(24 * 3600),
+        }
+    }
+
+    async fn renew(&self) -> Result<(), Status> {
+        if let Mode::Reliable { lock, .. } = &self.mode {
+            let held = self
+                .storage
+                .renew_reliable(&self.queue, lock)
+                .await
+                .map_err(busmq_proto::to_status)?;
+            if !held {
+                return Err(busmq_proto::to_status(Error::ReliableLockLost(
+                    self.queue.to_string(),
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn ended(signal: QueueSignal) -> Option<v1::ClosedReason> {
+    match signal {
+        QueueSignal::Open => None,
+        QueueSignal::Closed => Some(v1::ClosedReason::Closed),
+        QueueSignal::Expired => Some(v1::ClosedReason::Expired),
+    }
+}
+
+fn shutting_down() -> Status {
+    Status::unavailable("broker is shutting down; reconnect to continue consuming")
+}

@@ -1,0 +1,59 @@
+//! The busmq broker: queue semantics over any [`Storage`], served as the
+//! `busmq.v1` gRPC API.
+//!
+//! A broker keeps no state of its own beyond its running consumers: every
+//! queue lives in the store, so any number of brokers can serve one bus.
+//! Consumers wake from the store's notification stream, never by polling.
+
+use std::sync::Arc;
+
+use busmq_proto::v1::queues_server::QueuesServer;
+use busmq_storage::Storage;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub mod config;
+mod consume;
+pub mod service;
+pub mod wakeup;
+
+pub use config::BrokerConfig;
+
+/// The gRPC service name the broker reports in `grpc.health.v1`.
+pub const SERVICE_NAME: &str = "busmq.v1.Queues";
+
+/// Serves the broker on `listener` until `shutdown` fires, then lets
+/// in-flight calls finish (consumer streams end with UNAVAILABLE so their
+/// clients reconnect elsewhere).
+pub async fn serve(
+    listener: TcpListener,
+    storage: Arc<dyn Storage>,
+    config: BrokerConfig,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let wakeups = Arc::new(wakeup::Wakeups::default());
+    tokio::spawn(Arc::clone(&wakeups).run(storage.watch(), shutdown.clone()));
+
+    let max_bytes = config.limits.max_request_bytes();
+    let queues = QueuesServer::new(service::QueuesService::new(
+        storage,
+        wakeups,
+        config,
+        shutdown.clone(),
+    ))
+    .max_decoding_message_size(max_bytes)
+    .max_encoding_message_size(max_bytes);
+
+    let (reporter, health) = busmq_runtime::health_reporter();
+    busmq_runtime::report_health(reporter, &[SERVICE_NAME], shutdown.clone()).await;
+
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(busmq_runtime::reflection())
+        .add_service(queues)
+        .serve_with_incoming_shutdown(
+            busmq_runtime::incoming(listener),
+            shutdown.cancelled_owned(),
+        )
+        .await
+}

@@ -1,0 +1,300 @@
+//! The `busmq.v1.Queues` gRPC service: validates each request, calls the
+//! store, maps the answer. Consumption runs in [`crate::consume`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use busmq_core::{DEFAULT_TTL_SECS, Error, QueueName};
+use busmq_proto::to_status;
+use busmq_proto::v1::{self, queues_server::Queues};
+use busmq_storage::{ReliableLock, Storage};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::config::{BrokerConfig, MAX_PREFETCH, MAX_TTL_SECS};
+use crate::consume::{ConsumeTask, Mode, STREAM_BUFFER};
+use crate::wakeup::Wakeups;
+
+/// Push batches a PushStream may have answered but not yet sent.
+const PUSH_ACK_BUFFER: usize = 64;
+
+/// The queue service of one broker.
+pub struct QueuesService {
+    storage: Arc<dyn Storage>,
+    wakeups: Arc<Wakeups>,
+    config: BrokerConfig,
+    shutdown: CancellationToken,
+}
+
+impl QueuesService {
+    /// A service over `storage`. `wakeups` must be fed by the store's
+    /// notification stream (see [`Wakeups::run`]).
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        wakeups: Arc<Wakeups>,
+        config: BrokerConfig,
+        shutdown: CancellationToken,
+    ) -> Self {
+        QueuesService {
+            storage,
+            wakeups,
+            config,
+            shutdown,
+        }
+    }
+
+    fn name(&self, queue: &str) -> Result<QueueName, Status> {
+        QueueName::parse(queue, &self.config.limits).map_err(to_status)
+    }
+
+    fn consume_mode(&self, req: &v1::ConsumeRequest) -> Result<Mode, Status> {
+        let mode = v1::ConsumeMode::try_from(req.mode)
+            .map_err(|_| invalid(format!("unknown consume mode {}", req.mode)))?;
+        if req.index.is_some() && mode != v1::ConsumeMode::Persistent {
+            return Err(invalid("index applies only to persistent consumption"));
+        }
+        if req.last.is_some() && mode != v1::ConsumeMode::Reliable {
+            return Err(invalid("last applies only to reliable consumption"));
+        }
+        Ok(match mode {
+            v1::ConsumeMode::Unreliable => Mode::Unreliable,
+            v1::ConsumeMode::Reliable => Mode::Reliable {
+                lock: ReliableLock {
+                    owner: format!("consumer-{:032x}", rand::random::<u128>()),
+                    lease: self.config.reliable_lease,
+                },
+                last: req.last.unwrap_or(0),
+            },
+            v1::ConsumeMode::Persistent => Mode::Persistent {
+                next: req.index.unwrap_or(0).max(1),
+            },
+        })
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> Status {
+    to_status(Error::InvalidArgument(msg.into()))
+}
+
+fn store<T>(r: Result<T, Error>) -> Result<T, Status> {
+    r.map_err(to_status)
+}
+
+#[tonic::async_trait]
+impl Queues for QueuesService {
+    async fn attach(
+        &self,
+        request: Request<v1::AttachRequest>,
+    ) -> Result<Response<v1::AttachResponse>, Status> {
+        let req = request.into_inner();
+        let queue = self.name(&req.queue)?;
+        let ttl = match req.ttl_seconds {
+            None => DEFAULT_TTL_SECS,
+            Some(0) => return Err(invalid("ttl_seconds must be at least 1")),
+            Some(t) if t > MAX_TTL_SECS => {
+                return Err(invalid(format!(
+                    "ttl_seconds must be at most {MAX_TTL_SECS}"
+                )));
+            }
+            Some(t) => t,
+        };
+        let attached = store(self.storage.attach(&queue, Duration::from_secs(ttl)).await)?;
+        tracing::debug!(%queue, existed = attached.existed, "attached");
+        Ok(Response::new(v1::AttachResponse {
+            existed: attached.existed,
+            attachments: attached.attachments,
+        }))
+    }
+
+    async fn detach(
+        &self,
+        request: Request<v1::DetachRequest>,
+    ) -> Result<Response<v1::DetachResponse>, Status> {
+        let queue = self.name(&request.into_inner().queue)?;
+        let attachments = store(self.storage.detach(&queue).await)?;
+        Ok(Response::new(v1::DetachResponse { attachments }))
+    }
+
+    async fn push(
+        &self,
+        request: Request<v1::PushRequest>,
+    ) -> Result<Response<v1::PushResponse>, Status> {
+        let req = request.into_inner();
+        let queue = self.name(&req.queue)?;
+        store(self.config.limits.check_batch(&req.messages))?;
+        let ids = store(self.storage.push(&queue, req.messages).await)?;
+        Ok(Response::new(v1::PushResponse {
+            first_id: ids.first,
+            last_id: ids.last,
+        }))
+    }
+
+    type PushStreamStream = ReceiverStream<Result<v1::PushAck, Status>>;
+
+    async fn push_stream(
+        &self,
+        request: Request<Streaming<v1::PushStreamRequest>>,
+    ) -> Result<Response<Self::PushStreamStream>, Status> {
+        let mut incoming = request.into_inner();
+        let (tx, rx) = mpsc::channel(PUSH_ACK_BUFFER);
+        let storage = Arc::clone(&self.storage);
+        let limits = self.config.limits;
+        tokio::spawn(async move {
+            // Batches are applied strictly in stream order, so a client's
+            // pushes to one queue keep their order.
+            while let Some(next) = incoming.next().await {
+                let answer = match next {
+                    Ok(req) => {
+                        let sequence = req.sequence;
+                        let pushed = async {
+                            let queue = QueueName::parse(&req.queue, &limits)?;
+                            limits.check_batch(&req.messages)?;
+                            storage.push(&queue, req.messages).await
+                        };
+                        pushed.await.map_err(to_status).map(|ids| v1::PushAck {
+                            sequence,
+                            first_id: ids.first,
+                            last_id: ids.last,
+                        })
+                    }
+                    Err(status) => Err(status),
+                };
+                let failed = answer.is_err();
+                if tx.send(answer).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type ConsumeStream = ReceiverStream<Result<v1::ConsumeEvent, Status>>;
+
+    async fn consume(
+        &self,
+        request: Request<v1::ConsumeRequest>,
+    ) -> Result<Response<Self::ConsumeStream>, Status> {
+        let req = request.into_inner();
+        let queue = self.name(&req.queue)?;
+        let mode = self.consume_mode(&req)?;
+        let prefetch = match req.prefetch {
+            None => self.config.default_prefetch,
+            Some(p) if (1..=MAX_PREFETCH).contains(&p) => p,
+            Some(p) => {
+                return Err(invalid(format!(
+                    "prefetch {p} is not in 1..={MAX_PREFETCH}"
+                )));
+            }
+        };
+        if req.max == Some(0) {
+            return Err(invalid(
+                "max must be at least 1 (leave it unset for no limit)",
+            ));
+        }
+        // Subscribe before the existence check so nothing after it is missed.
+        let signal = self.wakeups.subscribe(&queue);
+        if store(self.storage.info(&queue).await)?.is_none() {
+            return Err(to_status(Error::QueueNotFound(queue.to_string())));
+        }
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let task = ConsumeTask {
+            storage: Arc::clone(&self.storage),
+            queue,
+            mode,
+            remaining: req.max,
+            prefetch,
+            signal,
+            shutdown: self.shutdown.clone(),
+            tx,
+        };
+        tokio::spawn(task.run());
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn ack(
+        &self,
+        request: Request<v1::AckRequest>,
+    ) -> Result<Response<v1::AckResponse>, Status> {
+        let req = request.into_inner();
+        let queue = self.name(&req.queue)?;
+        let removed = store(self.storage.ack(&queue, req.id).await)?;
+        Ok(Response::new(v1::AckResponse { removed }))
+    }
+
+    async fn close(
+        &self,
+        request: Request<v1::CloseRequest>,
+    ) -> Result<Response<v1::CloseResponse>, Status> {
+        let queue = self.name(&request.into_inner().queue)?;
+        let existed = store(self.storage.close(&queue).await)?;
+        Ok(Response::new(v1::CloseResponse { existed }))
+    }
+
+    async fn flush(
+        &self,
+        request: Request<v1::FlushRequest>,
+    ) -> Result<Response<v1::FlushResponse>, Status> {
+        let queue = self.name(&request.into_inner().queue)?;
+        let removed = store(self.storage.flush(&queue).await)?;
+        Ok(Response::new(v1::FlushResponse { removed }))
+    }
+
+    async fn info(
+        &self,
+        request: Request<v1::InfoRequest>,
+    ) -> Result<Response<v1::QueueInfo>, Status> {
+        let queue = self.name(&request.into_inner().queue)?;
+        let info = match store(self.storage.info(&queue).await)? {
+            None => v1::QueueInfo::default(),
+            Some(i) => v1::QueueInfo {
+                exists: true,
+                count: i.count,
+                ttl_seconds: i.ttl.as_secs(),
+                attachments: i.attachments,
+                pending: i.pending,
+                next_id: i.next_id,
+                pushed: i.pushed,
+                consumed: i.consumed,
+                reliable_consumer: i.reliable_consumer,
+            },
+        };
+        Ok(Response::new(info))
+    }
+
+    async fn get_metadata(
+        &self,
+        request: Request<v1::GetMetadataRequest>,
+    ) -> Result<Response<v1::GetMetadataResponse>, Status> {
+        let req = request.into_inner();
+        let queue = self.name(&req.queue)?;
+        let value = store(self.storage.get_metadata(&queue, &req.key).await)?;
+        Ok(Response::new(v1::GetMetadataResponse { value }))
+    }
+
+    async fn set_metadata(
+        &self,
+        request: Request<v1::SetMetadataRequest>,
+    ) -> Result<Response<v1::SetMetadataResponse>, Status> {
+        let req = request.into_inner();
+        let queue = self.name(&req.queue)?;
+        if req.key.is_empty() {
+            return Err(invalid("metadata key must not be empty"));
+        }
+        let limit = self.config.limits.max_message_bytes;
+        if req.key.len() + req.value.len() > limit {
+            return Err(to_status(Error::MessageTooLarge {
+                size: req.key.len() + req.value.len(),
+                limit,
+            }));
+        }
+        store(
+            self.storage
+                .set_metadata(&queue, &req.key, &req.value)
+                .await,
+        )?;
+        Ok(Response::new(v1::SetMetadataResponse {}))
+    }
+}

@@ -1,0 +1,604 @@
+//! The broker's queue semantics, in-process: a broker on port 0 over the
+//! memory store, driven through the generated gRPC client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use busmq_broker::BrokerConfig;
+use busmq_core::Limits;
+use busmq_proto::v1::{
+    self, ConsumeEvent, ConsumeMode, ConsumeRequest, consume_event::Event,
+    queues_client::QueuesClient,
+};
+use busmq_storage::memory::MemoryStorage;
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic::{Code, Streaming};
+
+struct Broker {
+    client: QueuesClient<Channel>,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn broker() -> Broker {
+    broker_with(BrokerConfig::default()).await
+}
+
+async fn broker_with(config: BrokerConfig) -> Broker {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(busmq_broker::serve(
+        listener,
+        Arc::new(MemoryStorage::new()),
+        config,
+        shutdown.clone(),
+    ));
+    let client = QueuesClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    Broker { client, shutdown }
+}
+
+impl Broker {
+    async fn attach(&self, queue: &str) -> v1::AttachResponse {
+        self.client
+            .clone()
+            .attach(v1::AttachRequest {
+                queue: queue.into(),
+                ttl_seconds: None,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    async fn push(
+        &self,
+        queue: &str,
+        messages: Vec<Bytes>,
+    ) -> Result<v1::PushResponse, tonic::Status> {
+        self.client
+            .clone()
+            .push(v1::PushRequest {
+                queue: queue.into(),
+                messages,
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    async fn consume(&self, req: ConsumeRequest) -> Result<Consumer, tonic::Status> {
+        let mut stream = self.client.clone().consume(req).await?.into_inner();
+        // The first event is always `consuming`; errors arrive instead.
+        match stream.message().await? {
+            Some(ConsumeEvent {
+                event: Some(Event::Consuming(c)),
+            }) => Ok(Consumer {
+                stream,
+                redelivered: c.redelivered,
+            }),
+            other => panic!("expected consuming, got {other:?}"),
+        }
+    }
+
+    async fn ack(&self, queue: &str, id: u64) -> Result<u64, tonic::Status> {
+        self.client
+            .clone()
+            .ack(v1::AckRequest {
+                queue: queue.into(),
+                id,
+            })
+            .await
+            .map(|r| r.into_inner().removed)
+    }
+
+    async fn info(&self, queue: &str) -> v1::QueueInfo {
+        self.client
+            .clone()
+            .info(v1::InfoRequest {
+                queue: queue.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+}
+
+struct Consumer {
+    stream: Streaming<ConsumeEvent>,
+    redelivered: u64,
+}
+
+impl Consumer {
+    /// Next messages, or `None` when the stream ended; panics on `closed`.
+    async fn next(&mut self) -> Option<Vec<v1::Message>> {
+        match self.stream.message().await.unwrap()?.event? {
+            Event::Messages(batch) => Some(batch.messages),
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+
+    async fn take(&mut self, n: usize) -> Vec<v1::Message> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            let batch = tokio::time::timeout(Duration::from_secs(10), self.next())
+                .await
+                .expect("messages within 10 s")
+                .expect("stream still open");
+            got.extend(batch);
+        }
+        got
+    }
+}
+
+fn req(queue: &str, mode: ConsumeMode) -> ConsumeRequest {
+    ConsumeRequest {
+        queue: queue.into(),
+        mode: mode as i32,
+        ..Default::default()
+    }
+}
+
+fn msgs(range: std::ops::Range<u32>) -> Vec<Bytes> {
+    range.map(|i| Bytes::from(format!("m{i}"))).collect()
+}
+
+#[tokio::test]
+async fn ids_are_dense_from_one_and_order_is_push_order() {
+    let b = broker().await;
+    assert!(!b.attach("orders").await.existed);
+    assert!(b.attach("orders").await.existed);
+    let mut c = b
+        .consume(req("orders", ConsumeMode::Unreliable))
+        .await
+        .unwrap();
+    let first = b.push("orders", msgs(0..1)).await.unwrap();
+    assert_eq!((first.first_id, first.last_id), (1, 1));
+    let batch = b.push("orders", msgs(1..5000)).await.unwrap();
+    assert_eq!((batch.first_id, batch.last_id), (2, 5000));
+    for i in 5000..10_000 {
+        b.push("orders", msgs(i..i + 1)).await.unwrap();
+    }
+    let got = c.take(10_000).await;
+    let ids: Vec<u64> = got.iter().map(|m| m.id).collect();
+    assert_eq!(ids, (1..=10_000).collect::<Vec<_>>());
+    assert!(
+        got.iter()
+            .enumerate()
+            .all(|(i, m)| m.payload == format!("m{i}"))
+    );
+}
+
+#[tokio::test]
+async fn unreliable_competing_consumers_get_each_message_once() {
+    let b = broker().await;
+    b.attach("work").await;
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let mut c = b
+            .consume(ConsumeRequest {
+                prefetch: Some(16),
+                ..req("work", ConsumeMode::Unreliable)
+            })
+            .await
+            .unwrap();
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            while let Ok(Some(batch)) =
+                tokio::time::timeout(Duration::from_millis(500), c.next()).await
+            {
+                ids.extend(batch.into_iter().map(|m| m.id));
+            }
+            ids
+        }));
+    }
+    for i in 0..20 {
+        b.push("work", msgs(i * 100..(i + 1) * 100)).await.unwrap();
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        let ids = t.await.unwrap();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "each consumer sees push order"
+        );
+        all.extend(ids);
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=2000).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn reliable_redelivers_unacked_and_refuses_a_second_consumer() {
+    let b = broker().await;
+    b.attach("rel").await;
+    b.push("rel", msgs(0..10)).await.unwrap();
+    let mut c = b.consume(req("rel", ConsumeMode::Reliable)).await.unwrap();
+    assert_eq!(c.redelivered, 0);
+    let got = c.take(10).await;
+    assert_eq!(got.first().unwrap().id, 1);
+    assert_eq!(b.ack("rel", 4).await.unwrap(), 4);
+    assert_eq!(b.ack("rel", 2).await.unwrap(), 0, "acking again is a no-op");
+
+    let second = b
+        .consume(req("rel", ConsumeMode::Reliable))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(second.code(), Code::FailedPrecondition, "{second:?}");
+
+    let unknown = b.ack("rel", 99).await.unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+
+    drop(c);
+    // The departed consumer's lock is released; the next one gets 5..=10.
+    let mut c = retry_reliable(&b, req("rel", ConsumeMode::Reliable)).await;
+    assert_eq!(c.redelivered, 6);
+    let ids: Vec<u64> = c.take(6).await.iter().map(|m| m.id).collect();
+    assert_eq!(ids, vec![5, 6, 7, 8, 9, 10]);
+    b.ack("rel", 10).await.unwrap();
+    assert_eq!(b.info("rel").await.count, 0);
+}
+
+/// The broker releases a reliable lock when it notices the client left,
+/// which takes a moment after the client drops its stream.
+async fn retry_reliable(b: &Broker, r: ConsumeRequest) -> Consumer {
+    for _ in 0..100 {
+        match b.consume(r.clone()).await {
+            Ok(c) => return c,
+            Err(s) if s.code() == Code::FailedPrecondition => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(s) => panic!("{s:?}"),
+        }
+    }
+    panic!("reliable lock never released");
+}
+
+#[tokio::test]
+async fn reliable_last_skips_handled_messages() {
+    let b = broker().await;
+    b.attach("last").await;
+    b.push("last", msgs(0..5)).await.unwrap();
+    let mut c = b
+        .consume(ConsumeRequest {
+            last: Some(3),
+            ..req("last", ConsumeMode::Reliable)
+        })
+        .await
+        .unwrap();
+    let ids: Vec<u64> = c.take(2).await.iter().map(|m| m.id).collect();
+    assert_eq!(ids, vec![4, 5]);
+}
+
+#[tokio::test]
+async fn persistent_readers_each_read_everything_from_their_index() {
+    let b = broker().await;
+    b.attach("feed").await;
+    b.push("feed", msgs(0..50)).await.unwrap();
+    let mut from_start = b
+        .consume(req("feed", ConsumeMode::Persistent))
+        .await
+        .unwrap();
+    let mut from_40 = b
+        .consume(ConsumeRequest {
+            index: Some(40),
+            ..req("feed", ConsumeMode::Persistent)
+        })
+        .await
+        .unwrap();
+    b.push("feed", msgs(50..100)).await.unwrap();
+    let a: Vec<u64> = from_start.take(100).await.iter().map(|m| m.id).collect();
+    let b40: Vec<u64> = from_40.take(60).await.iter().map(|m| m.id).collect();
+    assert_eq!(a, (1..=100).collect::<Vec<_>>());
+    assert_eq!(b40, (40..=100).collect::<Vec<_>>());
+    assert_eq!(
+        b.info("feed").await.count,
+        100,
+        "persistent reads remove nothing"
+    );
+}
+
+#[tokio::test]
+async fn persistent_late_joiner_gets_no_gap_and_no_duplicate() {
+    let b = Arc::new(broker().await);
+    b.attach("live").await;
+    let pusher = {
+        let b = Arc::clone(&b);
+        tokio::spawn(async move {
+            for i in 0..400 {
+                b.push("live", msgs(i * 5..(i + 1) * 5)).await.unwrap();
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut late = b
+        .consume(ConsumeRequest {
+            index: Some(1),
+            ..req("live", ConsumeMode::Persistent)
+        })
+        .await
+        .unwrap();
+    pusher.await.unwrap();
+    let ids: Vec<u64> = late.take(2000).await.iter().map(|m| m.id).collect();
+    assert_eq!(ids, (1..=2000).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn max_ends_the_stream() {
+    let b = broker().await;
+    b.attach("few").await;
+    b.push("few", msgs(0..10)).await.unwrap();
+    let mut c = b
+        .consume(ConsumeRequest {
+            max: Some(3),
+            ..req("few", ConsumeMode::Unreliable)
+        })
+        .await
+        .unwrap();
+    assert_eq!(c.take(3).await.len(), 3);
+    assert!(c.next().await.is_none(), "stream ends after max");
+    assert_eq!(b.info("few").await.count, 7, "max takes no more than max");
+}
+
+#[tokio::test]
+async fn consumers_learn_of_close() {
+    let b = broker().await;
+    b.attach("doomed").await;
+    let mut c = b
+        .consume(req("doomed", ConsumeMode::Unreliable))
+        .await
+        .unwrap();
+    let closed = b
+        .client
+        .clone()
+        .close(v1::CloseRequest {
+            queue: "doomed".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(closed.existed);
+    let event = tokio::time::timeout(Duration::from_secs(5), c.stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        event.event,
+        Some(Event::Closed(v1::Closed { reason })) if reason == v1::ClosedReason::Closed as i32
+    ));
+    let gone = b
+        .consume(req("doomed", ConsumeMode::Unreliable))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(gone.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn unattached_queue_expires_after_its_ttl() {
+    let b = broker().await;
+    b.client
+        .clone()
+        .attach(v1::AttachRequest {
+            queue: "brief".into(),
+            ttl_seconds: Some(1),
+        })
+        .await
+        .unwrap();
+    b.push("brief", msgs(0..3)).await.unwrap();
+    let mut c = b
+        .consume(req("brief", ConsumeMode::Persistent))
+        .await
+        .unwrap();
+    c.take(3).await;
+    b.client
+        .clone()
+        .detach(v1::DetachRequest {
+            queue: "brief".into(),
+        })
+        .await
+        .unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(5), c.stream.message())
+        .await
+        .expect("expiry within 5 s")
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        event.event,
+        Some(Event::Closed(v1::Closed { reason })) if reason == v1::ClosedReason::Expired as i32
+    ));
+    let info = b.info("brief").await;
+    assert!(!info.exists && info.count == 0);
+    assert!(
+        !b.attach("brief").await.existed,
+        "messages expired with the queue"
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
+    let b = broker_with(BrokerConfig {
+        limits: Limits {
+            max_message_bytes: 1024,
+            ..Limits::default()
+        },
+        ..BrokerConfig::default()
+    })
+    .await;
+    let mut client = b.client.clone();
+    for bad in ["", "has space", "ünïcode", &"x".repeat(201)] {
+        let err = client
+            .attach(v1::AttachRequest {
+                queue: bad.into(),
+                ttl_seconds: None,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad:?}: {err:?}");
+        assert!(
+            err.message().contains("invalid queue name"),
+            "{}",
+            err.message()
+        );
+    }
+    let zero_ttl = client
+        .attach(v1::AttachRequest {
+            queue: "q".into(),
+            ttl_seconds: Some(0),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(zero_ttl.code(), Code::InvalidArgument);
+
+    let missing = b.push("nowhere", msgs(0..1)).await.unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    assert!(
+        missing.message().contains("attach"),
+        "{}",
+        missing.message()
+    );
+
+    b.attach("q").await;
+    let empty = b.push("q", vec![]).await.unwrap_err();
+    assert_eq!(empty.code(), Code::InvalidArgument);
+    let big = b
+        .push("q", vec![Bytes::from(vec![0u8; 1025])])
+        .await
+        .unwrap_err();
+    assert_eq!(big.code(), Code::ResourceExhausted);
+    assert!(big.message().contains("1025"), "{}", big.message());
+
+    let unknown_ack = b.ack("q", 7).await.unwrap_err();
+    assert_eq!(unknown_ack.code(), Code::NotFound);
+    let zero_ack = b.ack("q", 0).await.unwrap_err();
+    assert_eq!(zero_ack.code(), Code::InvalidArgument);
+
+    let bad_mode = b
+        .consume(ConsumeRequest {
+            mode: 42,
+            ..req("q", ConsumeMode::Unreliable)
+        })
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(bad_mode.code(), Code::InvalidArgument);
+    let index_unreliable = b
+        .consume(ConsumeRequest {
+            index: Some(3),
+            ..req("q", ConsumeMode::Unreliable)
+        })
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(index_unreliable.code(), Code::InvalidArgument);
+    let no_queue = b
+        .consume(req("absent", ConsumeMode::Unreliable))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(no_queue.code(), Code::NotFound);
+
+    // Still serving.
+    assert_eq!(b.push("q", msgs(0..2)).await.unwrap().last_id, 2);
+}
+
+#[tokio::test]
+async fn push_stream_answers_each_batch_in_order() {
+    let b = broker().await;
+    b.attach("fast").await;
+    let requests = (0..50u64).map(|seq| v1::PushStreamRequest {
+        sequence: seq,
+        queue: "fast".into(),
+        messages: msgs(0..10),
+    });
+    let mut acks = b
+        .client
+        .clone()
+        .push_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut expected_first = 1;
+    for seq in 0..50u64 {
+        let ack = acks.message().await.unwrap().unwrap();
+        assert_eq!(ack.sequence, seq);
+        assert_eq!(
+            (ack.first_id, ack.last_id),
+            (expected_first, expected_first + 9)
+        );
+        expected_first += 10;
+    }
+    assert!(acks.message().await.unwrap().is_none());
+
+    // A bad batch ends the stream with its status.
+    let bad = vec![v1::PushStreamRequest {
+        sequence: 0,
+        queue: "fast".into(),
+        messages: vec![],
+    }];
+    let mut acks = b
+        .client
+        .clone()
+        .push_stream(tokio_stream::iter(bad))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        acks.message().await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+}
+
+#[tokio::test]
+async fn flush_and_metadata() {
+    let b = broker().await;
+    b.attach("meta").await;
+    b.push("meta", msgs(0..5)).await.unwrap();
+    let mut client = b.client.clone();
+    let flushed = client
+        .flush(v1::FlushRequest {
+            queue: "meta".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(flushed.removed, 5);
+    assert_eq!(
+        b.push("meta", msgs(0..1)).await.unwrap().first_id,
+        6,
+        "ids keep counting"
+    );
+    client
+        .set_metadata(v1::SetMetadataRequest {
+            queue: "meta".into(),
+            key: "owner".into(),
+            value: "billing".into(),
+        })
+        .await
+        .unwrap();
+    let value = client
+        .get_metadata(v1::GetMetadataRequest {
+            queue: "meta".into(),
+            key: "owner".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .value;
+    assert_eq!(value.as_deref(), Some("billing"));
+    let info = b.info("meta").await;
+    assert_eq!(
+        (info.count, info.pushed, info.next_id, info.ttl_seconds),
+        (1, 6, 7, 30)
+    );
+}
