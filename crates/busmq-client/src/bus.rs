@@ -1,0 +1,173 @@
+//! The connection to a busmq broker.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use busmq_proto::v1::queues_client::QueuesClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{Error, Queue, Result};
+
+/// The default broker address (`busmq serve` listens there).
+pub const DEFAULT_URL: &str = "http://127.0.0.1:50051";
+
+/// The largest response the SDK accepts. A consume batch may carry many
+/// messages of up to the server's message size limit (1 MiB by default), so
+/// this is far above tonic's default of 4 MiB.
+const MAX_RESPONSE_BYTES: usize = 256 << 20;
+
+/// How long [`Bus::connect`] waits for the TCP connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection to a busmq broker: node-busmq's `Bus`.
+///
+/// One HTTP/2 connection carries every call of every [`Queue`] made from it,
+/// consumers and pushers included. Cloning is cheap and shares that
+/// connection. The connection is re-established by itself after a failure;
+/// calls made while it is down fail with an [`ErrorCode::Unavailable`]
+/// error.
+///
+/// [`ErrorCode::Unavailable`]: crate::ErrorCode::Unavailable
+#[derive(Clone)]
+pub struct Bus {
+    client: QueuesClient<Channel>,
+    url: Arc<str>,
+}
+
+impl fmt::Debug for Bus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bus").field("url", &self.url).finish()
+    }
+}
+
+impl Bus {
+    /// Connects to the broker at `url` (`http://host:port`; a bare
+    /// `host:port` means `http://host:port`) and fails if it cannot be
+    /// reached within a few seconds.
+    ///
+    /// TLS (`https://`) is not supported yet.
+    pub async fn connect(url: impl AsRef<str>) -> Result<Bus> {
+        let (endpoint, url) = endpoint(url.as_ref())?;
+        let channel = endpoint.connect().await.map_err(|e| Error::Connect {
+            url: url.clone(),
+            source: Arc::new(e),
+        })?;
+        Ok(Bus::with_channel(channel, url))
+    }
+
+    /// Like [`Bus::connect`], but connects on first use instead of now, so
+    /// it never fails for an unreachable server (the first call does).
+    ///
+    /// Must be called within a Tokio runtime.
+    pub fn connect_lazy(url: impl AsRef<str>) -> Result<Bus> {
+        let (endpoint, url) = endpoint(url.as_ref())?;
+        Ok(Bus::with_channel(endpoint.connect_lazy(), url))
+    }
+
+    /// Uses an already configured tonic channel (custom timeouts, a
+    /// load-balanced channel, an in-process transport in tests, ...).
+    pub fn from_channel(channel: Channel) -> Bus {
+        Bus::with_channel(channel, "<channel>".to_owned())
+    }
+
+    fn with_channel(channel: Channel, url: String) -> Bus {
+        Bus {
+            client: QueuesClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES),
+            url: url.into(),
+        }
+    }
+
+    /// The broker address this bus talks to.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A handle on the queue `name`: node-busmq's `bus.queue(name)`.
+    ///
+    /// Nothing is sent yet; call [`Queue::attach`] before pushing or
+    /// consuming. The name is checked by the server (1..=200 characters of
+    /// `[A-Za-z0-9._:-]` by default), so a bad one fails on first use.
+    pub fn queue(&self, name: impl Into<String>) -> Queue {
+        Queue::new(self.client.clone(), name.into())
+    }
+}
+
+/// Parses and normalises a server address into a configured endpoint.
+fn endpoint(url: &str) -> Result<(Endpoint, String)> {
+    let trimmed = url.trim();
+    let invalid = |reason: &str| Error::InvalidUrl {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if trimmed.is_empty() {
+        return Err(invalid("empty"));
+    }
+    let full = if trimmed.contains("://") {
+        trimmed.to_owned()
+    } else {
+        format!("http://{trimmed}")
+    };
+    if full.starts_with("https://") {
+        return Err(invalid("TLS (https://) is not supported yet; use http://"));
+    }
+    if !full.starts_with("http://") {
+        return Err(invalid("expected http://host:port"));
+    }
+    let endpoint = Endpoint::from_shared(full.clone())
+        .map_err(|e| invalid(&e.to_string()))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    if endpoint.uri().host().is_none_or(str::is_empty) {
+        return Err(invalid("no host"));
+    }
+    Ok((endpoint, full))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorCode;
+
+    #[test]
+    fn urls() {
+        assert_eq!(endpoint("http://h:1").unwrap().1, "http://h:1");
+        assert_eq!(
+            endpoint(" 127.0.0.1:50051 ").unwrap().1,
+            "http://127.0.0.1:50051"
+        );
+        for bad in ["", "   ", "https://h:1", "ftp://h", "http://", "http://a b"] {
+            let err = endpoint(bad).unwrap_err();
+            assert!(matches!(err, Error::InvalidUrl { .. }), "{bad}: {err}");
+            assert_eq!(err.code(), ErrorCode::InvalidArgument);
+        }
+    }
+
+    #[tokio::test]
+    async fn connect_refused_is_unavailable() {
+        // A port nobody listens on: bind, note it, close.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = Bus::connect(format!("127.0.0.1:{port}")).await.unwrap_err();
+        assert!(matches!(err, Error::Connect { .. }), "{err}");
+        assert!(err.is_unavailable());
+    }
+
+    #[tokio::test]
+    async fn lazy_connect_fails_on_first_call() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let bus = Bus::connect_lazy(format!("http://127.0.0.1:{port}")).unwrap();
+        let err = bus.queue("q").exists().await.unwrap_err();
+        assert!(err.is_unavailable(), "{err:?}");
+    }
+}

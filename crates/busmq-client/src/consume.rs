@@ -1,0 +1,468 @@
+//! Consuming a queue: options in node-busmq's terms, and the consumer stream.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use busmq_proto::v1 as pb;
+use busmq_proto::v1::consume_event::Event;
+use bytes::Bytes;
+use futures::Stream;
+use futures::stream::FusedStream;
+use tonic::codec::Streaming;
+
+use crate::{Error, Queue, QueueEvent, Result};
+
+/// How a consumer takes messages, derived from [`ConsumeOptions`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConsumeMode {
+    /// At most once: each message goes to one consumer and is removed as it
+    /// is taken (node-busmq's default, `remove: true, reliable: false`).
+    Unreliable,
+    /// At least once: messages wait for [`Consumer::ack`]; un-acked ones are
+    /// delivered again to the next reliable consumer. One reliable consumer
+    /// per queue at a time (`reliable: true`).
+    Reliable,
+    /// Persistent publish/subscribe: read every message from an index,
+    /// removing nothing; any number of readers (`remove: false`).
+    Persistent,
+}
+
+impl From<ConsumeMode> for pb::ConsumeMode {
+    fn from(mode: ConsumeMode) -> Self {
+        match mode {
+            ConsumeMode::Unreliable => pb::ConsumeMode::Unreliable,
+            ConsumeMode::Reliable => pb::ConsumeMode::Reliable,
+            ConsumeMode::Persistent => pb::ConsumeMode::Persistent,
+        }
+    }
+}
+
+/// Options of [`Queue::consume`], named as in node-busmq's
+/// `queue.consume(options)`.
+///
+/// The default is unreliable consumption (`remove: true, reliable: false`)
+/// with no limit. Combinations that mean nothing are refused with
+/// `InvalidArgument` before anything is sent: `reliable` with
+/// `remove: false`, `last` without `reliable`, `index` with `remove: true`,
+/// `max` or `prefetch` of zero.
+///
+/// ```
+/// use busmq_client::{ConsumeMode, ConsumeOptions};
+///
+/// // node-busmq: q.consume({reliable: true, last: 3})
+/// let reliable = ConsumeOptions::reliable().last(3);
+/// assert_eq!(reliable.mode().unwrap(), ConsumeMode::Reliable);
+/// // node-busmq: q.consume({remove: false, index: 0, max: 10})
+/// let pubsub = ConsumeOptions::persistent(0).max(10);
+/// assert_eq!(pubsub.mode().unwrap(), ConsumeMode::Persistent);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsumeOptions {
+    /// Remove read messages from the queue (default `true`). `false` is
+    /// persistent publish/subscribe: every reader reads every message.
+    pub remove: bool,
+    /// Keep taken messages until acked, and deliver un-acked ones again to
+    /// the next consumer (default `false`). Needs `remove: true`.
+    pub reliable: bool,
+    /// Reliable mode: the id of the last message already handled. Messages
+    /// up to it are discarded before consumption starts, as if acked.
+    pub last: Option<u64>,
+    /// Persistent mode: the id of the first message to read. `None` or 0:
+    /// from the oldest message still stored.
+    pub index: Option<u64>,
+    /// Stop after this many messages; the consumer stream then ends.
+    /// `None`: consume until stopped.
+    pub max: Option<u64>,
+    /// Messages the server may have on the way to this consumer before it
+    /// receives them. `None`: the server default (256). In unreliable mode
+    /// the messages on the way when a consumer dies are lost, so keep it
+    /// small if that matters.
+    pub prefetch: Option<u32>,
+}
+
+impl Default for ConsumeOptions {
+    fn default() -> Self {
+        ConsumeOptions {
+            remove: true,
+            reliable: false,
+            last: None,
+            index: None,
+            max: None,
+            prefetch: None,
+        }
+    }
+}
+
+impl ConsumeOptions {
+    /// Reliable consumption (`{reliable: true}`).
+    pub fn reliable() -> Self {
+        ConsumeOptions {
+            reliable: true,
+            ..ConsumeOptions::default()
+        }
+    }
+
+    /// Persistent publish/subscribe from message `index`
+    /// (`{remove: false, index}`); 0 reads from the oldest stored message.
+    pub fn persistent(index: u64) -> Self {
+        ConsumeOptions {
+            remove: false,
+            index: Some(index),
+            ..ConsumeOptions::default()
+        }
+    }
+
+    /// Sets `max`: stop after `max` messages.
+    pub fn max(mut self, max: u64) -> Self {
+        self.max = Some(max);
+        self
+    }
+
+    /// Sets `last` (reliable mode): messages up to this id were handled.
+    pub fn last(mut self, last: u64) -> Self {
+        self.last = Some(last);
+        self
+    }
+
+    /// Sets `index` (persistent mode): the first message id to read.
+    pub fn index(mut self, index: u64) -> Self {
+        self.index = Some(index);
+        self
+    }
+
+    /// Sets `prefetch`: messages the server may have on the way.
+    pub fn prefetch(mut self, prefetch: u32) -> Self {
+        self.prefetch = Some(prefetch);
+        self
+    }
+
+    /// The mode these options select, or why they make no sense.
+    pub fn mode(&self) -> Result<ConsumeMode> {
+        let invalid = |why: &str| Err(Error::InvalidOptions(why.to_owned()));
+        if self.reliable && !self.remove {
+            return invalid(
+                "reliable needs remove = true (persistent reads remove nothing, so there is nothing to ack)",
+            );
+        }
+        if self.last.is_some() && !self.reliable {
+            return invalid("last applies only to reliable consumption");
+        }
+        if self.index.is_some() && self.remove {
+            return invalid("index applies only to persistent consumption (remove = false)");
+        }
+        if self.max == Some(0) {
+            return invalid("max must be at least 1");
+        }
+        if self.prefetch == Some(0) {
+            return invalid("prefetch must be at least 1");
+        }
+        Ok(match (self.remove, self.reliable) {
+            (false, _) => ConsumeMode::Persistent,
+            (true, true) => ConsumeMode::Reliable,
+            (true, false) => ConsumeMode::Unreliable,
+        })
+    }
+
+    fn request(&self, queue: &str) -> Result<pb::ConsumeRequest> {
+        let mode = self.mode()?;
+        Ok(pb::ConsumeRequest {
+            queue: queue.to_owned(),
+            mode: pb::ConsumeMode::from(mode).into(),
+            max: self.max,
+            index: self.index,
+            last: self.last,
+            prefetch: self.prefetch,
+        })
+    }
+}
+
+/// One message received by a [`Consumer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The message id: its position in the queue.
+    pub id: u64,
+    /// The message body as pushed.
+    pub payload: Bytes,
+}
+
+/// Why a consumer's queue went away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClosedReason {
+    /// A client closed the queue.
+    Closed,
+    /// The queue had no attachments for longer than its ttl.
+    Expired,
+    /// The server did not say.
+    Unspecified,
+}
+
+/// A running consumer: a [`Stream`] of [`Delivery`]s in id order, from
+/// [`Queue::consume`].
+///
+/// The stream ends after `max` messages, when the queue is closed or
+/// expires (see [`closed`](Self::closed)), or after the first error (which
+/// it yields first; consume again to resume — in reliable mode the
+/// un-acked messages come back). Dropping the consumer or calling
+/// [`stop`](Self::stop) stops consuming (node-busmq's `queue.stop()`).
+pub struct Consumer {
+    queue: Queue,
+    mode: ConsumeMode,
+    stream: Option<Streaming<pb::ConsumeEvent>>,
+    buffer: VecDeque<pb::Message>,
+    redelivered: u64,
+    closed: Option<ClosedReason>,
+    running: bool,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("queue", &self.queue.name())
+            .field("mode", &self.mode)
+            .field("running", &self.running)
+            .field("buffered", &self.buffer.len())
+            .field("closed", &self.closed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Consumer {
+    pub(crate) async fn start(queue: Queue, options: ConsumeOptions) -> Result<Consumer> {
+        let s = &queue.shared;
+        let request = options.request(&s.name).map_err(|e| s.failed(e))?;
+        let mode = options.mode()?;
+        let mut stream = s
+            .client()
+            .consume(request)
+            .await
+            .map_err(|e| s.failed(e))?
+            .into_inner();
+        // The server confirms with `consuming` first; a refusal arrives
+        // instead of it.
+        let first = stream.message().await.map_err(|e| s.failed(e))?;
+        s.consumers.fetch_add(1, Ordering::Relaxed);
+        s.emit(QueueEvent::Consuming(true));
+        let mut consumer = Consumer {
+            queue: queue.clone(),
+            mode,
+            stream: Some(stream),
+            buffer: VecDeque::new(),
+            redelivered: 0,
+            closed: None,
+            running: true,
+        };
+        match first {
+            Some(event) => consumer.handle(event),
+            None => consumer.finish(),
+        }
+        Ok(consumer)
+    }
+
+    /// The mode this consumer runs in.
+    pub fn mode(&self) -> ConsumeMode {
+        self.mode
+    }
+
+    /// The queue this consumer reads.
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    /// Reliable mode: how many un-acked messages of an earlier consumer the
+    /// server put back to be delivered again when this one started.
+    pub fn redelivered(&self) -> u64 {
+        self.redelivered
+    }
+
+    /// Why the queue went away, once the stream ended because it was closed
+    /// or expired.
+    pub fn closed(&self) -> Option<ClosedReason> {
+        self.closed
+    }
+
+    /// True until the consumer stops (stopped, `max` reached, closed, or
+    /// failed). Messages already received may still be buffered.
+    pub fn is_running(&self) -> bool {
+        self.running
+    }
+
+    /// Acknowledges, in reliable mode, message `id` and every lower id
+    /// (cumulative); returns how many messages this removed. As in
+    /// node-busmq, ignored (returns 0) when the consumer is not reliable.
+    pub async fn ack(&self, id: u64) -> Result<u64> {
+        if self.mode != ConsumeMode::Reliable {
+            return Ok(0);
+        }
+        self.queue.ack(id).await
+    }
+
+    /// Stops consuming now; the stream then yields what it already received
+    /// and ends. Emits `Consuming(false)`. In reliable mode, messages not
+    /// acked yet are delivered again to the next reliable consumer.
+    pub fn stop(&mut self) {
+        self.finish();
+    }
+
+    fn handle(&mut self, event: pb::ConsumeEvent) {
+        match event.event {
+            Some(Event::Messages(batch)) => self.buffer.extend(batch.messages),
+            Some(Event::Consuming(c)) => self.redelivered += c.redelivered,
+            Some(Event::Closed(c)) => {
+                self.closed = Some(match pb::ClosedReason::try_from(c.reason) {
+                    Ok(pb::ClosedReason::Closed) => ClosedReason::Closed,
+                    Ok(pb::ClosedReason::Expired) => ClosedReason::Expired,
+                    _ => ClosedReason::Unspecified,
+                });
+                self.queue.shared.emit(QueueEvent::Closed);
+                self.finish();
+            }
+            // An event of a newer server this SDK does not know: skip it.
+            None => {}
+        }
+    }
+
+    /// Ends the call (if still open) and reports the stop once.
+    fn finish(&mut self) {
+        self.stream = None;
+        if self.running {
+            self.running = false;
+            let s = &self.queue.shared;
+            s.consumers.fetch_sub(1, Ordering::Relaxed);
+            s.emit(QueueEvent::Consuming(false));
+        }
+    }
+}
+
+impl Stream for Consumer {
+    type Item = Result<Delivery>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Some(message) = this.buffer.pop_front() {
+                let s = &this.queue.shared;
+                s.consumed.fetch_add(1, Ordering::Relaxed);
+                s.emit(QueueEvent::Message { id: message.id });
+                return Poll::Ready(Some(Ok(Delivery {
+                    id: message.id,
+                    payload: message.payload,
+                })));
+            }
+            let Some(stream) = this.stream.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match Pin::new(stream).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(event))) => this.handle(event),
+                Poll::Ready(Some(Err(status))) => {
+                    let err = this.queue.shared.failed(status);
+                    this.finish();
+                    return Poll::Ready(Some(Err(err)));
+                }
+                Poll::Ready(None) => this.finish(),
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let upper = if self.stream.is_none() {
+            Some(self.buffer.len())
+        } else {
+            None
+        };
+        (self.buffer.len(), upper)
+    }
+}
+
+impl FusedStream for Consumer {
+    fn is_terminated(&self) -> bool {
+        self.stream.is_none() && self.buffer.is_empty()
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_mirror_node_busmq() {
+        let o = ConsumeOptions::default();
+        assert!(o.remove && !o.reliable);
+        assert_eq!(o.mode().unwrap(), ConsumeMode::Unreliable);
+        assert_eq!(
+            ConsumeOptions::reliable().mode().unwrap(),
+            ConsumeMode::Reliable
+        );
+        assert_eq!(
+            ConsumeOptions::persistent(0).mode().unwrap(),
+            ConsumeMode::Persistent
+        );
+    }
+
+    #[test]
+    fn request_maps_every_option() {
+        let r = ConsumeOptions::reliable()
+            .last(7)
+            .max(3)
+            .prefetch(16)
+            .request("q")
+            .unwrap();
+        assert_eq!(r.queue, "q");
+        assert_eq!(r.mode, pb::ConsumeMode::Reliable as i32);
+        assert_eq!(
+            (r.last, r.max, r.prefetch, r.index),
+            (Some(7), Some(3), Some(16), None)
+        );
+
+        let r = ConsumeOptions::persistent(5).request("q").unwrap();
+        assert_eq!(r.mode, pb::ConsumeMode::Persistent as i32);
+        assert_eq!((r.index, r.last), (Some(5), None));
+
+        let r = ConsumeOptions::default().request("q").unwrap();
+        assert_eq!(r.mode, pb::ConsumeMode::Unreliable as i32);
+        assert_eq!(
+            (r.index, r.last, r.max, r.prefetch),
+            (None, None, None, None)
+        );
+    }
+
+    #[test]
+    fn nonsense_is_refused() {
+        let bad = [
+            ConsumeOptions {
+                remove: false,
+                reliable: true,
+                ..Default::default()
+            },
+            ConsumeOptions::default().last(3),
+            ConsumeOptions::persistent(1).last(3),
+            ConsumeOptions::default().index(2),
+            ConsumeOptions::reliable().index(2),
+            ConsumeOptions::default().max(0),
+            ConsumeOptions::default().prefetch(0),
+        ];
+        for options in bad {
+            let err = options.mode().unwrap_err();
+            assert_eq!(err.code(), crate::ErrorCode::InvalidArgument, "{options:?}");
+            assert!(options.request("q").is_err());
+        }
+    }
+
+    #[test]
+    fn persistent_without_index_reads_from_oldest() {
+        let options = ConsumeOptions {
+            remove: false,
+            ..Default::default()
+        };
+        assert_eq!(options.mode().unwrap(), ConsumeMode::Persistent);
+        assert_eq!(options.request("q").unwrap().index, None);
+    }
+}

@@ -1,0 +1,57 @@
+//! The Rust SDK of busmq, shaped like node-busmq's API.
+//!
+//! A [`Bus`] is a connection to a broker; [`Bus::queue`] gives a [`Queue`]
+//! handle with node-busmq's operations: [`attach`](Queue::attach),
+//! [`push`](Queue::push), [`consume`](Queue::consume), [`ack`](Queue::ack),
+//! [`detach`](Queue::detach), [`close`](Queue::close) and the rest. Where
+//! node-busmq emits events, this SDK hands out async streams: a
+//! [`Consumer`] is a stream of [`Delivery`]s, and [`Queue::events`] is a
+//! stream of [`QueueEvent`]s. For high push rates, a [`Pusher`] keeps many
+//! batches in flight on one stream.
+//!
+//! ```no_run
+//! use busmq_client::{AttachOptions, Bus, ConsumeOptions};
+//! use futures::StreamExt;
+//!
+//! # async fn demo() -> Result<(), busmq_client::Error> {
+//! let bus = Bus::connect("http://127.0.0.1:50051").await?;
+//!
+//! // producer
+//! let q = bus.queue("foo");
+//! q.attach(AttachOptions::default()).await?;
+//! q.push(r#"{"hello":"world"}"#).await?;
+//! q.push("my name is foo").await?;
+//!
+//! // consumer, reliable: every message is acked after it was handled
+//! let mut consumer = q.consume(ConsumeOptions::reliable()).await?;
+//! while let Some(delivery) = consumer.next().await {
+//!     let delivery = delivery?;
+//!     consumer.ack(delivery.id).await?;
+//!     if delivery.payload == "my name is foo" {
+//!         break;
+//!     }
+//! }
+//! consumer.stop();
+//! q.detach().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Every error carries a stable [`ErrorCode`] (the gRPC status code the
+//! server answered with, or the one it would have used), see [`Error::code`].
+
+mod bus;
+mod consume;
+mod error;
+mod events;
+mod pusher;
+mod queue;
+
+pub use bus::{Bus, DEFAULT_URL};
+pub use consume::{ClosedReason, ConsumeMode, ConsumeOptions, Consumer, Delivery};
+pub use error::{Error, ErrorCode, Result};
+pub use events::{QueueEvent, QueueEvents};
+pub use pusher::{PushTicket, Pusher, PusherOptions};
+pub use queue::{AttachOptions, IdRange, Queue, QueueInfo};
+
+/// The payload type of messages: cheap to clone and slice.
+pub use bytes::Bytes;
