@@ -1,1 +1,462 @@
 //! A gRPC client of the `busmq-storage` service that implements [`Storage`].
+//!
+//! The connection is lazy, so a broker can start before its storage; while
+//! the storage is down every call fails fast with an UNAVAILABLE error
+//! instead of hanging, and [`Storage::watch`] reconnects by itself.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use busmq_core::Limits;
+use busmq_proto::from_status;
+use busmq_proto::storage::v1 as pb;
+use busmq_proto::storage::v1::storage_client::StorageClient;
+use bytes::Bytes;
+use futures::StreamExt;
+use tonic::Streaming;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{
+    Attached, Error, IdRange, Message, Notification, Notifications, QueueInfo, QueueName,
+    ReliableLock, Result, Storage, TakeMode,
+};
+
+/// Largest message the client sends or accepts: generous, so the server's
+/// own limits are the ones that apply.
+pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
+/// How long opening a connection to the storage may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long one call may wait for its answer.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// First wait before the watch stream reconnects; doubles per failure.
+pub const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(100);
+
+/// Longest wait between two reconnects of the watch stream.
+pub const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// A [`Storage`] served by a `busmq-storage` process, reached over gRPC.
+///
+/// Cheap to clone: clones share one HTTP/2 connection.
+#[derive(Clone, Debug)]
+pub struct RemoteStorage {
+    client: StorageClient<Channel>,
+    url: String,
+}
+
+impl RemoteStorage {
+    /// A client of the storage service at `url` (`http://HOST:PORT`).
+    ///
+    /// Does not connect: the first call does, and calls made while the
+    /// storage is down fail with an UNAVAILABLE error. Must be called from
+    /// within a Tokio runtime. A malformed URL is
+    /// [`Error::InvalidArgument`] naming it.
+    pub fn connect_lazy(url: &str) -> Result<Self> {
+        let bad = |why: &str| {
+            Error::InvalidArgument(format!(
+                "invalid storage URL {url:?}: {why} (expected http://HOST:PORT)"
+            ))
+        };
+        let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| bad(&e.to_string()))?;
+        match endpoint.uri().scheme_str() {
+            Some("http") => {}
+            Some(other) => return Err(bad(&format!("unsupported scheme {other:?}"))),
+            None => return Err(bad("no scheme")),
+        }
+        if endpoint.uri().host().is_none_or(str::is_empty) {
+            return Err(bad("no host"));
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::Internal(
+                "RemoteStorage::connect_lazy must be called within a Tokio runtime".into(),
+            ));
+        }
+        let channel = endpoint
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        let client = StorageClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Ok(RemoteStorage {
+            client,
+            url: url.to_owned(),
+        })
+    }
+
+    /// The URL this client talks to.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn client(&self) -> StorageClient<Channel> {
+        self.client.clone()
+    }
+}
+
+fn queue_request(queue: &QueueName) -> pb::QueueRequest {
+    pb::QueueRequest {
+        queue: queue.to_string(),
+    }
+}
+
+/// Milliseconds of a lease, saturating.
+fn lease_ms(lock: &ReliableLock) -> u64 {
+    u64::try_from(lock.lease.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Whole seconds of a ttl, rounded up so a short ttl never becomes zero.
+fn ttl_seconds(ttl: Duration) -> u64 {
+    ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0)
+}
+
+fn from_wire_messages(messages: pb::Messages) -> Vec<Message> {
+    messages
+        .messages
+        .into_iter()
+        .map(|m| Message {
+            id: m.id,
+            payload: m.payload,
+        })
+        .collect()
+}
+
+/// The notification a wire notification stands for. Anything unexpected
+/// (an unknown kind, a name this side would not accept) becomes
+/// [`Notification::Lagged`]: waiting consumers look again, which is always
+/// safe.
+pub fn notification_from_proto(n: pb::Notification) -> Notification {
+    let limits = Limits {
+        max_name_len: usize::MAX,
+        ..Limits::default()
+    };
+    let kind = pb::NotificationKind::try_from(n.kind).unwrap_or(pb::NotificationKind::Lagged);
+    let queue = || QueueName::parse(&n.queue, &limits).ok();
+    match kind {
+        pb::NotificationKind::Data => queue().map(Notification::Data),
+        pb::NotificationKind::Closed => queue().map(Notification::Closed),
+        pb::NotificationKind::Expired => queue().map(Notification::Expired),
+        pb::NotificationKind::Lagged | pb::NotificationKind::Unspecified => None,
+    }
+    .unwrap_or(Notification::Lagged)
+}
+
+/// State of the reconnecting watch stream.
+struct WatchState {
+    client: StorageClient<Channel>,
+    url: String,
+    stream: Option<Streaming<pb::Notification>>,
+    /// Wait before the next connection attempt; zero for the first one.
+    backoff: Duration,
+}
+
+impl WatchState {
+    async fn next(mut self) -> Option<(Notification, Self)> {
+        loop {
+            if let Some(stream) = &mut self.stream {
+                match stream.message().await {
+                    Ok(Some(n)) => return Some((notification_from_proto(n), self)),
+                    Ok(None) => tracing::debug!(url = %self.url, "storage watch stream ended"),
+                    Err(status) => {
+                        tracing::debug!(url = %self.url, %status, "storage watch stream broke")
+                    }
+                }
+                self.stream = None;
+                self.backoff = WATCH_BACKOFF_MIN;
+            }
+            if !self.backoff.is_zero() {
+                tokio::time::sleep(self.backoff).await;
+            }
+            match self.client.watch(pb::Empty {}).await {
+                Ok(response) => {
+                    self.stream = Some(response.into_inner());
+                    self.backoff = Duration::ZERO;
+                    // Anything may have happened while the stream was not
+                    // open (including before the first connect): waiting
+                    // consumers must look again.
+                    return Some((Notification::Lagged, self));
+                }
+                Err(status) => {
+                    tracing::debug!(url = %self.url, %status, "storage watch: reconnect failed");
+                    self.backoff = (self.backoff * 2).clamp(WATCH_BACKOFF_MIN, WATCH_BACKOFF_MAX);
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Storage for RemoteStorage {
+    async fn attach(&self, queue: &QueueName, ttl: Duration) -> Result<Attached> {
+        let r = self
+            .client()
+            .attach(pb::AttachRequest {
+                queue: queue.to_string(),
+                ttl_seconds: ttl_seconds(ttl),
+            })
+            .await
+            .map_err(from_status)?
+            .into_inner();
+        Ok(Attached {
+            existed: r.existed,
+            attachments: r.attachments,
+        })
+    }
+
+    async fn detach(&self, queue: &QueueName) -> Result<u64> {
+        let r = self
+            .client()
+            .detach(queue_request(queue))
+            .await
+            .map_err(from_status)?;
+        Ok(r.into_inner().attachments)
+    }
+
+    async fn push(&self, queue: &QueueName, messages: Vec<Bytes>) -> Result<IdRange> {
+        if messages.is_empty() {
+            return Err(Error::EmptyBatch);
+        }
+        let r = self
+            .client()
+            .push(pb::PushRequest {
+                queue: queue.to_string(),
+                messages,
+            })
+            .await
+            .map_err(from_status)?
+            .into_inner();
+        Ok(IdRange {
+            first: r.first_id,
+            last: r.last_id,
+        })
+    }
+
+    async fn take(&self, queue: &QueueName, max: u32, mode: TakeMode) -> Result<Vec<Message>> {
+        let r = self
+            .client()
+            .take(pb::TakeRequest {
+                queue: queue.to_string(),
+                max,
+                reliable: mode == TakeMode::Pending,
+            })
+            .await
+            .map_err(from_status)?;
+        Ok(from_wire_messages(r.into_inner()))
+    }
+
+    async fn read(&self, queue: &QueueName, from: u64, max: u32) -> Result<Vec<Message>> {
+        let r = self
+            .client()
+            .read(pb::ReadRequest {
+                queue: queue.to_string(),
+                from,
+                max,
+            })
+            .await
+            .map_err(from_status)?;
+        Ok(from_wire_messages(r.into_inner()))
+    }
+
+    async fn ack(&self, queue: &QueueName, id: u64) -> Result<u64> {
+        let r = self
+            .client()
+            .ack(pb::AckRequest {
+                queue: queue.to_string(),
+                id,
+            })
+            .await
+            .map_err(from_status)?;
+        Ok(r.into_inner().removed)
+    }
+
+    async fn begin_reliable(
+        &self,
+        queue: &QueueName,
+        lock: &ReliableLock,
+        last: u64,
+    ) -> Result<u64> {
+        let r = self
+            .client()
+            .begin_reliable(pb::BeginReliableRequest {
+                queue: queue.to_string(),
+                owner: lock.owner.clone(),
+                lease_ms: lease_ms(lock),
+                last,
+            })
+            .await
+            .map_err(from_status)?;
+        Ok(r.into_inner().requeued)
+    }
+
+    async fn renew_reliable(&self, queue: &QueueName, lock: &ReliableLock) -> Result<bool> {
+        let r = self
+            .client()
+            .renew_reliable(pb::ReliableLockRequest {
+                queue: queue.to_string(),
+                owner: lock.owner.clone(),
+                lease_ms: lease_ms(lock),
+            })
+            .await
+            .map_err(from_status)?;
+        Ok(r.into_inner().held)
+    }
+
+    async fn end_reliable(&self, queue: &QueueName, lock: &ReliableLock) -> Result<bool> {
+        let r = self
+            .client()
+            .end_reliable(pb::ReliableLockRequest {
+                queue: queue.to_string(),
+                owner: lock.owner.clone(),
+                lease_ms: lease_ms(lock),
+            })
+            .await
+            .map_err(from_status)?;
+        Ok(r.into_inner().released)
+    }
+
+    async fn close(&self, queue: &QueueName) -> Result<bool> {
+        let r = self
+            .client()
+            .close(queue_request(queue))
+            .await
+            .map_err(from_status)?;
+        Ok(r.into_inner().existed)
+    }
+
+    async fn flush(&self, queue: &QueueName) -> Result<u64> {
+        let r = self
+            .client()
+            .flush(queue_request(queue))
+            .await
+            .map_err(from_status)?;
+        Ok(r.into_inner().removed)
+    }
+
+    async fn info(&self, queue: &QueueName) -> Result<Option<QueueInfo>> {
+        let i = self
+            .client()
+            .info(queue_request(queue))
+            .await
+            .map_err(from_status)?
+            .into_inner();
+        Ok(i.exists.then(|| QueueInfo {
+            count: i.count,
+            ttl: Duration::from_secs(i.ttl_seconds),
+            attachments: i.attachments,
+            pending: i.pending,
+            next_id: i.next_id,
+            pushed: i.pushed,
+            consumed: i.consumed,
+            reliable_consumer: i.reliable_consumer,
+        }))
+    }
+
+    async fn get_metadata(&self, queue: &QueueName, key: &str) -> Result<Option<String>> {
+        let r = self
+            .client()
+            .get_metadata(pb::GetMetadataRequest {
+                queue: queue.to_string(),
+                key: key.to_owned(),
+            })
+            .await
+            .map_err(from_status)?;
+        Ok(r.into_inner().value)
+    }
+
+    async fn set_metadata(&self, queue: &QueueName, key: &str, value: &str) -> Result<()> {
+        self.client()
+            .set_metadata(pb::SetMetadataRequest {
+                queue: queue.to_string(),
+                key: key.to_owned(),
+                value: value.to_owned(),
+            })
+            .await
+            .map_err(from_status)?;
+        Ok(())
+    }
+
+    /// Opens the `Watch` RPC when first polled. Yields
+    /// [`Notification::Lagged`] each time the stream is (re)established,
+    /// the first time included, so a consumer that took before the stream
+    /// was open looks again. When the stream breaks (storage restarted) it
+    /// reconnects with backoff ([`WATCH_BACKOFF_MIN`] doubling to
+    /// [`WATCH_BACKOFF_MAX`]). Nothing is buffered beyond HTTP/2 flow
+    /// control: a slow reader makes the server send LAGGED.
+    fn watch(&self) -> Notifications {
+        let state = WatchState {
+            client: self.client(),
+            url: self.url.clone(),
+            stream: None,
+            backoff: Duration::ZERO,
+        };
+        futures::stream::unfold(state, WatchState::next).boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use busmq_core::ErrorCode;
+
+    #[tokio::test]
+    async fn bad_urls_are_invalid_arguments_naming_the_url() {
+        for url in ["", "not a url", "localhost:50052", "ftp://x:1", "http://"] {
+            let err = RemoteStorage::connect_lazy(url).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::InvalidArgument, "{url}: {err}");
+            assert!(err.to_string().contains(&format!("{url:?}")), "{err}");
+        }
+        assert!(RemoteStorage::connect_lazy("http://127.0.0.1:1").is_ok());
+    }
+
+    #[test]
+    fn outside_a_runtime_is_an_error_not_a_panic() {
+        let err = RemoteStorage::connect_lazy("http://127.0.0.1:1").unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Internal);
+    }
+
+    #[test]
+    fn unknown_notifications_become_lagged() {
+        let n = notification_from_proto(pb::Notification {
+            queue: "q".into(),
+            kind: 99,
+        });
+        assert_eq!(n, Notification::Lagged);
+        let n = notification_from_proto(pb::Notification {
+            queue: "bad name".into(),
+            kind: pb::NotificationKind::Data as i32,
+        });
+        assert_eq!(n, Notification::Lagged);
+        let n = notification_from_proto(pb::Notification {
+            queue: "q".into(),
+            kind: pb::NotificationKind::Closed as i32,
+        });
+        assert!(matches!(n, Notification::Closed(q) if q.as_str() == "q"));
+    }
+
+    #[test]
+    fn ttl_rounds_up() {
+        assert_eq!(ttl_seconds(Duration::from_millis(1)), 1);
+        assert_eq!(ttl_seconds(Duration::from_secs(30)), 30);
+        assert_eq!(ttl_seconds(Duration::ZERO), 0);
+    }
+
+    #[tokio::test]
+    async fn calls_fail_fast_when_storage_is_down() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let remote = RemoteStorage::connect_lazy(&format!("http://127.0.0.1:{port}")).unwrap();
+        let q = QueueName::parse("q", &Limits::default()).unwrap();
+        let started = std::time::Instant::now();
+        let err = remote.info(&q).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Unavailable, "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}

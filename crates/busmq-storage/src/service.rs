@@ -1,1 +1,503 @@
 //! The `busmq.storage.v1` gRPC service over any [`Storage`].
+//!
+//! Every request is validated here, at the edge: queue names with
+//! [`QueueName::parse`], push batches with [`Limits::check_batch`], durations
+//! against sane bounds. Errors keep their code through
+//! [`busmq_proto::to_status`]. Nothing in here panics on input.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use busmq_core::Limits;
+use busmq_proto::storage::v1 as pb;
+use busmq_proto::storage::v1::storage_server::Storage as StorageRpc;
+use busmq_proto::to_status;
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::{Error, Notification, QueueName, ReliableLock, Storage, TakeMode};
+
+/// Notifications buffered per watcher before it is sent a LAGGED
+/// notification instead of the ones it could not keep up with.
+pub const WATCH_BUFFER: usize = 1024;
+
+/// Longest queue ttl a request may ask for (ten years): beyond it, deadline
+/// arithmetic in a store could overflow.
+pub const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Longest reliable-consumer lease a request may ask for (one day).
+pub const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
+
+/// The `busmq.storage.v1.Storage` gRPC service, serving an
+/// `Arc<dyn Storage>`. Wrap it in
+/// [`StorageServer`](busmq_proto::storage::v1::storage_server::StorageServer)
+/// (or use [`crate::server::serve`]).
+#[derive(Clone)]
+pub struct StorageService {
+    storage: Arc<dyn Storage>,
+    limits: Limits,
+    shutdown: CancellationToken,
+}
+
+impl StorageService {
+    /// Serves `storage`, enforcing `limits` on every request.
+    pub fn new(storage: Arc<dyn Storage>, limits: Limits) -> Self {
+        StorageService {
+            storage,
+            limits,
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// Ends every open `Watch` stream when `shutdown` fires, so a graceful
+    /// shutdown of the server does not wait for watchers forever.
+    pub fn with_shutdown(mut self, shutdown: CancellationToken) -> Self {
+        self.shutdown = shutdown;
+        self
+    }
+
+    fn name(&self, name: &str) -> Result<QueueName, Status> {
+        QueueName::parse(name, &self.limits).map_err(to_status)
+    }
+
+    /// Most messages one take or read returns: a batch, as for a push.
+    fn cap(&self, max: u32) -> u32 {
+        u32::try_from(self.limits.max_batch_len)
+            .unwrap_or(u32::MAX)
+            .min(max)
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> Status {
+    to_status(Error::InvalidArgument(msg.into()))
+}
+
+fn ttl(seconds: u64) -> Result<Duration, Status> {
+    let ttl = Duration::from_secs(seconds);
+    if ttl > MAX_TTL {
+        return Err(invalid(format!(
+            "ttl of {seconds} s is over the limit of {} s",
+            MAX_TTL.as_secs()
+        )));
+    }
+    Ok(ttl)
+}
+
+fn lock(owner: String, lease_ms: u64) -> Result<ReliableLock, Status> {
+    if owner.is_empty() {
+        return Err(invalid("a reliable consumer needs a non-empty owner"));
+    }
+    let lease = Duration::from_millis(lease_ms);
+    if lease > MAX_LEASE {
+        return Err(invalid(format!(
+            "lease of {lease_ms} ms is over the limit of {} ms",
+            MAX_LEASE.as_millis()
+        )));
+    }
+    Ok(ReliableLock { owner, lease })
+}
+
+fn messages(messages: Vec<crate::Message>) -> pb::Messages {
+    pb::Messages {
+        messages: messages
+            .into_iter()
+            .map(|m| pb::StoredMessage {
+                id: m.id,
+                payload: m.payload,
+            })
+            .collect(),
+    }
+}
+
+/// The wire form of a notification.
+pub fn notification_to_proto(n: Notification) -> pb::Notification {
+    let (queue, kind) = match n {
+        Notification::Data(q) => (q.to_string(), pb::NotificationKind::Data),
+        Notification::Closed(q) => (q.to_string(), pb::NotificationKind::Closed),
+        Notification::Expired(q) => (q.to_string(), pb::NotificationKind::Expired),
+        Notification::Lagged => (String::new(), pb::NotificationKind::Lagged),
+    };
+    pb::Notification {
+        queue,
+        kind: kind as i32,
+    }
+}
+
+/// Forwards `source` into `tx` until the watcher goes away, `source` ends or
+/// `shutdown` fires. A full channel drops notifications and remembers it;
+/// as soon as there is room again the watcher gets one LAGGED, so it looks
+/// at every queue again instead of missing a wake-up.
+async fn forward_notifications(
+    mut source: crate::Notifications,
+    tx: mpsc::Sender<Result<pb::Notification, Status>>,
+    shutdown: CancellationToken,
+) {
+    let lagged_msg = || Ok(notification_to_proto(Notification::Lagged));
+    let mut lagged = false;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = tx.closed() => break,
+            permit = tx.reserve(), if lagged => match permit {
+                Ok(permit) => {
+                    permit.send(lagged_msg());
+                    lagged = false;
+                }
+                Err(_) => break,
+            },
+            next = source.next() => {
+                let Some(n) = next else { break };
+                if lagged {
+                    // Still no room: this one is covered by the LAGGED to come.
+                    continue;
+                }
+                match tx.try_send(Ok(notification_to_proto(n))) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        tracing::debug!("slow watcher: dropping notifications");
+                        lagged = true;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => break,
+                }
+            }
+        }
+    }
+}
+
+/// The stream type of `Watch` responses.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::Notification, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl StorageRpc for StorageService {
+    async fn attach(
+        &self,
+        request: Request<pb::AttachRequest>,
+    ) -> Result<Response<pb::AttachResponse>, Status> {
+        let req = request.into_inner();
+        let queue = self.name(&req.queue)?;
+        let ttl = ttl(req.ttl_seconds)?;
+        let attached = self.storage.attach(&queue, ttl).await.map_err(to_status)?;
+        Ok(Response::new(pb::AttachResponse {
+            existed: attached.existed,
+            attachments: attached.attachments,
+        }))
+    }
+
+    async fn detach(
+        &self,
+        request: Request<pb::QueueRequest>,
+    ) -> Result<Response<pb::DetachResponse>, Status> {
+        let queue = self.name(&request.into_inner().queue)?;
+        let attachments = self.storage.detach(&queue).await.map_err(to_status)?;
+        Ok(Response::new(pb::DetachResponse { attachments }))
+    }
+
+    async fn push(
+        &self,
+        request: Request<pb::PushRequest>,
+    ) -> Result<Response<pb::PushResponse>, Status> {
+        let req = request.into_inner();
+        let queue = self.name(&req.queue)?;
+        self.limits.check_batch(&req.messages).map_err(to_status)?;
+        let ids = self
+            .storage
+            .push(&queue, req.messages)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::PushResponse {
+            first_id: ids.first,
+            last_id: ids.last,
+        }))
+    }
+
+    async fn take(
+        &self,
+        request: Request<pb::TakeRequest>,
+    ) -> Result<Response<pb::Messages>, Status> {
+        let req = request.into_inner();
+        let queue = self.name(&req.queue)?;
+        let mode = if req.reliable {
+            TakeMode::Pending
+        } else {
+            TakeMode::Remove
+        };
+        let taken = self
+            .storage
+            .take(&queue, self.cap(req.max), mode)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(messages(taken)))
+    }
+
+    async fn read(
+        &self,
+        request: Request<pb::ReadRequest>,
+    ) -> Result<Response<pb::Messages>, Status> {
+        let req = request.into_inner();
+        let queue = self.name(&req.queue)?;
+        let read = self
+            .storage
+            .read(&queue, req.from, self.cap(req.max))
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(messages(read)))
+    }
+
+    async fn ack(
+        &self,
+        request: Request<pb::AckRequest>,
+    ) -> Result<Response<pb::AckResponse>, Status> {
+        let req = request.into_inner();
+        let queue = self.name(&req.queue)?;
+        let removed = self.storage.ack(&queue, req.id).await.map_err(to_status)?;
+        Ok(Response::new(pb::AckResponse { removed }))
+    }
+
+    async fn begin_reliable(
+        &self,
+        request: Request<pb::BeginReliableRequest>,
+    ) -> Result<Response<pb::BeginReliableResponse>, Status> {
+        let req = request.into_inner();
+        let queue = self.name(&req.queue)?;
+        let lock = lock(req.owner, req.lease_ms)?;
+        let requeued = self
+            .storage
+            .begin_reliable(&queue, &lock, req.last)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::BeginReliableResponse { requeued }))
+    }
+
+    async fn renew_reliable(
+        &self,
+        request: Request<pb::ReliableLockRequest>,
+    ) -> Result<Response<pb::RenewReliableResponse>, Status> {
+        let req = request.into_inner();
+        let queue = self.name(&req.queue)?;
+        let lock = lock(req.owner, req.lease_ms)?;
+        let held = self
+            .storage
+            .renew_reliable(&queue, &lock)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::RenewReliableResponse { held }))
+    }
+
+    async fn end_reliable(
+        &self,
+        request: Request<pb::ReliableLockRequest>,
+    ) -> Result<Response<pb::EndReliableResponse>, Status> {
+        let req = request.into_inner();
+        let queue = self.name(&req.queue)?;
+        let lock = lock(req.owner, req.lease_ms)?;
+        let released = self
+            .storage
+            .end_reliable(&queue, &lock)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::EndReliableResponse { released }))
+    }
+
+    async fn close(
+        &self,
+        request: Request<pb::QueueRequest>,
+    ) -> Result<Response<pb::CloseResponse>, Status> {
+        let queue = self.name(&request.into_inner().queue)?;
+        let existed = self.storage.close(&queue).await.map_err(to_status)?;
+        Ok(Response::new(pb::CloseResponse { existed }))
+    }
+
+    async fn flush(
+        &self,
+        request: Request<pb::QueueRequest>,
+    ) -> Result<Response<pb::FlushResponse>, Status> {
+        let queue = self.name(&request.into_inner().queue)?;
+        let removed = self.storage.flush(&queue).await.map_err(to_status)?;
+        Ok(Response::new(pb::FlushResponse { removed }))
+    }
+
+    async fn info(
+        &self,
+        request: Request<pb::QueueRequest>,
+    ) -> Result<Response<pb::QueueInfo>, Status> {
+        let queue = self.name(&request.into_inner().queue)?;
+        let info = self.storage.info(&queue).await.map_err(to_status)?;
+        let reply = match info {
+            None => pb::QueueInfo::default(),
+            Some(i) => pb::QueueInfo {
+                exists: true,
+                count: i.count,
+                ttl_seconds: i.ttl.as_secs(),
+                attachments: i.attachments,
+                pending: i.pending,
+                next_id: i.next_id,
+                pushed: i.pushed,
+                consumed: i.consumed,
+                reliable_consumer: i.reliable_consumer,
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn get_metadata(
+        &self,
+        request: Request<pb::GetMetadataRequest>,
+    ) -> Result<Response<pb::GetMetadataResponse>, Status> {
+        let req = request.into_inner();
+        let queue = self.name(&req.queue)?;
+        let value = self
+            .storage
+            .get_metadata(&queue, &req.key)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::GetMetadataResponse { value }))
+    }
+
+    async fn set_metadata(
+        &self,
+        request: Request<pb::SetMetadataRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let req = request.into_inner();
+        let queue = self.name(&req.queue)?;
+        self.storage
+            .set_metadata(&queue, &req.key, &req.value)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        _request: Request<pb::Empty>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        // Subscribe before answering: once the client has the response
+        // headers, no later change can be missed.
+        let source = self.storage.watch();
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        tokio::spawn(forward_notifications(source, tx, self.shutdown.clone()));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MemoryStorage;
+
+    fn service() -> StorageService {
+        StorageService::new(Arc::new(MemoryStorage::new()), Limits::default())
+    }
+
+    #[tokio::test]
+    async fn rejects_bad_input_with_codes() {
+        let svc = service();
+        let bad_name = svc
+            .attach(Request::new(pb::AttachRequest {
+                queue: "no spaces".into(),
+                ttl_seconds: 30,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(bad_name.code(), tonic::Code::InvalidArgument);
+
+        let huge_ttl = svc
+            .attach(Request::new(pb::AttachRequest {
+                queue: "q".into(),
+                ttl_seconds: u64::MAX,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(huge_ttl.code(), tonic::Code::InvalidArgument);
+
+        svc.attach(Request::new(pb::AttachRequest {
+            queue: "q".into(),
+            ttl_seconds: 30,
+        }))
+        .await
+        .unwrap();
+        let empty = svc
+            .push(Request::new(pb::PushRequest {
+                queue: "q".into(),
+                messages: vec![],
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(empty.code(), tonic::Code::InvalidArgument);
+
+        let big = svc
+            .push(Request::new(pb::PushRequest {
+                queue: "q".into(),
+                messages: vec![vec![0u8; (1 << 20) + 1].into()],
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(big.code(), tonic::Code::ResourceExhausted);
+
+        let huge_lease = svc
+            .begin_reliable(Request::new(pb::BeginReliableRequest {
+                queue: "q".into(),
+                owner: "me".into(),
+                lease_ms: u64::MAX,
+                last: 0,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(huge_lease.code(), tonic::Code::InvalidArgument);
+
+        let no_owner = svc
+            .renew_reliable(Request::new(pb::ReliableLockRequest {
+                queue: "q".into(),
+                owner: String::new(),
+                lease_ms: 1000,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(no_owner.code(), tonic::Code::InvalidArgument);
+
+        let missing = svc
+            .push(Request::new(pb::PushRequest {
+                queue: "missing".into(),
+                messages: vec![bytes::Bytes::from_static(b"x")],
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(missing.code(), tonic::Code::NotFound);
+    }
+
+    #[tokio::test]
+    async fn slow_watcher_gets_lagged() {
+        let (src_tx, src_rx) = mpsc::unbounded_channel();
+        let source = tokio_stream::wrappers::UnboundedReceiverStream::new(src_rx).boxed();
+        let (tx, mut rx) = mpsc::channel(2);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(forward_notifications(source, tx, shutdown.clone()));
+        let q = QueueName::parse("q", &Limits::default()).unwrap();
+        for _ in 0..10 {
+            src_tx.send(Notification::Data(q.clone())).unwrap();
+        }
+        // Let the forwarder fill the channel and start dropping.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut kinds = Vec::new();
+        for _ in 0..3 {
+            kinds.push(rx.recv().await.unwrap().unwrap().kind);
+        }
+        assert_eq!(
+            kinds,
+            vec![
+                pb::NotificationKind::Data as i32,
+                pb::NotificationKind::Data as i32,
+                pb::NotificationKind::Lagged as i32
+            ]
+        );
+        shutdown.cancel();
+        task.await.unwrap();
+        assert!(rx.recv().await.is_none(), "stream ends on shutdown");
+    }
+}

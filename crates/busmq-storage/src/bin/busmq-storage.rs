@@ -1,0 +1,79 @@
+//! `busmq-storage`: serves a store over the `busmq.storage.v1` gRPC API.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use busmq_core::Limits;
+use busmq_storage::Storage;
+use busmq_storage::memory::MemoryStorage;
+use clap::{Parser, ValueEnum};
+
+/// The busmq storage service: the only process that talks to a store.
+/// Brokers reach it over gRPC (busmq.storage.v1), with grpc.health.v1 and
+/// server reflection on the same port. Stops gracefully on SIGTERM/Ctrl-C.
+#[derive(Debug, Parser)]
+#[command(name = "busmq-storage", version, about, long_about)]
+struct Args {
+    /// Address to listen on for gRPC.
+    #[arg(long, env = "BUSMQ_STORAGE_LISTEN", default_value = "0.0.0.0:50052")]
+    listen: SocketAddr,
+
+    /// Which store to serve.
+    #[arg(long, env = "BUSMQ_STORAGE_BACKEND", value_enum, default_value_t = Backend::Memory)]
+    backend: Backend,
+
+    /// Largest message body accepted, in bytes.
+    #[arg(long, env = "BUSMQ_MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_message_bytes: u32,
+
+    /// Most messages accepted in one push batch.
+    #[arg(long, env = "BUSMQ_MAX_BATCH", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_batch: u32,
+}
+
+/// The stores `busmq-storage` can serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    /// In memory: fast, lost when the process stops (tests, demos).
+    Memory,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    busmq_runtime::init_tracing();
+
+    let limits = Limits {
+        max_message_bytes: args.max_message_bytes as usize,
+        max_batch_len: args.max_batch as usize,
+        ..Limits::default()
+    };
+    let storage: Arc<dyn Storage> = match args.backend {
+        Backend::Memory => Arc::new(MemoryStorage::new()),
+    };
+
+    let shutdown = busmq_runtime::shutdown_on_signal();
+    let listener = busmq_runtime::bind(args.listen).await?;
+    let addr = listener
+        .local_addr()
+        .context("reading the listening address")?;
+    tracing::info!(backend = ?args.backend, "busmq-storage listening on {addr}");
+
+    let server = busmq_storage::server::serve(listener, storage, limits, shutdown.clone());
+    let drain_deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(busmq_runtime::DRAIN_TIMEOUT).await;
+    };
+    tokio::select! {
+        result = server => result.context("storage gRPC server failed")?,
+        () = drain_deadline => {
+            tracing::warn!("in-flight calls did not finish within {:?}; exiting anyway",
+                busmq_runtime::DRAIN_TIMEOUT);
+        }
+    }
+    tracing::info!("busmq-storage stopped");
+    Ok(())
+}

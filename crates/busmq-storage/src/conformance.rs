@@ -1,0 +1,702 @@
+//! The conformance suite every [`Storage`] implementation must pass,
+//! written once.
+//!
+//! Each check is a public async function taking an `Arc<dyn Storage>`;
+//! [`conformance_tests!`](crate::conformance_tests) turns them into one
+//! `#[tokio::test]` each, so failures are named:
+//!
+//! ```ignore
+//! busmq_storage::conformance_tests!(async {
+//!     std::sync::Arc::new(MemoryStorage::new()) as std::sync::Arc<dyn busmq_storage::Storage>
+//! });
+//! ```
+//!
+//! The factory expression is evaluated once per test. Checks use queue names
+//! unique to the test process and the call, so they may share one store, and
+//! other processes may use that store at the same time. The crate using the
+//! macro needs `tokio` (with the `macros` and `rt-multi-thread` features)
+//! among its dependencies. Errors are compared by [`ErrorCode`], since a
+//! remote store returns [`Error::Remote`] carrying the code.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use busmq_core::{ErrorCode, Limits};
+use bytes::Bytes;
+use futures::StreamExt;
+
+use crate::{
+    Error, IdRange, Message, Notification, Notifications, QueueName, ReliableLock, Storage,
+    TakeMode,
+};
+
+/// Expands to one `#[tokio::test]` per conformance check, each running the
+/// check on the `Arc<dyn Storage>` that `$factory.await` yields. See the
+/// [module docs](crate::conformance).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($factory:expr) => {
+        $crate::conformance_tests!(@each $factory;
+            attach_counts_and_reports_existed,
+            push_assigns_dense_ids_from_one,
+            take_remove_in_order,
+            take_pending_keeps_until_ack,
+            ack_is_cumulative,
+            ack_rejects_unknown_and_zero_ids,
+            read_removes_nothing,
+            read_spans_pending_and_ready,
+            begin_reliable_refuses_second_owner,
+            begin_reliable_discards_and_requeues,
+            renew_and_end_reliable,
+            reliable_lock_lapses_after_lease,
+            close_destroys_and_notifies,
+            flush_keeps_ids_counting,
+            info_counters,
+            metadata_get_set,
+            missing_queue_ops_fail,
+            empty_push_is_rejected,
+            watch_sees_data_for_the_right_queue,
+            expiry_after_detach,
+            reattach_cancels_expiry,
+            concurrent_takers_each_message_once,
+        );
+    };
+    (@each $factory:expr; $($check:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $check() {
+                let storage: ::std::sync::Arc<dyn $crate::Storage> = $factory.await;
+                $crate::conformance::$check(storage).await;
+            }
+        )+
+    };
+}
+
+/// A long ttl: queues of a check never expire during it.
+const TTL: Duration = Duration::from_secs(600);
+
+/// Bound on every wait for something asynchronous (a notification, expiry).
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A queue name unique to this process and call.
+pub fn unique_queue(prefix: &str) -> QueueName {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let name = format!("conformance.{prefix}.{}.{nanos}.{n}", std::process::id());
+    QueueName::parse(&name, &Limits::default()).expect("generated names are valid")
+}
+
+/// A fresh attached queue.
+async fn attached(s: &Arc<dyn Storage>, prefix: &str) -> QueueName {
+    let q = unique_queue(prefix);
+    s.attach(&q, TTL).await.expect("attach");
+    q
+}
+
+fn payloads(range: std::ops::RangeInclusive<u64>) -> Vec<Bytes> {
+    range.map(|i| Bytes::from(format!("m{i}"))).collect()
+}
+
+fn ids(messages: &[Message]) -> Vec<u64> {
+    messages.iter().map(|m| m.id).collect()
+}
+
+fn lock(owner: &str, lease: Duration) -> ReliableLock {
+    ReliableLock {
+        owner: owner.to_owned(),
+        lease,
+    }
+}
+
+#[track_caller]
+fn assert_code<T: std::fmt::Debug>(result: Result<T, Error>, code: ErrorCode) {
+    match result {
+        Ok(v) => panic!("expected an error with code {code:?}, got Ok({v:?})"),
+        Err(e) => assert_eq!(e.code(), code, "unexpected error: {e}"),
+    }
+}
+
+/// Reads `watch` until `want` matches, skipping everything else (other
+/// queues, LAGGED). Panics after [`WAIT`].
+async fn expect_notification(
+    watch: &mut Notifications,
+    what: &str,
+    want: impl Fn(&Notification) -> bool,
+) {
+    let found = tokio::time::timeout(WAIT, async {
+        while let Some(n) = watch.next().await {
+            if want(&n) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    match found {
+        Ok(true) => {}
+        Ok(false) => panic!("watch stream ended before {what}"),
+        Err(_) => panic!("no {what} within {WAIT:?}"),
+    }
+}
+
+/// A watch stream that is known to be live: a push to a probe queue made
+/// after opening it has been seen. (A remote store opens its stream
+/// asynchronously.)
+async fn live_watch(s: &Arc<dyn Storage>) -> Notifications {
+    let mut watch = s.watch();
+    let probe = attached(s, "probe").await;
+    let seen = tokio::time::timeout(WAIT, async {
+        loop {
+            s.push(&probe, vec![Bytes::from_static(b"probe")])
+                .await
+                .expect("push to probe queue");
+            let wait = tokio::time::timeout(Duration::from_millis(200), async {
+                while let Some(n) = watch.next().await {
+                    if n == Notification::Data(probe.clone()) {
+                        return true;
+                    }
+                }
+                false
+            });
+            match wait.await {
+                Ok(true) => return,
+                Ok(false) => panic!("watch stream ended while opening"),
+                Err(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(
+        seen.is_ok(),
+        "watch stream did not come alive within {WAIT:?}"
+    );
+    s.close(&probe).await.expect("close probe queue");
+    watch
+}
+
+/// Attach creates the queue, counts attachments and reports `existed`;
+/// detach counts down, never below zero.
+pub async fn attach_counts_and_reports_existed(s: Arc<dyn Storage>) {
+    let q = unique_queue("attach");
+    let a = s.attach(&q, TTL).await.unwrap();
+    assert!(!a.existed, "first attach creates the queue");
+    assert_eq!(a.attachments, 1);
+    let a = s.attach(&q, TTL).await.unwrap();
+    assert!(a.existed);
+    assert_eq!(a.attachments, 2);
+    assert_eq!(s.info(&q).await.unwrap().unwrap().attachments, 2);
+    assert_eq!(s.detach(&q).await.unwrap(), 1);
+    assert_eq!(s.detach(&q).await.unwrap(), 0);
+    assert_eq!(s.detach(&q).await.unwrap(), 0, "never below zero");
+    let info = s
+        .info(&q)
+        .await
+        .unwrap()
+        .expect("still there until its ttl");
+    assert_eq!(info.attachments, 0);
+    assert_eq!(info.ttl, TTL);
+    let a = s.attach(&q, TTL).await.unwrap();
+    assert!(a.existed);
+    assert_eq!(a.attachments, 1);
+}
+
+/// Ids are dense, start at 1, and a batch gets consecutive ids in order.
+pub async fn push_assigns_dense_ids_from_one(s: Arc<dyn Storage>) {
+    let q = attached(&s, "push").await;
+    let r = s.push(&q, payloads(1..=1)).await.unwrap();
+    assert_eq!(r, IdRange { first: 1, last: 1 });
+    let r = s.push(&q, payloads(2..=4)).await.unwrap();
+    assert_eq!(r, IdRange { first: 2, last: 4 });
+    let r = s.push(&q, payloads(5..=5)).await.unwrap();
+    assert_eq!(r, IdRange { first: 5, last: 5 });
+    let taken = s.take(&q, 100, TakeMode::Remove).await.unwrap();
+    assert_eq!(ids(&taken), vec![1, 2, 3, 4, 5]);
+    for m in &taken {
+        assert_eq!(
+            m.payload,
+            Bytes::from(format!("m{}", m.id)),
+            "payload of {}",
+            m.id
+        );
+    }
+}
+
+/// Unreliable take returns messages in push order and removes them.
+pub async fn take_remove_in_order(s: Arc<dyn Storage>) {
+    let q = attached(&s, "take").await;
+    s.push(&q, payloads(1..=10)).await.unwrap();
+    assert_eq!(
+        ids(&s.take(&q, 3, TakeMode::Remove).await.unwrap()),
+        vec![1, 2, 3]
+    );
+    let info = s.info(&q).await.unwrap().unwrap();
+    assert_eq!((info.count, info.pending), (7, 0));
+    assert_eq!(
+        ids(&s.take(&q, 100, TakeMode::Remove).await.unwrap()),
+        (4..=10).collect::<Vec<_>>()
+    );
+    assert!(s.take(&q, 100, TakeMode::Remove).await.unwrap().is_empty());
+    assert!(s.take(&q, 0, TakeMode::Remove).await.unwrap().is_empty());
+    let info = s.info(&q).await.unwrap().unwrap();
+    assert_eq!((info.count, info.consumed), (0, 10));
+}
+
+/// Reliable take moves messages to pending; they stay stored until acked.
+pub async fn take_pending_keeps_until_ack(s: Arc<dyn Storage>) {
+    let q = attached(&s, "pending").await;
+    s.push(&q, payloads(1..=10)).await.unwrap();
+    let taken = s.take(&q, 3, TakeMode::Pending).await.unwrap();
+    assert_eq!(ids(&taken), vec![1, 2, 3]);
+    let info = s.info(&q).await.unwrap().unwrap();
+    assert_eq!((info.count, info.pending), (10, 3));
+    assert_eq!(
+        ids(&s.take(&q, 2, TakeMode::Pending).await.unwrap()),
+        vec![4, 5],
+        "pending messages are not taken again"
+    );
+    assert_eq!(s.ack(&q, 5).await.unwrap(), 5);
+    let info = s.info(&q).await.unwrap().unwrap();
+    assert_eq!((info.count, info.pending), (5, 0));
+}
+
+/// Ack removes every pending message up to the id, and only those.
+pub async fn ack_is_cumulative(s: Arc<dyn Storage>) {
+    let q = attached(&s, "ack").await;
+    s.push(&q, payloads(1..=6)).await.unwrap();
+    s.take(&q, 4, TakeMode::Pending).await.unwrap();
+    assert_eq!(s.ack(&q, 2).await.unwrap(), 2);
+    assert_eq!(s.info(&q).await.unwrap().unwrap().pending, 2);
+    assert_eq!(
+        s.ack(&q, 2).await.unwrap(),
+        0,
+        "acking again removes nothing"
+    );
+    assert_eq!(s.ack(&q, 1).await.unwrap(), 0, "acking below is a no-op");
+    assert_eq!(s.ack(&q, 4).await.unwrap(), 2);
+    let info = s.info(&q).await.unwrap().unwrap();
+    assert_eq!((info.count, info.pending), (2, 0));
+    assert_eq!(
+        ids(&s.read(&q, 0, 100).await.unwrap()),
+        vec![5, 6],
+        "ready messages are untouched by ack"
+    );
+}
+
+/// Acking an id never delivered is NOT_FOUND; id 0 is INVALID_ARGUMENT.
+pub async fn ack_rejects_unknown_and_zero_ids(s: Arc<dyn Storage>) {
+    let q = attached(&s, "badack").await;
+    s.push(&q, payloads(1..=3)).await.unwrap();
+    assert_code(s.ack(&q, 1).await, ErrorCode::NotFound);
+    s.take(&q, 1, TakeMode::Pending).await.unwrap();
+    assert_code(s.ack(&q, 2).await, ErrorCode::NotFound);
+    assert_code(s.ack(&q, 1000).await, ErrorCode::NotFound);
+    assert_code(s.ack(&q, 0).await, ErrorCode::InvalidArgument);
+    assert_eq!(s.ack(&q, 1).await.unwrap(), 1);
+    assert_eq!(s.info(&q).await.unwrap().unwrap().count, 2);
+}
+
+/// Read returns messages from an index and removes nothing.
+pub async fn read_removes_nothing(s: Arc<dyn Storage>) {
+    let q = attached(&s, "read").await;
+    s.push(&q, payloads(1..=5)).await.unwrap();
+    let read = s.read(&q, 2, 2).await.unwrap();
+    assert_eq!(ids(&read), vec![2, 3]);
+    assert_eq!(read[0].payload, Bytes::from_static(b"m2"));
+    assert_eq!(ids(&s.read(&q, 0, 100).await.unwrap()), vec![1, 2, 3, 4, 5]);
+    assert_eq!(ids(&s.read(&q, 5, 100).await.unwrap()), vec![5]);
+    assert!(s.read(&q, 6, 100).await.unwrap().is_empty());
+    assert!(s.read(&q, 1, 0).await.unwrap().is_empty());
+    let info = s.info(&q).await.unwrap().unwrap();
+    assert_eq!(
+        (info.count, info.consumed),
+        (5, 0),
+        "reads are not consumption"
+    );
+    assert_eq!(
+        ids(&s.take(&q, 100, TakeMode::Remove).await.unwrap()),
+        vec![1, 2, 3, 4, 5]
+    );
+}
+
+/// Read sees pending and ready messages alike, in id order.
+pub async fn read_spans_pending_and_ready(s: Arc<dyn Storage>) {
+    let q = attached(&s, "readpend").await;
+    s.push(&q, payloads(1..=5)).await.unwrap();
+    s.take(&q, 2, TakeMode::Pending).await.unwrap();
+    assert_eq!(ids(&s.read(&q, 1, 100).await.unwrap()), vec![1, 2, 3, 4, 5]);
+    assert_eq!(ids(&s.read(&q, 2, 2).await.unwrap()), vec![2, 3]);
+    s.take(&q, 1, TakeMode::Remove).await.unwrap();
+    assert_eq!(ids(&s.read(&q, 0, 100).await.unwrap()), vec![1, 2, 4, 5]);
+}
+
+/// Only one owner holds the reliable lock; the holder may begin again.
+pub async fn begin_reliable_refuses_second_owner(s: Arc<dyn Storage>) {
+    let q = attached(&s, "lock").await;
+    let a = lock("owner-a", Duration::from_secs(30));
+    let b = lock("owner-b", Duration::from_secs(30));
+    assert_eq!(s.begin_reliable(&q, &a, 0).await.unwrap(), 0);
+    assert!(s.info(&q).await.unwrap().unwrap().reliable_consumer);
+    assert_code(
+        s.begin_reliable(&q, &b, 0).await,
+        ErrorCode::FailedPrecondition,
+    );
+    assert_eq!(
+        s.begin_reliable(&q, &a, 0).await.unwrap(),
+        0,
+        "holder again"
+    );
+    assert!(s.end_reliable(&q, &a).await.unwrap());
+    assert!(!s.info(&q).await.unwrap().unwrap().reliable_consumer);
+    s.begin_reliable(&q, &b, 0).await.unwrap();
+}
+
+/// Beginning discards messages up to `last` and puts pending messages back
+/// at the front, in id order.
+pub async fn begin_reliable_discards_and_requeues(s: Arc<dyn Storage>) {
+    let q = attached(&s, "requeue").await;
+    let a = lock("owner-a", Duration::from_secs(30));
+    s.push(&q, payloads(1..=8)).await.unwrap();
+    s.begin_reliable(&q, &a, 0).await.unwrap();
+    assert_eq!(
+        ids(&s.take(&q, 5, TakeMode::Pending).await.unwrap()),
+        vec![1, 2, 3, 4, 5]
+    );
+    // The consumer comes back having handled up to 2.
+    assert_eq!(s.begin_reliable(&q, &a, 2).await.unwrap(), 3);
+    let info = s.info(&q).await.unwrap().unwrap();
+    assert_eq!((info.count, info.pending), (6, 0));
+    let again = s.take(&q, 100, TakeMode::Pending).await.unwrap();
+    assert_eq!(
+        ids(&again),
+        vec![3, 4, 5, 6, 7, 8],
+        "requeued at the front, in order"
+    );
+    assert_eq!(again[0].payload, Bytes::from_static(b"m3"));
+    // `last` beyond the pending set also discards ready messages.
+    s.push(&q, payloads(9..=10)).await.unwrap();
+    assert_eq!(s.begin_reliable(&q, &a, 9).await.unwrap(), 0);
+    assert_eq!(ids(&s.read(&q, 0, 100).await.unwrap()), vec![10]);
+    assert_eq!(
+        s.ack(&q, 9).await.unwrap(),
+        0,
+        "acks up to `last` are known"
+    );
+}
+
+/// Renew extends only the holder's lock; end releases only the holder's,
+/// leaving pending messages pending until the next begin.
+pub async fn renew_and_end_reliable(s: Arc<dyn Storage>) {
+    let q = attached(&s, "renew").await;
+    let a = lock("owner-a", Duration::from_secs(30));
+    let b = lock("owner-b", Duration::from_secs(30));
+    s.push(&q, payloads(1..=4)).await.unwrap();
+    s.begin_reliable(&q, &a, 0).await.unwrap();
+    assert!(s.renew_reliable(&q, &a).await.unwrap());
+    assert!(!s.renew_reliable(&q, &b).await.unwrap());
+    assert!(!s.end_reliable(&q, &b).await.unwrap(), "b does not hold it");
+    assert_code(
+        s.begin_reliable(&q, &b, 0).await,
+        ErrorCode::FailedPrecondition,
+    );
+    s.take(&q, 2, TakeMode::Pending).await.unwrap();
+    assert!(s.end_reliable(&q, &a).await.unwrap());
+    assert!(!s.renew_reliable(&q, &a).await.unwrap(), "released");
+    assert!(!s.end_reliable(&q, &a).await.unwrap(), "already released");
+    let info = s.info(&q).await.unwrap().unwrap();
+    assert!(!info.reliable_consumer);
+    assert_eq!(info.pending, 2, "pending stays pending after end");
+    assert_eq!(s.ack(&q, 1).await.unwrap(), 1, "late acks still land");
+    assert_eq!(s.begin_reliable(&q, &b, 0).await.unwrap(), 1);
+    assert_eq!(
+        ids(&s.take(&q, 100, TakeMode::Pending).await.unwrap()),
+        vec![2, 3, 4]
+    );
+    let missing = unique_queue("renew-missing");
+    assert!(!s.renew_reliable(&missing, &a).await.unwrap());
+    assert!(!s.end_reliable(&missing, &a).await.unwrap());
+}
+
+/// A lock not renewed within its lease lapses and another owner may begin.
+pub async fn reliable_lock_lapses_after_lease(s: Arc<dyn Storage>) {
+    let q = attached(&s, "lapse").await;
+    let a = lock("owner-a", Duration::from_millis(300));
+    let b = lock("owner-b", Duration::from_secs(30));
+    s.begin_reliable(&q, &a, 0).await.unwrap();
+    assert_code(
+        s.begin_reliable(&q, &b, 0).await,
+        ErrorCode::FailedPrecondition,
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        match s.begin_reliable(&q, &b, 0).await {
+            Ok(_) => break,
+            Err(e) if e.code() == ErrorCode::FailedPrecondition => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "lock of a 300 ms lease still held after {WAIT:?}"
+                );
+            }
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert!(!s.renew_reliable(&q, &a).await.unwrap(), "a lost the lock");
+    assert!(s.renew_reliable(&q, &b).await.unwrap());
+}
+
+/// Close destroys the queue and its messages and notifies watchers.
+pub async fn close_destroys_and_notifies(s: Arc<dyn Storage>) {
+    let mut watch = live_watch(&s).await;
+    let q = attached(&s, "close").await;
+    s.push(&q, payloads(1..=3)).await.unwrap();
+    s.set_metadata(&q, "k", "v").await.unwrap();
+    assert!(s.close(&q).await.unwrap());
+    assert_eq!(s.info(&q).await.unwrap(), None);
+    assert_code(s.push(&q, payloads(1..=1)).await, ErrorCode::NotFound);
+    assert!(!s.close(&q).await.unwrap(), "already closed");
+    expect_notification(&mut watch, "Closed notification", |n| {
+        *n == Notification::Closed(q.clone())
+    })
+    .await;
+    let a = s.attach(&q, TTL).await.unwrap();
+    assert!(!a.existed, "a closed queue is gone");
+    assert_eq!(s.push(&q, payloads(1..=1)).await.unwrap().first, 1);
+    assert_eq!(s.get_metadata(&q, "k").await.unwrap(), None);
+}
+
+/// Flush removes stored messages, pending included; ids keep counting.
+pub async fn flush_keeps_ids_counting(s: Arc<dyn Storage>) {
+    let q = attached(&s, "flush").await;
+    s.push(&q, payloads(1..=3)).await.unwrap();
+    s.take(&q, 1, TakeMode::Pending).await.unwrap();
+    assert_eq!(s.flush(&q).await.unwrap(), 3);
+    let info = s.info(&q).await.unwrap().unwrap();
+    assert_eq!((info.count, info.pending, info.next_id), (0, 0, 4));
+    assert_eq!(s.push(&q, payloads(4..=4)).await.unwrap().first, 4);
+    assert_eq!(
+        ids(&s.take(&q, 10, TakeMode::Remove).await.unwrap()),
+        vec![4]
+    );
+    assert_eq!(s.flush(&q).await.unwrap(), 0);
+}
+
+/// Info reports count, pending, next id, pushed, consumed, ttl.
+pub async fn info_counters(s: Arc<dyn Storage>) {
+    let q = unique_queue("info");
+    s.attach(&q, Duration::from_secs(45)).await.unwrap();
+    let info = s.info(&q).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            info.count,
+            info.pending,
+            info.next_id,
+            info.pushed,
+            info.consumed
+        ),
+        (0, 0, 1, 0, 0)
+    );
+    assert_eq!(info.ttl, Duration::from_secs(45));
+    assert_eq!(info.attachments, 1);
+    assert!(!info.reliable_consumer);
+    s.push(&q, payloads(1..=7)).await.unwrap();
+    s.take(&q, 2, TakeMode::Remove).await.unwrap();
+    s.take(&q, 3, TakeMode::Pending).await.unwrap();
+    let info = s.info(&q).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            info.count,
+            info.pending,
+            info.next_id,
+            info.pushed,
+            info.consumed
+        ),
+        (5, 3, 8, 7, 5)
+    );
+    s.ack(&q, 5).await.unwrap();
+    s.read(&q, 0, 100).await.unwrap();
+    let info = s.info(&q).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            info.count,
+            info.pending,
+            info.next_id,
+            info.pushed,
+            info.consumed
+        ),
+        (2, 0, 8, 7, 5)
+    );
+    assert_eq!(s.info(&unique_queue("info-missing")).await.unwrap(), None);
+}
+
+/// Metadata values are stored per queue and key, and overwritten.
+pub async fn metadata_get_set(s: Arc<dyn Storage>) {
+    let q = attached(&s, "meta").await;
+    let other = attached(&s, "meta-other").await;
+    assert_eq!(s.get_metadata(&q, "role").await.unwrap(), None);
+    s.set_metadata(&q, "role", "server").await.unwrap();
+    assert_eq!(
+        s.get_metadata(&q, "role").await.unwrap().as_deref(),
+        Some("server")
+    );
+    s.set_metadata(&q, "role", "client").await.unwrap();
+    assert_eq!(
+        s.get_metadata(&q, "role").await.unwrap().as_deref(),
+        Some("client")
+    );
+    s.set_metadata(&q, "", "").await.unwrap();
+    assert_eq!(s.get_metadata(&q, "").await.unwrap().as_deref(), Some(""));
+    assert_eq!(s.get_metadata(&other, "role").await.unwrap(), None);
+}
+
+/// Every operation on a queue that does not exist fails with NOT_FOUND,
+/// except those documented otherwise.
+pub async fn missing_queue_ops_fail(s: Arc<dyn Storage>) {
+    let q = unique_queue("missing");
+    let a = lock("owner-a", Duration::from_secs(30));
+    let nf = ErrorCode::NotFound;
+    assert_code(s.detach(&q).await, nf);
+    assert_code(s.push(&q, payloads(1..=1)).await, nf);
+    assert_code(s.take(&q, 1, TakeMode::Remove).await, nf);
+    assert_code(s.take(&q, 1, TakeMode::Pending).await, nf);
+    assert_code(s.read(&q, 0, 1).await, nf);
+    assert_code(s.ack(&q, 1).await, nf);
+    assert_code(s.begin_reliable(&q, &a, 0).await, nf);
+    assert_code(s.flush(&q).await, nf);
+    assert_code(s.get_metadata(&q, "k").await, nf);
+    assert_code(s.set_metadata(&q, "k", "v").await, nf);
+    assert!(!s.renew_reliable(&q, &a).await.unwrap());
+    assert!(!s.end_reliable(&q, &a).await.unwrap());
+    assert!(!s.close(&q).await.unwrap());
+    assert_eq!(s.info(&q).await.unwrap(), None);
+}
+
+/// A push of no messages is INVALID_ARGUMENT and changes nothing.
+pub async fn empty_push_is_rejected(s: Arc<dyn Storage>) {
+    let q = attached(&s, "empty").await;
+    assert_code(s.push(&q, Vec::new()).await, ErrorCode::InvalidArgument);
+    let info = s.info(&q).await.unwrap().unwrap();
+    assert_eq!((info.next_id, info.pushed), (1, 0));
+}
+
+/// A push notifies watchers with Data for that queue.
+pub async fn watch_sees_data_for_the_right_queue(s: Arc<dyn Storage>) {
+    let mut watch = live_watch(&s).await;
+    let q = attached(&s, "watch").await;
+    let other = attached(&s, "watch-other").await;
+    s.push(&other, payloads(1..=1)).await.unwrap();
+    s.push(&q, payloads(1..=2)).await.unwrap();
+    let mut seen_other = false;
+    let found = tokio::time::timeout(WAIT, async {
+        while let Some(n) = watch.next().await {
+            match n {
+                Notification::Data(name) if name == q => return true,
+                Notification::Data(name) if name == other => seen_other = true,
+                _ => {}
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "Data notification for {q}");
+    assert!(
+        seen_other,
+        "Data for the other queue came first, under its name"
+    );
+}
+
+/// With no attachments a queue expires after its ttl, messages included,
+/// and watchers get Expired.
+pub async fn expiry_after_detach(s: Arc<dyn Storage>) {
+    let mut watch = live_watch(&s).await;
+    let q = unique_queue("expire");
+    s.attach(&q, Duration::from_secs(1)).await.unwrap();
+    s.push(&q, payloads(1..=3)).await.unwrap();
+    assert_eq!(s.detach(&q).await.unwrap(), 0);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while s.info(&q).await.unwrap().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "queue with a 1 s ttl still exists after {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    expect_notification(&mut watch, "Expired notification", |n| {
+        *n == Notification::Expired(q.clone())
+    })
+    .await;
+    assert_code(s.push(&q, payloads(1..=1)).await, ErrorCode::NotFound);
+    let a = s.attach(&q, TTL).await.unwrap();
+    assert!(!a.existed, "an expired queue is gone");
+    let info = s.info(&q).await.unwrap().unwrap();
+    assert_eq!(
+        (info.count, info.next_id),
+        (0, 1),
+        "messages expired with it"
+    );
+}
+
+/// Attaching again before the ttl runs out cancels the expiry.
+pub async fn reattach_cancels_expiry(s: Arc<dyn Storage>) {
+    let q = unique_queue("reattach");
+    s.attach(&q, Duration::from_secs(1)).await.unwrap();
+    s.push(&q, payloads(1..=1)).await.unwrap();
+    s.detach(&q).await.unwrap();
+    let a = s.attach(&q, Duration::from_secs(1)).await.unwrap();
+    assert!(a.existed);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let info = s
+        .info(&q)
+        .await
+        .unwrap()
+        .expect("re-attached queue must not expire");
+    assert_eq!(info.count, 1);
+}
+
+/// Four concurrent unreliable takers over 2,000 messages get each message
+/// exactly once in total.
+pub async fn concurrent_takers_each_message_once(s: Arc<dyn Storage>) {
+    const TOTAL: u64 = 2_000;
+    let q = attached(&s, "concurrent").await;
+    for start in (1..=TOTAL).step_by(100) {
+        s.push(&q, payloads(start..=start + 99)).await.unwrap();
+    }
+    let takers: Vec<_> = (0..4)
+        .map(|_| {
+            let s = s.clone();
+            let q = q.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                loop {
+                    let batch = s.take(&q, 7, TakeMode::Remove).await.unwrap();
+                    if batch.is_empty() {
+                        return got;
+                    }
+                    for m in &batch {
+                        assert_eq!(m.payload, Bytes::from(format!("m{}", m.id)));
+                    }
+                    got.extend(ids(&batch));
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for taker in takers {
+        let got = taker.await.expect("taker task");
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "each taker sees order");
+        all.extend(got);
+    }
+    let unique: HashSet<u64> = all.iter().copied().collect();
+    assert_eq!(all.len() as u64, TOTAL, "no message twice");
+    assert_eq!(
+        unique,
+        (1..=TOTAL).collect::<HashSet<_>>(),
+        "no message lost"
+    );
+    assert_eq!(s.info(&q).await.unwrap().unwrap().consumed, TOTAL);
+}

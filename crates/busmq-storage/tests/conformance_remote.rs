@@ -1,0 +1,179 @@
+//! The conformance suite over [`RemoteStorage`], talking gRPC to a real
+//! `busmq-storage` process (memory backend).
+//!
+//! One process serves every test of this file: it is started by the first
+//! test that needs it and kept in a `static`. Statics are never dropped, so
+//! the process is stopped by the testkit's watchdog instead: a `sh` that
+//! SIGKILLs it as soon as this test binary exits, however it exits (see
+//! `busmq_testkit`). Each test gets its own client (its own runtime), and
+//! the suite's queue names are unique, so the tests do not interfere.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use busmq_core::{ErrorCode, Limits};
+use busmq_storage::remote::RemoteStorage;
+use busmq_storage::{Notification, QueueName, Storage};
+use busmq_testkit::Process;
+use futures::StreamExt;
+use tokio::sync::OnceCell;
+
+static STORAGE: OnceCell<Process> = OnceCell::const_new();
+
+/// The shared storage process, started and ready.
+async fn shared_process() -> &'static Process {
+    STORAGE.get_or_init(busmq_testkit::storage).await
+}
+
+async fn remote() -> Arc<dyn Storage> {
+    let process = shared_process().await;
+    Arc::new(RemoteStorage::connect_lazy(&process.url()).expect("client of the storage process"))
+}
+
+busmq_storage::conformance_tests!(remote());
+
+/// The status code of a call that must fail.
+fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> tonic::Code {
+    r.expect_err("the call must fail").code()
+}
+
+fn queue(name: &str) -> QueueName {
+    QueueName::parse(name, &Limits::default()).unwrap()
+}
+
+/// Kill -9 and restart of the storage process: calls fail fast while it is
+/// down, the watch stream reconnects by itself and says LAGGED, and calls
+/// work again. Uses its own process, not the shared one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_survives_storage_restart() {
+    let process = busmq_testkit::storage().await;
+    let s = RemoteStorage::connect_lazy(&process.url()).unwrap();
+    let q = queue("restart.q");
+    s.attach(&q, Duration::from_secs(60)).await.unwrap();
+    let mut watch = s.watch();
+    let first = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("watch connects");
+    assert_eq!(first, Some(Notification::Lagged), "connected: look again");
+
+    process.kill9();
+    let started = std::time::Instant::now();
+    let err = s.info(&q).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Unavailable, "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "fails fast");
+
+    process.restart().await;
+    // The watch reconnects (backoff at most 2 s) and says it may have lagged.
+    let next = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match watch.next().await {
+                Some(Notification::Lagged) => return true,
+                Some(_) => continue,
+                None => return false,
+            }
+        }
+    })
+    .await;
+    assert_eq!(next, Ok(true), "LAGGED after reconnect");
+    // The memory backend lost everything; the client works again.
+    let a = s.attach(&q, Duration::from_secs(60)).await.unwrap();
+    assert!(!a.existed);
+    s.push(&q, vec![bytes::Bytes::from_static(b"x")])
+        .await
+        .unwrap();
+    let data = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match watch.next().await {
+                Some(Notification::Data(name)) if name == q => return true,
+                Some(_) => continue,
+                None => return false,
+            }
+        }
+    })
+    .await;
+    assert_eq!(data, Ok(true), "notifications flow after reconnect");
+}
+
+/// SIGTERM stops the storage process promptly and cleanly, even with an
+/// open Watch stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_exits_cleanly_on_sigterm_with_open_watch() {
+    let process = busmq_testkit::storage().await;
+    let s = RemoteStorage::connect_lazy(&process.url()).unwrap();
+    let mut watch = s.watch();
+    let first = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .unwrap();
+    assert_eq!(first, Some(Notification::Lagged));
+    let started = std::time::Instant::now();
+    let status = process.terminate().await.expect("was running");
+    assert!(status.success(), "exit status {status}\n{}", process.log());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "graceful shutdown took {:?}",
+        started.elapsed()
+    );
+    let log = process.log();
+    assert!(
+        log.contains("busmq-storage listening on 127.0.0.1:"),
+        "{log}"
+    );
+}
+
+/// Bad input over the wire gets the right status codes and the server
+/// keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_statuses() {
+    use busmq_proto::storage::v1 as pb;
+    use busmq_proto::storage::v1::storage_client::StorageClient;
+    let process = shared_process().await;
+    let mut client = StorageClient::connect(process.url()).await.unwrap();
+
+    for bad in ["", "has space", "ü", &"x".repeat(201)] {
+        let r = client
+            .attach(pb::AttachRequest {
+                queue: bad.to_owned(),
+                ttl_seconds: 30,
+            })
+            .await;
+        assert_eq!(code(r), tonic::Code::InvalidArgument, "name {bad:?}");
+    }
+    let name = format!("bad-input.{}", std::process::id());
+    client
+        .attach(pb::AttachRequest {
+            queue: name.clone(),
+            ttl_seconds: 30,
+        })
+        .await
+        .unwrap();
+    let push = |messages: Vec<bytes::Bytes>| pb::PushRequest {
+        queue: name.clone(),
+        messages,
+    };
+    assert_eq!(
+        code(client.push(push(vec![])).await),
+        tonic::Code::InvalidArgument
+    );
+    let big = bytes::Bytes::from(vec![0u8; (1 << 20) + 1]);
+    assert_eq!(
+        code(client.push(push(vec![big])).await),
+        tonic::Code::ResourceExhausted
+    );
+    let many = vec![bytes::Bytes::from_static(b"x"); 10_001];
+    assert_eq!(
+        code(client.push(push(many)).await),
+        tonic::Code::ResourceExhausted
+    );
+    let r = client
+        .ack(pb::AckRequest {
+            queue: name.clone(),
+            id: 7,
+        })
+        .await;
+    assert_eq!(code(r), tonic::Code::NotFound);
+    // Still serving.
+    let r = client
+        .push(push(vec![bytes::Bytes::from_static(b"ok")]))
+        .await;
+    assert_eq!(r.unwrap().into_inner().first_id, 1);
+}
