@@ -288,6 +288,13 @@ impl Consumer {
         self.running
     }
 
+    /// Messages already received from the server and not yet yielded by
+    /// the stream. Zero after a yield means the delivery was the last of its
+    /// batch: a good moment to flush output and ack cumulatively.
+    pub fn buffered_len(&self) -> usize {
+        self.buffer.len()
+    }
+
     /// Acknowledges, in reliable mode, message `id` and every lower id
     /// (cumulative); returns how many messages this removed. As in
     /// node-busmq, ignored (returns 0) when the consumer is not reliable.

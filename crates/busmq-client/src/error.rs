@@ -65,7 +65,30 @@ impl Error {
 
 impl From<tonic::Status> for Error {
     fn from(status: tonic::Status) -> Self {
-        Error::Bus(busmq_proto::from_status(status))
+        // Statuses made by the transport rather than by a busmq server may
+        // have a terse or empty message, with the cause only in the source
+        // chain: fold both into the message, which is all that is kept.
+        let mut message = status.message().to_owned();
+        if message.is_empty() {
+            message = format!(
+                "gRPC status {:?} ({}) with no message",
+                status.code(),
+                status.code().description()
+            );
+        }
+        let mut source = std::error::Error::source(&status);
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !message.contains(&cause_text) {
+                message.push_str(": ");
+                message.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
+        Error::Bus(busmq_core::Error::Remote {
+            code: busmq_proto::error_code(status.code()),
+            message,
+        })
     }
 }
 
@@ -114,5 +137,17 @@ mod tests {
         );
         assert_eq!(Error::Protocol("x".into()).code(), ErrorCode::Internal);
         assert!(Error::from(tonic::Status::unavailable("down")).is_unavailable());
+    }
+
+    #[test]
+    fn empty_status_messages_are_explained() {
+        let err = Error::from(tonic::Status::unknown(""));
+        assert_eq!(err.code(), ErrorCode::Internal);
+        assert!(err.to_string().contains("Unknown"), "{err}");
+
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let status = tonic::Status::from_error(Box::new(io));
+        let err = Error::from(status);
+        assert!(err.to_string().contains("reset by peer"), "{err}");
     }
 }

@@ -1,0 +1,246 @@
+//! `busmq`: run the whole bus in one process (`busmq serve`), or talk to a
+//! running one (`busmq push`, `busmq consume`, `busmq stats`).
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+mod client;
+mod output;
+mod serve;
+
+/// busmq: a message bus with ordered queues, reliable and persistent
+/// consumption, served over gRPC.
+///
+/// Start a bus with `busmq serve`, then push and consume with the other
+/// commands (or any gRPC client of busmq.v1). Every flag can also be set
+/// through the environment variable shown in its help.
+#[derive(Debug, Parser)]
+#[command(name = "busmq", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Serve(ServeArgs),
+    Push(PushArgs),
+    Consume(ConsumeArgs),
+    Stats(StatsArgs),
+}
+
+/// Run every busmq service in this process: storage and broker.
+///
+/// The store is in memory for now: every queue is lost when the process
+/// exits. An embedded durable backend (data that survives a restart) will
+/// become the default in a later release; to share a store between several
+/// brokers, run `busmq-storage` and `busmq-broker` separately.
+///
+/// Listens on two ports: the broker (busmq.v1, what clients use) and the
+/// storage service (busmq.storage.v1, for extra `busmq-broker` processes),
+/// both sharing the one store. Each also serves gRPC health and reflection.
+/// Stops on SIGTERM or Ctrl-C, letting in-flight calls finish for up to 10
+/// seconds.
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address of the broker gRPC API (busmq.v1), the one clients use.
+    #[arg(long, env = "BUSMQ_BROKER_LISTEN", default_value = "0.0.0.0:50051")]
+    listen: SocketAddr,
+    /// Address of the storage gRPC API (busmq.storage.v1), for brokers
+    /// running in other processes (`busmq-broker --storage http://HOST:PORT`).
+    #[arg(long, env = "BUSMQ_STORAGE_LISTEN", default_value = "0.0.0.0:50052")]
+    storage_listen: SocketAddr,
+    /// Largest message body in bytes.
+    #[arg(long, env = "BUSMQ_MAX_MESSAGE_BYTES", default_value_t = busmq_core::Limits::default().max_message_bytes)]
+    max_message_bytes: usize,
+    /// Most messages in one push batch.
+    #[arg(long, env = "BUSMQ_MAX_BATCH", default_value_t = busmq_core::Limits::default().max_batch_len)]
+    max_batch: usize,
+    /// Longest queue name in bytes.
+    #[arg(long, env = "BUSMQ_MAX_NAME_LEN", default_value_t = busmq_core::Limits::default().max_name_len)]
+    max_name_len: usize,
+    /// Messages in flight to a consumer that names no prefetch.
+    #[arg(long, env = "BUSMQ_PREFETCH", default_value_t = busmq_broker::BrokerConfig::default().default_prefetch)]
+    prefetch: u32,
+    /// Milliseconds a reliable consumer's lock outlives a broker that
+    /// stopped renewing it.
+    #[arg(long, env = "BUSMQ_RELIABLE_LEASE_MS", default_value_t = 5000)]
+    reliable_lease_ms: u64,
+}
+
+/// Where the client commands find the bus.
+#[derive(Debug, Args)]
+struct ServerArgs {
+    /// URL of the broker (busmq.v1 gRPC).
+    #[arg(long, env = "BUSMQ_SERVER", default_value = busmq_client::DEFAULT_URL)]
+    server: String,
+}
+
+/// Push messages to a queue and print their ids, one per line.
+///
+/// Attaches to the queue (creating it if needed), pushes the messages in one
+/// batch, and detaches. With no other client attached, the queue and its
+/// messages then expire after its ttl, so consume within that time (or keep
+/// a consumer attached).
+///
+/// With no MSG, pushes each line of standard input as one message.
+#[derive(Debug, Args)]
+struct PushArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Seconds the queue lives with no attachments (set when the queue is
+    /// created). Server default: 30.
+    #[arg(long, env = "BUSMQ_TTL", value_parser = clap::value_parser!(u64).range(1..))]
+    ttl: Option<u64>,
+    /// The queue: 1..=200 characters of A-Z a-z 0-9 . _ : -
+    queue: String,
+    /// The messages, in order. None: read lines from standard input.
+    #[arg(value_name = "MSG")]
+    messages: Vec<String>,
+}
+
+/// Consume messages from a queue and print them as `ID<TAB>PAYLOAD` lines.
+///
+/// Attaches to the queue (creating it if needed) and consumes until --max
+/// messages were printed, the queue is closed or expires, or Ctrl-C. In the
+/// payload, backslash, newline, carriage return and tab are printed as \\,
+/// \n, \r and \t so each message stays on one line (see --raw).
+///
+/// Modes, as in node-busmq: the default takes each message from the queue
+/// for good (at most once, shared with other consumers); --reliable keeps
+/// taken messages until acked and acks them after printing them, so a
+/// consumer killed before printing gets them again next time (at least
+/// once; one reliable consumer per queue); --persistent reads every message
+/// from --index on without removing anything (publish/subscribe).
+#[derive(Debug, Args)]
+struct ConsumeArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Seconds the queue lives with no attachments, if this attach creates
+    /// it. Server default: 30.
+    #[arg(long, env = "BUSMQ_TTL", value_parser = clap::value_parser!(u64).range(1..))]
+    ttl: Option<u64>,
+    /// Reliable mode: at least once, each message acked after it is printed.
+    #[arg(long, conflicts_with = "persistent")]
+    reliable: bool,
+    /// Reliable mode: id of the last message already handled; messages up to
+    /// it are discarded first.
+    #[arg(long, requires = "reliable", value_name = "ID")]
+    last: Option<u64>,
+    /// Persistent publish/subscribe: read without removing anything.
+    #[arg(long)]
+    persistent: bool,
+    /// Persistent mode: first message id to read (default: the oldest
+    /// stored).
+    #[arg(long, requires = "persistent", value_name = "ID")]
+    index: Option<u64>,
+    /// Stop after this many messages.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max: Option<u64>,
+    /// Messages the server may send ahead of printing (server default: 256).
+    /// In the default mode, messages sent ahead are lost if this process is
+    /// killed.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    prefetch: Option<u32>,
+    /// Print payloads exactly as they are, without escaping.
+    #[arg(long)]
+    raw: bool,
+    /// The queue to consume.
+    queue: String,
+}
+
+/// Print what the bus knows about a queue: existence, message count, ttl,
+/// attachments, pending acks, ids and counters.
+///
+/// Does not attach, so it neither creates the queue nor keeps it alive.
+#[derive(Debug, Args)]
+struct StatsArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Print one JSON object instead of aligned text.
+    #[arg(long)]
+    json: bool,
+    /// The queue to describe.
+    queue: String,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    busmq_runtime::init_tracing();
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args).await,
+        Command::Push(args) => client::push(args).await,
+        Command::Consume(args) => client::consume(args).await,
+        Command::Stats(args) => client::stats(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("busmq: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("busmq").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn serve_defaults() {
+        let Command::Serve(args) = parse(&["serve"]).unwrap().command else {
+            panic!("not serve");
+        };
+        assert_eq!(args.listen.port(), 50051);
+        assert_eq!(args.storage_listen.port(), 50052);
+        assert_eq!(args.max_message_bytes, 1024 * 1024);
+    }
+
+    #[test]
+    fn consume_mode_flags() {
+        let Command::Consume(args) =
+            parse(&["consume", "q", "--reliable", "--last", "3", "--max", "2"])
+                .unwrap()
+                .command
+        else {
+            panic!("not consume");
+        };
+        assert!(args.reliable && !args.persistent);
+        assert_eq!((args.last, args.max), (Some(3), Some(2)));
+        assert_eq!(args.server.server, busmq_client::DEFAULT_URL);
+
+        assert!(parse(&["consume", "q", "--persistent", "--index", "5"]).is_ok());
+        assert!(parse(&["consume", "q", "--reliable", "--persistent"]).is_err());
+        assert!(parse(&["consume", "q", "--last", "3"]).is_err());
+        assert!(parse(&["consume", "q", "--index", "3"]).is_err());
+        assert!(parse(&["consume", "q", "--max", "0"]).is_err());
+    }
+
+    #[test]
+    fn push_takes_messages_or_none() {
+        let Command::Push(args) = parse(&["push", "q", "a", "b", "--ttl", "60"])
+            .unwrap()
+            .command
+        else {
+            panic!("not push");
+        };
+        assert_eq!(args.messages, vec!["a", "b"]);
+        assert_eq!(args.ttl, Some(60));
+        assert!(parse(&["push", "q"]).is_ok());
+        assert!(parse(&["push"]).is_err());
+        assert!(parse(&["push", "q", "--ttl", "0"]).is_err());
+    }
+}

@@ -1,0 +1,110 @@
+//! How the client commands print what they got.
+
+use std::fmt::Write as _;
+
+use busmq_client::QueueInfo;
+
+/// The payload as one line of text: invalid UTF-8 replaced, and (unless
+/// `raw`) backslash, newline, carriage return and tab escaped so the line
+/// format `ID<TAB>PAYLOAD` stays unambiguous.
+pub fn payload_text(payload: &[u8], raw: bool) -> String {
+    let text = String::from_utf8_lossy(payload);
+    if raw {
+        return text.into_owned();
+    }
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `busmq stats` as aligned `name  value` lines.
+pub fn stats_text(queue: &str, info: &QueueInfo) -> String {
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
+    let rows: [(&str, String); 10] = [
+        ("queue", queue.to_owned()),
+        ("exists", yes_no(info.exists).to_owned()),
+        ("messages", info.count.to_string()),
+        ("pending acks", info.pending.to_string()),
+        (
+            "reliable consumer",
+            yes_no(info.reliable_consumer).to_owned(),
+        ),
+        ("attachments", info.attachments.to_string()),
+        ("ttl", format!("{}s", info.ttl.as_secs())),
+        ("next id", info.next_id.to_string()),
+        ("pushed", info.pushed.to_string()),
+        ("consumed", info.consumed.to_string()),
+    ];
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for (key, value) in rows {
+        // Writing to a String cannot fail.
+        let _ = writeln!(out, "{key:<width$}  {value}");
+    }
+    out
+}
+
+/// `busmq stats --json`: the proto's field names, one object.
+pub fn stats_json(queue: &str, info: &QueueInfo) -> serde_json::Value {
+    serde_json::json!({
+        "queue": queue,
+        "exists": info.exists,
+        "count": info.count,
+        "pending": info.pending,
+        "reliable_consumer": info.reliable_consumer,
+        "attachments": info.attachments,
+        "ttl_seconds": info.ttl.as_secs(),
+        "next_id": info.next_id,
+        "pushed": info.pushed,
+        "consumed": info.consumed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn payloads_stay_on_one_line() {
+        assert_eq!(payload_text(b"hello", false), "hello");
+        assert_eq!(payload_text(b"a\tb\nc\\d\r", false), "a\\tb\\nc\\\\d\\r");
+        assert_eq!(payload_text(b"a\tb\n", true), "a\tb\n");
+        assert_eq!(payload_text(&[0x66, 0xff], false), "f\u{fffd}");
+        assert_eq!(payload_text("ünï".as_bytes(), false), "ünï");
+    }
+
+    #[test]
+    fn stats_formats() {
+        let info = QueueInfo {
+            exists: true,
+            count: 3,
+            ttl: Duration::from_secs(30),
+            attachments: 1,
+            pending: 2,
+            next_id: 4,
+            pushed: 3,
+            consumed: 0,
+            reliable_consumer: true,
+        };
+        let text = stats_text("foo", &info);
+        assert!(text.contains("queue              foo\n"), "{text}");
+        assert!(text.contains("ttl                30s\n"), "{text}");
+        assert!(text.contains("reliable consumer  yes\n"), "{text}");
+        assert_eq!(text.lines().count(), 10);
+
+        let json = stats_json("foo", &info);
+        assert_eq!(json["count"], 3);
+        assert_eq!(json["ttl_seconds"], 30);
+        assert_eq!(json["exists"], true);
+        assert_eq!(json["queue"], "foo");
+    }
+}

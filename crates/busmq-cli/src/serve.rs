@@ -1,0 +1,109 @@
+//! `busmq serve`: storage and broker in one process, sharing one store.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use busmq_broker::BrokerConfig;
+use busmq_core::Limits;
+use busmq_storage::Storage;
+use busmq_storage::memory::MemoryStorage;
+use tokio_util::sync::CancellationToken;
+
+use crate::ServeArgs;
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.max_message_bytes >= 1,
+        "--max-message-bytes must be at least 1"
+    );
+    anyhow::ensure!(args.max_batch >= 1, "--max-batch must be at least 1");
+    anyhow::ensure!(args.max_name_len >= 1, "--max-name-len must be at least 1");
+    anyhow::ensure!(args.prefetch >= 1, "--prefetch must be at least 1");
+    anyhow::ensure!(
+        args.reliable_lease_ms >= 300,
+        "--reliable-lease-ms must be at least 300"
+    );
+    let limits = Limits {
+        max_message_bytes: args.max_message_bytes,
+        max_batch_len: args.max_batch,
+        max_name_len: args.max_name_len,
+    };
+    let config = BrokerConfig {
+        limits,
+        default_prefetch: args.prefetch,
+        reliable_lease: Duration::from_millis(args.reliable_lease_ms),
+    };
+
+    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let shutdown = busmq_runtime::shutdown_on_signal();
+    let storage_listener = busmq_runtime::bind(args.storage_listen).await?;
+    let broker_listener = busmq_runtime::bind(args.listen).await?;
+    tracing::info!(
+        "store: in memory (queues are lost on exit; the embedded durable store comes in a later release)"
+    );
+    tracing::info!(
+        listen = %storage_listener.local_addr()?,
+        "storage gRPC (busmq.storage.v1) listening"
+    );
+    tracing::info!(
+        listen = %broker_listener.local_addr()?,
+        "broker gRPC (busmq.v1) listening"
+    );
+
+    let storage_server = supervise(
+        "storage",
+        busmq_storage::server::serve(
+            storage_listener,
+            Arc::clone(&storage),
+            limits,
+            shutdown.clone(),
+        ),
+        shutdown.clone(),
+    );
+    let broker_server = supervise(
+        "broker",
+        busmq_broker::serve(broker_listener, storage, config, shutdown.clone()),
+        shutdown.clone(),
+    );
+    let servers = async {
+        let (storage, broker) = tokio::join!(storage_server, broker_server);
+        storage.and(broker)
+    };
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(busmq_runtime::DRAIN_TIMEOUT).await;
+    };
+    tokio::select! {
+        served = servers => served?,
+        _ = deadline => tracing::warn!(
+            "in-flight work did not finish within {:?}; exiting anyway",
+            busmq_runtime::DRAIN_TIMEOUT
+        ),
+    }
+    tracing::info!("busmq stopped");
+    Ok(())
+}
+
+/// Runs one server on its own task. When it stops, for whatever reason, the
+/// whole process shuts down: a bus with half its services is worse than
+/// none.
+async fn supervise<F, E>(
+    name: &'static str,
+    server: F,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()>
+where
+    F: Future<Output = Result<(), E>> + Send + 'static,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let outcome = tokio::spawn(server).await;
+    if !shutdown.is_cancelled() {
+        tracing::error!("{name} server stopped unexpectedly; shutting down");
+        shutdown.cancel();
+    }
+    outcome
+        .with_context(|| format!("{name} server crashed"))?
+        .with_context(|| format!("{name} server failed"))
+}
