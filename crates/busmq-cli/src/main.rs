@@ -90,8 +90,8 @@ struct ServerArgs {
 struct PushArgs {
     #[command(flatten)]
     server: ServerArgs,
-    /// Seconds the queue lives with no attachments (set when the queue is
-    /// created). Server default: 30.
+    /// Seconds the queue lives with no attachments. Every attach sets it;
+    /// unset means the server default, 30.
     #[arg(long, env = "BUSMQ_TTL", value_parser = clap::value_parser!(u64).range(1..))]
     ttl: Option<u64>,
     /// The queue: 1..=200 characters of A-Z a-z 0-9 . _ : -
@@ -118,8 +118,8 @@ struct PushArgs {
 struct ConsumeArgs {
     #[command(flatten)]
     server: ServerArgs,
-    /// Seconds the queue lives with no attachments, if this attach creates
-    /// it. Server default: 30.
+    /// Seconds the queue lives with no attachments. Every attach sets it;
+    /// unset means the server default, 30.
     #[arg(long, env = "BUSMQ_TTL", value_parser = clap::value_parser!(u64).range(1..))]
     ttl: Option<u64>,
     /// Reliable mode: at least once, each message acked after it is printed.

@@ -39,6 +39,8 @@
 //! Every error carries a stable [`ErrorCode`] (the gRPC status code the
 //! server answered with, or the one it would have used), see [`Error::code`].
 
+#![warn(missing_docs)]
+
 mod bus;
 mod consume;
 mod error;
@@ -55,3 +57,28 @@ pub use queue::{AttachOptions, IdRange, Queue, QueueInfo};
 
 /// The payload type of messages: cheap to clone and slice.
 pub use bytes::Bytes;
+
+/// Compile-time checks: everything can cross tasks and threads.
+#[cfg(test)]
+#[allow(dead_code)]
+mod send_sync {
+    use super::*;
+
+    fn send<T: Send>(_: &T) {}
+    fn send_sync<T: Send + Sync>(_: &T) {}
+
+    async fn futures_are_send(bus: Bus, queue: Queue, pusher: Pusher, consumer: Consumer) {
+        send_sync(&bus);
+        send_sync(&queue);
+        send_sync(&pusher);
+        send_sync(&consumer);
+        send(&queue.events());
+        send(&Bus::connect("x"));
+        send(&queue.attach(AttachOptions::default()));
+        send(&queue.push("x"));
+        send(&queue.consume(ConsumeOptions::default()));
+        send(&pusher.push(["x"]));
+        send(&consumer.ack(1));
+        send(&pusher.finish());
+    }
+}

@@ -20,8 +20,8 @@ use crate::{
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AttachOptions {
     /// How long the queue lives with no attachments, messages included.
-    /// Whole seconds: a fraction is rounded up. `None`: the server default
-    /// (30 s). Zero is refused by the server.
+    /// Every attach sets it, `None` to the server default (30 s). Whole
+    /// seconds: a fraction is rounded up. Zero is refused by the server.
     pub ttl: Option<Duration>,
 }
 
