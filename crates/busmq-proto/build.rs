@@ -19,7 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .bytes(".")
         .file_descriptor_set_path(out.join("busmq_descriptor.bin"))
-        .compile_protos(&protos, &[root.clone()])?;
+        .compile_protos(&protos, std::slice::from_ref(&root))?;
     println!("cargo:rerun-if-changed={}", root.display());
     Ok(())
 }

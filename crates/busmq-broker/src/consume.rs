@@ -63,12 +63,12 @@ impl ConsumeTask {
     pub async fn run(mut self) {
         let tx = self.tx.clone();
         let outcome = self.consume(&tx).await;
-        if let Mode::Reliable { lock, .. } = &self.mode {
-            if let Err(e) = self.storage.end_reliable(&self.queue, lock).await {
-                // The lease lapses on its own; the next consumer is at most
-                // `reliable_lease` late.
-                tracing::warn!(queue = %self.queue, error = %e, "could not release reliable lock");
-            }
+        if let Mode::Reliable { lock, .. } = &self.mode
+            && let Err(e) = self.storage.end_reliable(&self.queue, lock).await
+        {
+            // The lease lapses on its own; the next consumer is at most
+            // `reliable_lease` late.
+            tracing::warn!(queue = %self.queue, error = %e, "could not release reliable lock");
         }
         let last = match outcome {
             Ok(End::MaxReached | End::ClientGone) => None,
