@@ -13,8 +13,8 @@ use busmq_proto::storage::v1 as pb;
 use busmq_proto::storage::v1::storage_client::StorageClient;
 use bytes::Bytes;
 use futures::StreamExt;
-use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint};
+use tonic::{Status, Streaming};
 
 use crate::{
     Attached, Error, IdRange, Message, Notification, Notifications, QueueInfo, QueueName,
@@ -97,6 +97,31 @@ impl RemoteStorage {
 
     fn client(&self) -> StorageClient<Channel> {
         self.client.clone()
+    }
+
+    /// The error a failed call stands for. A status the storage sent keeps
+    /// its code and message ([`from_status`]); a transport failure (no
+    /// storage answered) is [`Error::Unavailable`] naming the URL and cause.
+    fn error(&self, status: Status) -> Error {
+        let Some(mut cause) = std::error::Error::source(&status) else {
+            return from_status(status);
+        };
+        let mut message = status.message().to_owned();
+        loop {
+            let text = cause.to_string();
+            if !message.contains(&text) {
+                message = format!("{message}: {text}");
+            }
+            match cause.source() {
+                Some(next) => cause = next,
+                None => break,
+            }
+        }
+        if status.code() == tonic::Code::Unavailable || status.code() == tonic::Code::Unknown {
+            Error::Unavailable(format!("storage at {} is unreachable: {message}", self.url))
+        } else {
+            from_status(Status::new(status.code(), message))
+        }
     }
 }
 
@@ -201,7 +226,7 @@ impl Storage for RemoteStorage {
                 ttl_seconds: ttl_seconds(ttl),
             })
             .await
-            .map_err(from_status)?
+            .map_err(|s| self.error(s))?
             .into_inner();
         Ok(Attached {
             existed: r.existed,
@@ -214,7 +239,7 @@ impl Storage for RemoteStorage {
             .client()
             .detach(queue_request(queue))
             .await
-            .map_err(from_status)?;
+            .map_err(|s| self.error(s))?;
         Ok(r.into_inner().attachments)
     }
 
@@ -229,7 +254,7 @@ impl Storage for RemoteStorage {
                 messages,
             })
             .await
-            .map_err(from_status)?
+            .map_err(|s| self.error(s))?
             .into_inner();
         Ok(IdRange {
             first: r.first_id,
@@ -246,7 +271,7 @@ impl Storage for RemoteStorage {
                 reliable: mode == TakeMode::Pending,
             })
             .await
-            .map_err(from_status)?;
+            .map_err(|s| self.error(s))?;
         Ok(from_wire_messages(r.into_inner()))
     }
 
@@ -259,7 +284,7 @@ impl Storage for RemoteStorage {
                 max,
             })
             .await
-            .map_err(from_status)?;
+            .map_err(|s| self.error(s))?;
         Ok(from_wire_messages(r.into_inner()))
     }
 
@@ -271,7 +296,7 @@ impl Storage for RemoteStorage {
                 id,
             })
             .await
-            .map_err(from_status)?;
+            .map_err(|s| self.error(s))?;
         Ok(r.into_inner().removed)
     }
 
@@ -290,7 +315,7 @@ impl Storage for RemoteStorage {
                 last,
             })
             .await
-            .map_err(from_status)?;
+            .map_err(|s| self.error(s))?;
         Ok(r.into_inner().requeued)
     }
 
@@ -303,7 +328,7 @@ impl Storage for RemoteStorage {
                 lease_ms: lease_ms(lock),
             })
             .await
-            .map_err(from_status)?;
+            .map_err(|s| self.error(s))?;
         Ok(r.into_inner().held)
     }
 
@@ -316,7 +341,7 @@ impl Storage for RemoteStorage {
                 lease_ms: lease_ms(lock),
             })
             .await
-            .map_err(from_status)?;
+            .map_err(|s| self.error(s))?;
         Ok(r.into_inner().released)
     }
 
@@ -325,7 +350,7 @@ impl Storage for RemoteStorage {
             .client()
             .close(queue_request(queue))
             .await
-            .map_err(from_status)?;
+            .map_err(|s| self.error(s))?;
         Ok(r.into_inner().existed)
     }
 
@@ -334,7 +359,7 @@ impl Storage for RemoteStorage {
             .client()
             .flush(queue_request(queue))
             .await
-            .map_err(from_status)?;
+            .map_err(|s| self.error(s))?;
         Ok(r.into_inner().removed)
     }
 
@@ -343,7 +368,7 @@ impl Storage for RemoteStorage {
             .client()
             .info(queue_request(queue))
             .await
-            .map_err(from_status)?
+            .map_err(|s| self.error(s))?
             .into_inner();
         Ok(i.exists.then(|| QueueInfo {
             count: i.count,
@@ -365,7 +390,7 @@ impl Storage for RemoteStorage {
                 key: key.to_owned(),
             })
             .await
-            .map_err(from_status)?;
+            .map_err(|s| self.error(s))?;
         Ok(r.into_inner().value)
     }
 
@@ -377,7 +402,7 @@ impl Storage for RemoteStorage {
                 value: value.to_owned(),
             })
             .await
-            .map_err(from_status)?;
+            .map_err(|s| self.error(s))?;
         Ok(())
     }
 
@@ -456,6 +481,10 @@ mod tests {
         let q = QueueName::parse("q", &Limits::default()).unwrap();
         let started = std::time::Instant::now();
         let err = remote.info(&q).await.unwrap_err();
+        assert!(
+            err.to_string().contains("127.0.0.1"),
+            "names the storage: {err}"
+        );
         assert_eq!(err.code(), ErrorCode::Unavailable, "{err}");
         assert!(started.elapsed() < Duration::from_secs(5));
     }

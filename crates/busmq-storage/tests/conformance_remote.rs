@@ -177,3 +177,69 @@ async fn bad_input_gets_clear_statuses() {
         .await;
     assert_eq!(r.unwrap().into_inner().first_id, 1);
 }
+
+/// The storage process serves grpc.health.v1 (SERVING for the storage
+/// service) and server reflection listing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_reflection_are_served() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let process = shared_process().await;
+    let channel = tonic::transport::Endpoint::from_shared(process.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    for service in ["", "busmq.storage.v1.Storage"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(
+            status,
+            ServingStatus::Serving as i32,
+            "health of {service:?}"
+        );
+    }
+
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().expect("one response");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection response {response:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.iter().any(|n| n == "busmq.storage.v1.Storage"),
+        "{names:?}"
+    );
+}
+
+/// A process that exits before serving fails `wait_ready` at once, naming
+/// the binary and showing its log.
+#[tokio::test]
+#[should_panic(expected = "busmq-storage exited before listening")]
+async fn testkit_reports_a_process_that_dies_at_startup() {
+    let process = busmq_testkit::Process::builder("busmq-storage")
+        .args(["--backend", "no-such-backend"])
+        .spawn();
+    process.wait_ready().await;
+}
