@@ -21,6 +21,8 @@
 //! [`Process`] stops its watchdog first, so the watchdog never signals a
 //! PID that has already been reaped.
 
+#![warn(missing_docs)]
+
 use std::ffi::{OsStr, OsString};
 use std::fs::OpenOptions;
 use std::io::Write;
