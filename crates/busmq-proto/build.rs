@@ -8,7 +8,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let protoc = protoc_bin_vendored::protoc_bin_path()?;
         // SAFETY: build scripts are single-threaded.
         #[allow(unsafe_code)]
-        unsafe { std::env::set_var("PROTOC", protoc) };
+        unsafe {
+            std::env::set_var("PROTOC", protoc)
+        };
     }
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let out = PathBuf::from(std::env::var("OUT_DIR")?);

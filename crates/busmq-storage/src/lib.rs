@@ -124,8 +124,12 @@ pub trait Storage: Send + Sync + 'static {
     /// owner holds an unexpired lock ([`Error::ReliableConsumerActive`]).
     /// Discards every stored message with id <= `last`, then puts pending
     /// messages back at the front; returns how many were put back.
-    async fn begin_reliable(&self, queue: &QueueName, lock: &ReliableLock, last: u64)
-    -> Result<u64>;
+    async fn begin_reliable(
+        &self,
+        queue: &QueueName,
+        lock: &ReliableLock,
+        last: u64,
+    ) -> Result<u64>;
 
     /// Extends the lock; false when `lock.owner` no longer holds it.
     async fn renew_reliable(&self, queue: &QueueName, lock: &ReliableLock) -> Result<bool>;
