@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use busmq_core::{DEFAULT_TTL_SECS, Error, QueueName};
+use busmq_core::{Error, QueueName};
 use busmq_proto::to_status;
 use busmq_proto::v1::{self, queues_server::Queues};
 use busmq_storage::{ReliableLock, Storage};
@@ -92,16 +92,16 @@ impl Queues for QueuesService {
         let req = request.into_inner();
         let queue = self.name(&req.queue)?;
         let ttl = match req.ttl_seconds {
-            None => DEFAULT_TTL_SECS,
+            None => None,
             Some(0) => return Err(invalid("ttl_seconds must be at least 1")),
             Some(t) if t > MAX_TTL_SECS => {
                 return Err(invalid(format!(
                     "ttl_seconds must be at most {MAX_TTL_SECS}"
                 )));
             }
-            Some(t) => t,
+            Some(t) => Some(Duration::from_secs(t)),
         };
-        let attached = store(self.storage.attach(&queue, Duration::from_secs(ttl)).await)?;
+        let attached = store(self.storage.attach(&queue, ttl).await)?;
         tracing::debug!(%queue, existed = attached.existed, "attached");
         Ok(Response::new(v1::AttachResponse {
             existed: attached.existed,

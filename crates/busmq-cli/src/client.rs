@@ -35,7 +35,7 @@ pub async fn push(args: PushArgs) -> anyhow::Result<()> {
     let bus = connect(&args.server.server).await?;
     let queue = bus.queue(args.queue);
     queue
-        .attach(attach_options(args.ttl))
+        .attach(attach_options(args.attach.ttl))
         .await
         .with_context(|| format!("attaching to {}", queue.name()))?;
     let pushed = if args.messages.is_empty() {
@@ -107,7 +107,7 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
     };
     options.mode()?;
     queue
-        .attach(attach_options(args.ttl))
+        .attach(attach_options(args.attach.ttl))
         .await
         .with_context(|| format!("attaching to {}", queue.name()))?;
     let consumed = consume_attached(&queue, options, args.raw).await;

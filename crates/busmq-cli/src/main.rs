@@ -78,6 +78,15 @@ struct ServerArgs {
     server: String,
 }
 
+/// How the client commands attach to their queue.
+#[derive(Debug, Args)]
+struct AttachArgs {
+    /// Seconds the queue lives with no attachments. Unset: an existing queue
+    /// keeps its ttl, a new one gets the server default, 30.
+    #[arg(long, env = "BUSMQ_TTL", value_parser = clap::value_parser!(u64).range(1..))]
+    ttl: Option<u64>,
+}
+
 /// Push messages to a queue and print their ids, one per line.
 ///
 /// Attaches to the queue (creating it if needed), pushes the messages in one
@@ -90,10 +99,8 @@ struct ServerArgs {
 struct PushArgs {
     #[command(flatten)]
     server: ServerArgs,
-    /// Seconds the queue lives with no attachments. Every attach sets it;
-    /// unset means the server default, 30.
-    #[arg(long, env = "BUSMQ_TTL", value_parser = clap::value_parser!(u64).range(1..))]
-    ttl: Option<u64>,
+    #[command(flatten)]
+    attach: AttachArgs,
     /// The queue: 1..=200 characters of A-Z a-z 0-9 . _ : -
     queue: String,
     /// The messages, in order. None: read lines from standard input.
@@ -118,10 +125,8 @@ struct PushArgs {
 struct ConsumeArgs {
     #[command(flatten)]
     server: ServerArgs,
-    /// Seconds the queue lives with no attachments. Every attach sets it;
-    /// unset means the server default, 30.
-    #[arg(long, env = "BUSMQ_TTL", value_parser = clap::value_parser!(u64).range(1..))]
-    ttl: Option<u64>,
+    #[command(flatten)]
+    attach: AttachArgs,
     /// Reliable mode: at least once, each message acked after it is printed.
     #[arg(long, conflicts_with = "persistent")]
     reliable: bool,
@@ -238,7 +243,7 @@ mod tests {
             panic!("not push");
         };
         assert_eq!(args.messages, vec!["a", "b"]);
-        assert_eq!(args.ttl, Some(60));
+        assert_eq!(args.attach.ttl, Some(60));
         assert!(parse(&["push", "q"]).is_ok());
         assert!(parse(&["push"]).is_err());
         assert!(parse(&["push", "q", "--ttl", "0"]).is_err());

@@ -20,8 +20,9 @@ use crate::{
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AttachOptions {
     /// How long the queue lives with no attachments, messages included.
-    /// Every attach sets it, `None` to the server default (30 s). Whole
-    /// seconds: a fraction is rounded up. Zero is refused by the server.
+    /// `None` keeps the ttl of an existing queue and gives a new one the
+    /// server default (30 s). Whole seconds: a fraction is rounded up. Zero
+    /// is refused by the server.
     pub ttl: Option<Duration>,
 }
 

@@ -54,6 +54,7 @@ macro_rules! conformance_tests {
             close_destroys_and_notifies,
             flush_keeps_ids_counting,
             info_counters,
+            attach_without_ttl_keeps_ttl,
             metadata_get_set,
             missing_queue_ops_fail,
             empty_push_is_rejected,
@@ -95,7 +96,7 @@ pub fn unique_queue(prefix: &str) -> QueueName {
 /// A fresh attached queue.
 async fn attached(s: &Arc<dyn Storage>, prefix: &str) -> QueueName {
     let q = unique_queue(prefix);
-    s.attach(&q, TTL).await.expect("attach");
+    s.attach(&q, Some(TTL)).await.expect("attach");
     q
 }
 
@@ -184,10 +185,10 @@ async fn live_watch(s: &Arc<dyn Storage>) -> Notifications {
 /// detach counts down, never below zero.
 pub async fn attach_counts_and_reports_existed(s: Arc<dyn Storage>) {
     let q = unique_queue("attach");
-    let a = s.attach(&q, TTL).await.unwrap();
+    let a = s.attach(&q, Some(TTL)).await.unwrap();
     assert!(!a.existed, "first attach creates the queue");
     assert_eq!(a.attachments, 1);
-    let a = s.attach(&q, TTL).await.unwrap();
+    let a = s.attach(&q, Some(TTL)).await.unwrap();
     assert!(a.existed);
     assert_eq!(a.attachments, 2);
     assert_eq!(s.info(&q).await.unwrap().unwrap().attachments, 2);
@@ -201,7 +202,7 @@ pub async fn attach_counts_and_reports_existed(s: Arc<dyn Storage>) {
         .expect("still there until its ttl");
     assert_eq!(info.attachments, 0);
     assert_eq!(info.ttl, TTL);
-    let a = s.attach(&q, TTL).await.unwrap();
+    let a = s.attach(&q, Some(TTL)).await.unwrap();
     assert!(a.existed);
     assert_eq!(a.attachments, 1);
 }
@@ -464,7 +465,7 @@ pub async fn close_destroys_and_notifies(s: Arc<dyn Storage>) {
         *n == Notification::Closed(q.clone())
     })
     .await;
-    let a = s.attach(&q, TTL).await.unwrap();
+    let a = s.attach(&q, Some(TTL)).await.unwrap();
     assert!(!a.existed, "a closed queue is gone");
     assert_eq!(s.push(&q, payloads(1..=1)).await.unwrap().first, 1);
     assert_eq!(s.get_metadata(&q, "k").await.unwrap(), None);
@@ -486,10 +487,31 @@ pub async fn flush_keeps_ids_counting(s: Arc<dyn Storage>) {
     assert_eq!(s.flush(&q).await.unwrap(), 0);
 }
 
+/// A new queue attached without a ttl gets the default; a later attach
+/// without one keeps the ttl someone chose, and one with a ttl changes it.
+pub async fn attach_without_ttl_keeps_ttl(s: Arc<dyn Storage>) {
+    let q = unique_queue("ttl-keep");
+    s.attach(&q, None).await.unwrap();
+    let default = Duration::from_secs(busmq_core::DEFAULT_TTL_SECS);
+    assert_eq!(s.info(&q).await.unwrap().unwrap().ttl, default);
+    s.attach(&q, Some(Duration::from_secs(120))).await.unwrap();
+    s.attach(&q, None).await.unwrap();
+    assert_eq!(
+        s.info(&q).await.unwrap().unwrap().ttl,
+        Duration::from_secs(120),
+        "a plain attach keeps the ttl"
+    );
+    s.attach(&q, Some(Duration::from_secs(7))).await.unwrap();
+    assert_eq!(
+        s.info(&q).await.unwrap().unwrap().ttl,
+        Duration::from_secs(7)
+    );
+}
+
 /// Info reports count, pending, next id, pushed, consumed, ttl.
 pub async fn info_counters(s: Arc<dyn Storage>) {
     let q = unique_queue("info");
-    s.attach(&q, Duration::from_secs(45)).await.unwrap();
+    s.attach(&q, Some(Duration::from_secs(45))).await.unwrap();
     let info = s.info(&q).await.unwrap().unwrap();
     assert_eq!(
         (
@@ -615,7 +637,7 @@ pub async fn watch_sees_data_for_the_right_queue(s: Arc<dyn Storage>) {
 pub async fn expiry_after_detach(s: Arc<dyn Storage>) {
     let mut watch = live_watch(&s).await;
     let q = unique_queue("expire");
-    s.attach(&q, Duration::from_secs(1)).await.unwrap();
+    s.attach(&q, Some(Duration::from_secs(1))).await.unwrap();
     s.push(&q, payloads(1..=3)).await.unwrap();
     assert_eq!(s.detach(&q).await.unwrap(), 0);
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -631,7 +653,7 @@ pub async fn expiry_after_detach(s: Arc<dyn Storage>) {
     })
     .await;
     assert_code(s.push(&q, payloads(1..=1)).await, ErrorCode::NotFound);
-    let a = s.attach(&q, TTL).await.unwrap();
+    let a = s.attach(&q, Some(TTL)).await.unwrap();
     assert!(!a.existed, "an expired queue is gone");
     let info = s.info(&q).await.unwrap().unwrap();
     assert_eq!(
@@ -644,10 +666,10 @@ pub async fn expiry_after_detach(s: Arc<dyn Storage>) {
 /// Attaching again before the ttl runs out cancels the expiry.
 pub async fn reattach_cancels_expiry(s: Arc<dyn Storage>) {
     let q = unique_queue("reattach");
-    s.attach(&q, Duration::from_secs(1)).await.unwrap();
+    s.attach(&q, Some(Duration::from_secs(1))).await.unwrap();
     s.push(&q, payloads(1..=1)).await.unwrap();
     s.detach(&q).await.unwrap();
-    let a = s.attach(&q, Duration::from_secs(1)).await.unwrap();
+    let a = s.attach(&q, Some(Duration::from_secs(1))).await.unwrap();
     assert!(a.existed);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let info = s

@@ -99,9 +99,12 @@ pub type Notifications = BoxStream<'static, Notification>;
 /// [`Error::QueueNotFound`] unless documented otherwise.
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {
-    /// Creates the queue if needed, counts one more attachment, sets its ttl
-    /// and cancels any pending expiry.
-    async fn attach(&self, queue: &QueueName, ttl: Duration) -> Result<Attached>;
+    /// Creates the queue if needed, counts one more attachment and cancels
+    /// any pending expiry. `ttl` sets how long the queue lives with no
+    /// attachments; `None` keeps the ttl of an existing queue and gives a new
+    /// one [`busmq_core::DEFAULT_TTL_SECS`], so a plain attach never shortens
+    /// a ttl someone else chose.
+    async fn attach(&self, queue: &QueueName, ttl: Option<Duration>) -> Result<Attached>;
 
     /// Counts one attachment less (never below zero) and returns how many
     /// remain. At zero the queue expires after its ttl.

@@ -11,6 +11,8 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_stream::wrappers::BroadcastStream;
 
+use busmq_core::DEFAULT_TTL_SECS;
+
 use crate::{
     Attached, Error, IdRange, Message, Notification, Notifications, QueueInfo, QueueName,
     ReliableLock, Result, Storage, TakeMode,
@@ -88,6 +90,13 @@ impl Queue {
     }
 }
 
+/// `now + d`, saturating far in the future instead of overflowing: a
+/// direct caller of the trait may pass any duration.
+fn deadline(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
 impl Default for MemoryStorage {
     fn default() -> Self {
         Self::new()
@@ -158,7 +167,7 @@ impl MemoryStorage {
 
 #[async_trait]
 impl Storage for MemoryStorage {
-    async fn attach(&self, queue: &QueueName, ttl: Duration) -> Result<Attached> {
+    async fn attach(&self, queue: &QueueName, ttl: Option<Duration>) -> Result<Attached> {
         let now = Instant::now();
         let mut queues = self.queues();
         let stale = queues.get(queue).is_some_and(|q| q.expired(now));
@@ -168,8 +177,10 @@ impl Storage for MemoryStorage {
         let existed = queues.contains_key(queue);
         let q = queues
             .entry(queue.clone())
-            .or_insert_with(|| Queue::new(ttl));
-        q.ttl = ttl;
+            .or_insert_with(|| Queue::new(Duration::from_secs(DEFAULT_TTL_SECS)));
+        if let Some(ttl) = ttl {
+            q.ttl = ttl;
+        }
         q.attachments += 1;
         q.expires_at = None;
         let attachments = q.attachments;
@@ -188,7 +199,7 @@ impl Storage for MemoryStorage {
         let (left, expiry) = self.with_queue(queue, |q| {
             q.attachments = q.attachments.saturating_sub(1);
             if q.attachments == 0 && q.expires_at.is_none() {
-                q.expires_at = Some(now + q.ttl);
+                q.expires_at = Some(deadline(now, q.ttl));
             }
             (q.attachments, q.expires_at)
         })?;
@@ -276,7 +287,7 @@ impl Storage for MemoryStorage {
             if q.lock_holder(now).is_some_and(|o| o != lock.owner) {
                 return Err(Error::ReliableConsumerActive(queue.to_string()));
             }
-            q.reliable = Some((lock.owner.clone(), now + lock.lease));
+            q.reliable = Some((lock.owner.clone(), deadline(now, lock.lease)));
             if last > 0 {
                 let p = q.pending.partition_point(|m| m.id <= last);
                 q.pending.drain(..p);
@@ -296,7 +307,7 @@ impl Storage for MemoryStorage {
         let now = Instant::now();
         match self.with_queue(queue, |q| match &mut q.reliable {
             Some((owner, until)) if *owner == lock.owner && *until > now => {
-                *until = now + lock.lease;
+                *until = deadline(now, lock.lease);
                 true
             }
             _ => false,
@@ -394,7 +405,7 @@ mod tests {
         let s = MemoryStorage::new();
         let mut watch = s.watch();
         let q = queue("expiring");
-        s.attach(&q, Duration::from_secs(30)).await.unwrap();
+        s.attach(&q, Some(Duration::from_secs(30))).await.unwrap();
         s.push(&q, vec![Bytes::from_static(b"x")]).await.unwrap();
         assert_eq!(watch.next().await, Some(Notification::Data(q.clone())));
         assert_eq!(s.detach(&q).await.unwrap(), 0);
@@ -408,7 +419,7 @@ mod tests {
         // The timer removed it and said so, without anyone asking.
         assert_eq!(watch.next().await, Some(Notification::Expired(q.clone())));
         assert_eq!(s.info(&q).await.unwrap(), None);
-        let again = s.attach(&q, Duration::from_secs(30)).await.unwrap();
+        let again = s.attach(&q, Some(Duration::from_secs(30))).await.unwrap();
         assert!(!again.existed, "messages expired with the queue");
         assert_eq!(s.info(&q).await.unwrap().unwrap().next_id, 1);
     }
@@ -417,7 +428,7 @@ mod tests {
     async fn attached_queues_never_expire() {
         let s = MemoryStorage::new();
         let q = queue("attached");
-        s.attach(&q, Duration::from_secs(1)).await.unwrap();
+        s.attach(&q, Some(Duration::from_secs(1))).await.unwrap();
         tokio::time::advance(Duration::from_secs(3600)).await;
         settle().await;
         assert!(s.info(&q).await.unwrap().is_some());
@@ -427,10 +438,15 @@ mod tests {
     async fn reattach_cancels_expiry_and_detach_restarts_it() {
         let s = MemoryStorage::new();
         let q = queue("reattached");
-        s.attach(&q, Duration::from_secs(30)).await.unwrap();
+        s.attach(&q, Some(Duration::from_secs(30))).await.unwrap();
         s.detach(&q).await.unwrap();
         tokio::time::advance(Duration::from_secs(20)).await;
-        assert!(s.attach(&q, Duration::from_secs(30)).await.unwrap().existed);
+        assert!(
+            s.attach(&q, Some(Duration::from_secs(30)))
+                .await
+                .unwrap()
+                .existed
+        );
         // Past the first deadline: the stale timer must not remove it.
         tokio::time::advance(Duration::from_secs(20)).await;
         settle().await;
@@ -450,7 +466,7 @@ mod tests {
         let s = MemoryStorage::new();
         let mut watch = s.watch();
         let q = queue("lazy");
-        s.attach(&q, Duration::from_secs(5)).await.unwrap();
+        s.attach(&q, Some(Duration::from_secs(5))).await.unwrap();
         s.detach(&q).await.unwrap();
         // Move the clock without letting the timer task run.
         tokio::time::advance(Duration::from_secs(6)).await;
@@ -466,7 +482,7 @@ mod tests {
     async fn reliable_lock_lapses_on_the_clock() {
         let s = MemoryStorage::new();
         let q = queue("lease");
-        s.attach(&q, Duration::from_secs(30)).await.unwrap();
+        s.attach(&q, Some(Duration::from_secs(30))).await.unwrap();
         let a = ReliableLock {
             owner: "a".into(),
             lease: Duration::from_secs(10),

@@ -218,12 +218,12 @@ impl WatchState {
 
 #[async_trait]
 impl Storage for RemoteStorage {
-    async fn attach(&self, queue: &QueueName, ttl: Duration) -> Result<Attached> {
+    async fn attach(&self, queue: &QueueName, ttl: Option<Duration>) -> Result<Attached> {
         let r = self
             .client()
             .attach(pb::AttachRequest {
                 queue: queue.to_string(),
-                ttl_seconds: ttl_seconds(ttl),
+                ttl_seconds: ttl.map(ttl_seconds),
             })
             .await
             .map_err(|s| self.error(s))?

@@ -180,7 +180,7 @@ impl StorageRpc for StorageService {
     ) -> Result<Response<pb::AttachResponse>, Status> {
         let req = request.into_inner();
         let queue = self.name(&req.queue)?;
-        let ttl = ttl(req.ttl_seconds)?;
+        let ttl = req.ttl_seconds.map(ttl).transpose()?;
         let attached = self.storage.attach(&queue, ttl).await.map_err(to_status)?;
         Ok(Response::new(pb::AttachResponse {
             existed: attached.existed,
@@ -401,7 +401,7 @@ mod tests {
         let bad_name = svc
             .attach(Request::new(pb::AttachRequest {
                 queue: "no spaces".into(),
-                ttl_seconds: 30,
+                ttl_seconds: Some(30),
             }))
             .await
             .unwrap_err();
@@ -410,7 +410,7 @@ mod tests {
         let huge_ttl = svc
             .attach(Request::new(pb::AttachRequest {
                 queue: "q".into(),
-                ttl_seconds: u64::MAX,
+                ttl_seconds: Some(u64::MAX),
             }))
             .await
             .unwrap_err();
@@ -418,7 +418,7 @@ mod tests {
 
         svc.attach(Request::new(pb::AttachRequest {
             queue: "q".into(),
-            ttl_seconds: 30,
+            ttl_seconds: Some(30),
         }))
         .await
         .unwrap();

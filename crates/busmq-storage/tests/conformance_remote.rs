@@ -49,7 +49,7 @@ async fn remote_survives_storage_restart() {
     let process = busmq_testkit::storage().await;
     let s = RemoteStorage::connect_lazy(&process.url()).unwrap();
     let q = queue("restart.q");
-    s.attach(&q, Duration::from_secs(60)).await.unwrap();
+    s.attach(&q, Some(Duration::from_secs(60))).await.unwrap();
     let mut watch = s.watch();
     let first = tokio::time::timeout(Duration::from_secs(10), watch.next())
         .await
@@ -76,7 +76,7 @@ async fn remote_survives_storage_restart() {
     .await;
     assert_eq!(next, Ok(true), "LAGGED after reconnect");
     // The memory backend lost everything; the client works again.
-    let a = s.attach(&q, Duration::from_secs(60)).await.unwrap();
+    let a = s.attach(&q, Some(Duration::from_secs(60))).await.unwrap();
     assert!(!a.existed);
     s.push(&q, vec![bytes::Bytes::from_static(b"x")])
         .await
@@ -133,7 +133,7 @@ async fn bad_input_gets_clear_statuses() {
         let r = client
             .attach(pb::AttachRequest {
                 queue: bad.to_owned(),
-                ttl_seconds: 30,
+                ttl_seconds: Some(30),
             })
             .await;
         assert_eq!(code(r), tonic::Code::InvalidArgument, "name {bad:?}");
@@ -142,7 +142,7 @@ async fn bad_input_gets_clear_statuses() {
     client
         .attach(pb::AttachRequest {
             queue: name.clone(),
-            ttl_seconds: 30,
+            ttl_seconds: Some(30),
         })
         .await
         .unwrap();
