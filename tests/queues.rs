@@ -125,15 +125,20 @@ async fn four_competing_unreliable_consumers_get_every_message_exactly_once() {
 
 #[tokio::test]
 async fn reliable_messages_of_a_killed_consumer_are_delivered_again() {
+    const TOTAL: u64 = 20_000;
     let c = cluster().await;
     let q = c.bus.queue("payments");
     q.attach(AttachOptions::default()).await.unwrap();
-    let batch: Vec<String> = (1..=1000).map(|i| format!("p{i}")).collect();
-    q.push_batch(batch).await.unwrap();
+    for chunk in 0..(TOTAL / 1000) {
+        q.push_batch((1..=1000).map(|i| format!("p{}", chunk * 1000 + i)))
+            .await
+            .unwrap();
+    }
 
     // A separate consumer program (the CLI) consumes reliably, acking each
-    // message after printing it; it is SIGKILLed part way through, with
-    // messages delivered to it but not acked.
+    // batch after printing it. Nobody reads its output after the first
+    // lines, so it blocks on a full pipe in the middle of a batch: messages
+    // delivered to it and not acked. Then it is SIGKILLed.
     let mut cli = tokio::process::Command::new(busmq_testkit::bin_path("busmq"))
         .args([
             "consume",
@@ -148,22 +153,31 @@ async fn reliable_messages_of_a_killed_consumer_are_delivered_again() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(cli.stdout.take().unwrap()).lines();
-    let mut handled = Vec::new();
-    while handled.len() < 100 {
-        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-            .await
-            .expect("the CLI consumer prints within 10 s")
-            .unwrap()
-            .expect("the CLI consumer is still running");
-        let id: u64 = line.split('\t').next().unwrap().parse().unwrap();
-        handled.push(id);
+    let first_line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("the CLI consumer prints within 10 s")
+        .unwrap()
+        .unwrap();
+    assert!(first_line.starts_with("1\t"), "{first_line}");
+    let mut last_consumed = u64::MAX;
+    for _ in 0..200 {
+        let info = q.info().await.unwrap();
+        if info.pending > 0 && info.consumed == last_consumed {
+            break; // blocked with un-acked messages
+        }
+        last_consumed = info.consumed;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     cli.start_kill().unwrap();
     cli.wait().await.unwrap();
-    assert_eq!(handled, (1..=100).collect::<Vec<_>>());
+    let mut handled = BTreeSet::from([1u64]);
+    while let Some(line) = lines.next_line().await.unwrap() {
+        handled.insert(line.split('\t').next().unwrap().parse().unwrap());
+    }
+    assert!(handled.len() < TOTAL as usize, "killed part way through");
 
-    // A new reliable consumer gets everything that was not acked, in order,
-    // starting at or before the first message the dead one had not printed.
+    // A new reliable consumer gets everything not acked, in order; together
+    // with what the dead one printed, nothing is missing.
     let mut consumer = loop {
         match q.consume(ConsumeOptions::reliable()).await {
             Ok(consumer) => break consumer,
@@ -176,23 +190,19 @@ async fn reliable_messages_of_a_killed_consumer_are_delivered_again() {
     };
     assert!(
         consumer.redelivered() > 0,
-        "in-flight messages were redelivered"
+        "un-acked messages were redelivered"
     );
     let first = next_id(&mut consumer).await;
-    assert!(
-        first <= 101,
-        "resumes at or before the first unhandled message: {first}"
-    );
     let mut ids = vec![first];
-    while ids.len() < (1000 - first + 1) as usize {
+    while ids.len() < (TOTAL - first + 1) as usize {
         ids.push(next_id(&mut consumer).await);
     }
-    assert_eq!(
-        ids,
-        (first..=1000).collect::<Vec<_>>(),
-        "nothing lost, in order"
+    assert_eq!(ids, (first..=TOTAL).collect::<Vec<_>>(), "in order, no gap");
+    assert!(
+        (1..first).all(|id| handled.contains(&id)),
+        "every message before {first} was handled by the killed consumer"
     );
-    consumer.ack(1000).await.unwrap();
+    consumer.ack(TOTAL).await.unwrap();
     assert_eq!(q.count().await.unwrap(), 0);
 }
 
@@ -316,4 +326,87 @@ async fn bad_input_gets_a_clear_status_and_the_broker_keeps_serving() {
     let fine = c.bus.queue("fine");
     fine.attach(AttachOptions::default()).await.unwrap();
     assert_eq!(fine.push("still here").await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn every_server_reports_health_and_serves_reflection() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let c = cluster().await;
+    for (process, service) in [
+        (&c.broker, "busmq.v1.Queues"),
+        (&c._storage, "busmq.storage.v1.Storage"),
+    ] {
+        let channel = tonic::transport::Endpoint::from_shared(process.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut health = HealthClient::new(channel.clone());
+        for name in ["", service] {
+            let status = health
+                .check(HealthCheckRequest {
+                    service: name.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status;
+            assert_eq!(status, ServingStatus::Serving as i32, "{service} {name:?}");
+        }
+
+        let mut reflection =
+            tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(
+                channel,
+            );
+        let request = tonic_reflection::pb::v1::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(
+                tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
+                    String::new(),
+                ),
+            ),
+        };
+        let mut answers = reflection
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let answer = answers.message().await.unwrap().unwrap();
+        let listed = format!("{:?}", answer.message_response);
+        assert!(listed.contains(service), "{service} not listed: {listed}");
+        assert!(listed.contains("grpc.health.v1.Health"), "{listed}");
+    }
+}
+
+#[tokio::test]
+async fn sigterm_ends_consumers_with_unavailable_and_the_broker_exits_cleanly() {
+    let c = cluster().await;
+    let q = c.bus.queue("draining");
+    q.attach(AttachOptions::default()).await.unwrap();
+    let mut consumer = q.consume(ConsumeOptions::reliable()).await.unwrap();
+    q.push("before shutdown").await.unwrap();
+    assert_eq!(next_id(&mut consumer).await, 1);
+
+    let status = c.broker.terminate().await.expect("the broker was running");
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+    let end = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .expect("the consumer learns of the shutdown");
+    match end {
+        Some(Err(e)) => assert!(e.is_unavailable(), "UNAVAILABLE so clients reconnect: {e}"),
+        other => panic!("expected an UNAVAILABLE error, got {other:?}"),
+    }
+
+    // The un-acked message survives in the store for the next broker.
+    c.broker.restart().await;
+    let bus = Bus::connect(c.broker.url()).await.unwrap();
+    let mut again = bus
+        .queue("draining")
+        .consume(ConsumeOptions::reliable())
+        .await
+        .unwrap();
+    assert_eq!(again.redelivered(), 1);
+    assert_eq!(next_id(&mut again).await, 1);
 }
