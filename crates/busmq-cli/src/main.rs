@@ -52,6 +52,12 @@ struct ServeArgs {
     /// running in other processes (`busmq-broker --storage http://HOST:PORT`).
     #[arg(long, env = "BUSMQ_STORAGE_LISTEN", default_value = "0.0.0.0:50052")]
     storage_listen: SocketAddr,
+    /// Where queues live: `memory` (lost on exit).
+    #[arg(long, env = "BUSMQ_BACKEND", default_value = "memory")]
+    storage: busmq_storage::backend::BackendSpec,
+    /// Directory of the embedded store.
+    #[arg(long, env = "BUSMQ_DATA_DIR", default_value = busmq_storage::backend::DEFAULT_DATA_DIR)]
+    data_dir: std::path::PathBuf,
     /// Largest message body in bytes.
     #[arg(long, env = "BUSMQ_MAX_MESSAGE_BYTES", default_value_t = busmq_core::Limits::default().max_message_bytes)]
     max_message_bytes: usize,

@@ -7,8 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use busmq_broker::BrokerConfig;
 use busmq_core::Limits;
-use busmq_storage::Storage;
-use busmq_storage::memory::MemoryStorage;
+use busmq_storage::backend::{self, BackendOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::ServeArgs;
@@ -36,13 +35,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         reliable_lease: Duration::from_millis(args.reliable_lease_ms),
     };
 
-    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let options = BackendOptions {
+        data_dir: args.data_dir.clone(),
+    };
+    let storage = backend::open(&args.storage, &options)
+        .await
+        .with_context(|| format!("opening storage backend {:?}", args.storage))?;
     let shutdown = busmq_runtime::shutdown_on_signal();
     let storage_listener = busmq_runtime::bind(args.storage_listen).await?;
     let broker_listener = busmq_runtime::bind(args.listen).await?;
-    tracing::info!(
-        "store: in memory (queues are lost on exit; the embedded durable store comes in a later release)"
-    );
+    tracing::info!(backend = ?args.storage, "store opened");
     tracing::info!(
         listen = %storage_listener.local_addr()?,
         "storage gRPC (busmq.storage.v1) listening"

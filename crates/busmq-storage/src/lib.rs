@@ -15,6 +15,7 @@ use futures::stream::BoxStream;
 
 pub use busmq_core::{Error, Message, QueueName, Result};
 
+pub mod backend;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod memory;

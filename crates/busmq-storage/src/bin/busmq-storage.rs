@@ -1,13 +1,12 @@
 //! `busmq-storage`: serves a store over the `busmq.storage.v1` gRPC API.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::PathBuf;
 
 use anyhow::Context;
 use busmq_core::Limits;
-use busmq_storage::Storage;
-use busmq_storage::memory::MemoryStorage;
-use clap::{Parser, ValueEnum};
+use busmq_storage::backend::{self, BackendOptions, BackendSpec, DEFAULT_DATA_DIR};
+use clap::Parser;
 
 /// The busmq storage service: the only process that talks to a store.
 /// Brokers reach it over gRPC (busmq.storage.v1), with grpc.health.v1 and
@@ -19,9 +18,13 @@ struct Args {
     #[arg(long, env = "BUSMQ_STORAGE_LISTEN", default_value = "0.0.0.0:50052")]
     listen: SocketAddr,
 
-    /// Which store to serve.
-    #[arg(long, env = "BUSMQ_STORAGE_BACKEND", value_enum, default_value_t = Backend::Memory)]
-    backend: Backend,
+    /// Which store to serve: `memory` (lost on exit).
+    #[arg(long, env = "BUSMQ_BACKEND", default_value = "memory")]
+    backend: BackendSpec,
+
+    /// Directory of the embedded store.
+    #[arg(long, env = "BUSMQ_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
 
     /// Largest message body accepted, in bytes.
     #[arg(long, env = "BUSMQ_MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024,
@@ -34,13 +37,6 @@ struct Args {
     max_batch: u32,
 }
 
-/// The stores `busmq-storage` can serve.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Backend {
-    /// In memory: fast, lost when the process stops (tests, demos).
-    Memory,
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -51,9 +47,12 @@ async fn main() -> anyhow::Result<()> {
         max_batch_len: args.max_batch as usize,
         ..Limits::default()
     };
-    let storage: Arc<dyn Storage> = match args.backend {
-        Backend::Memory => Arc::new(MemoryStorage::new()),
+    let options = BackendOptions {
+        data_dir: args.data_dir.clone(),
     };
+    let storage = backend::open(&args.backend, &options)
+        .await
+        .with_context(|| format!("opening storage backend {:?}", args.backend))?;
 
     let shutdown = busmq_runtime::shutdown_on_signal();
     let listener = busmq_runtime::bind(args.listen).await?;

