@@ -4,8 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# protoc comes vendored through cargo (protoc-bin-vendored); libzmq and
-# redis-server are installed here once later features need them.
+# protoc comes vendored through cargo (protoc-bin-vendored). The Redis
+# tests start their own redis-server processes (standalone, sentinel,
+# cluster) on random loopback ports.
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+  echo "installing redis-server and redis-tools (Debian packages)"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server redis-tools >/dev/null
+fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
