@@ -29,6 +29,7 @@ enum Command {
     Push(PushArgs),
     Consume(ConsumeArgs),
     Stats(StatsArgs),
+    Bench(busmq_bench::BenchArgs),
 }
 
 /// Run every busmq service in this process: storage and broker.
@@ -186,6 +187,7 @@ async fn main() -> ExitCode {
         Command::Push(args) => client::push(args).await,
         Command::Consume(args) => client::consume(args).await,
         Command::Stats(args) => client::stats(args).await,
+        Command::Bench(args) => busmq_bench::run(args).await.map(drop),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

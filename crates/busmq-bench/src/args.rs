@@ -1,0 +1,134 @@
+//! What a benchmark run can be told.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+/// How consumers read their queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Take and remove (at most once).
+    Unreliable,
+    /// Take, then ack cumulatively after each received batch (at least once).
+    Reliable,
+    /// Every consumer of a queue reads every message (`remove: false`).
+    Persistent,
+}
+
+/// `busmq bench`: producers and consumers pushing and consuming at once.
+#[derive(Debug, Clone, Args, serde::Serialize)]
+pub struct BenchArgs {
+    /// Benchmark a running broker at this URL instead of starting one in
+    /// this process.
+    #[arg(long, env = "BUSMQ_SERVER")]
+    pub server: Option<String>,
+    /// Store of the in-process broker (when no --server): `memory`,
+    /// `embedded`, or Redis URLs (see `busmq serve --help`).
+    #[arg(long, default_value = "memory")]
+    pub storage: String,
+    /// Data directory for `--storage embedded` (a fresh temporary one by
+    /// default, removed afterwards).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Producer tasks, each on its own connection.
+    #[arg(long, short = 'p', default_value_t = 4)]
+    pub producers: usize,
+    /// Consumer tasks, each on its own connection.
+    #[arg(long, short = 'c', default_value_t = 4)]
+    pub consumers: usize,
+    /// Queues, spread over producers and consumers.
+    #[arg(long, short = 'q', default_value_t = 100)]
+    pub queues: usize,
+    /// Message size in bytes (at least 8: the push time rides in it).
+    #[arg(long, default_value_t = 32)]
+    pub size: usize,
+    /// Messages per push batch.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Push batches in flight per queue of a producer.
+    #[arg(long, default_value_t = 8)]
+    pub in_flight: usize,
+    /// Messages the broker may have on the way to each consumer stream.
+    #[arg(long, default_value_t = 1024)]
+    pub prefetch: u32,
+    /// Consume mode.
+    #[arg(long, value_enum, default_value_t = Mode::Unreliable)]
+    pub mode: Mode,
+    /// How long producers push.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[serde(with = "secs")]
+    pub duration: Duration,
+    /// Length of one reporting cycle.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    #[serde(with = "secs")]
+    pub cycle: Duration,
+    /// Offered rate in messages per second over all producers (default: as
+    /// fast as the backlog bound allows). Use it for latency at a fixed load.
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Producers pause while more than this many messages wait per queue on
+    /// average; 0 lets the backlog grow without bound.
+    #[arg(long, default_value_t = 2000)]
+    pub max_backlog: u64,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+mod secs {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+impl BenchArgs {
+    /// Refuses combinations that cannot run or would measure nonsense.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.producers >= 1, "--producers must be at least 1");
+        anyhow::ensure!(self.consumers >= 1, "--consumers must be at least 1");
+        anyhow::ensure!(self.queues >= 1, "--queues must be at least 1");
+        anyhow::ensure!(
+            self.size >= 8,
+            "--size must be at least 8 (the push time rides in it)"
+        );
+        anyhow::ensure!(self.batch >= 1, "--batch must be at least 1");
+        anyhow::ensure!(self.in_flight >= 1, "--in-flight must be at least 1");
+        anyhow::ensure!(self.prefetch >= 1, "--prefetch must be at least 1");
+        anyhow::ensure!(!self.cycle.is_zero(), "--cycle must be positive");
+        anyhow::ensure!(
+            self.duration >= self.cycle,
+            "--duration must be at least one --cycle"
+        );
+        anyhow::ensure!(self.rate != Some(0), "--rate must be positive");
+        anyhow::ensure!(
+            self.mode != Mode::Reliable || self.consumers <= self.queues,
+            "reliable mode allows one consumer per queue: use --consumers <= --queues"
+        );
+        Ok(())
+    }
+
+    /// The first line of the output: what this run measures.
+    pub fn describe(&self, target: &str) -> String {
+        let rate = self.rate.map_or("max".to_owned(), |r| format!("{r} msg/s"));
+        let backlog = match self.max_backlog {
+            0 => "unbounded".to_owned(),
+            n => format!("<= {n}/queue"),
+        };
+        let mode = format!("{:?}", self.mode).to_lowercase();
+        format!(
+            "busmq bench: {target}; mode {mode}, {} producers, {} consumers, {} queues, {} B messages, batch {}, rate {rate}, backlog {backlog}, {:?} in {:?} cycles",
+            self.producers,
+            self.consumers,
+            self.queues,
+            self.size,
+            self.batch,
+            self.duration,
+            self.cycle
+        )
+    }
+}
