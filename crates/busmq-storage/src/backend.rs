@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use crate::embedded::EmbeddedStorage;
 use crate::memory::MemoryStorage;
 use crate::{Error, Result, Storage};
 
@@ -16,6 +17,9 @@ pub const DEFAULT_DATA_DIR: &str = "./busmq-data";
 pub enum BackendSpec {
     /// In memory: fast, lost when the process stops.
     Memory,
+    /// Durable, in [`BackendOptions::data_dir`] on this machine: what was
+    /// acknowledged survives a restart or a crash.
+    Embedded,
 }
 
 impl FromStr for BackendSpec {
@@ -24,8 +28,9 @@ impl FromStr for BackendSpec {
     fn from_str(s: &str) -> Result<Self> {
         match s.trim() {
             "memory" => Ok(BackendSpec::Memory),
+            "embedded" => Ok(BackendSpec::Embedded),
             other => Err(Error::InvalidArgument(format!(
-                "unknown storage backend {other:?}: expected `memory`"
+                "unknown storage backend {other:?}: expected `embedded` or `memory`"
             ))),
         }
     }
@@ -47,8 +52,16 @@ impl Default for BackendOptions {
 }
 
 /// Opens the store `spec` names.
-pub async fn open(spec: &BackendSpec, _options: &BackendOptions) -> Result<Arc<dyn Storage>> {
+pub async fn open(spec: &BackendSpec, options: &BackendOptions) -> Result<Arc<dyn Storage>> {
     match spec {
         BackendSpec::Memory => Ok(Arc::new(MemoryStorage::new())),
+        BackendSpec::Embedded => {
+            // Recovery reads the whole store from disk: off the runtime.
+            let dir = options.data_dir.clone();
+            let store = tokio::task::spawn_blocking(move || EmbeddedStorage::open(dir))
+                .await
+                .map_err(|e| Error::Internal(format!("opening the embedded store: {e}")))??;
+            Ok(Arc::new(store))
+        }
     }
 }

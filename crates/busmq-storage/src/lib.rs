@@ -18,7 +18,9 @@ pub use busmq_core::{Error, Message, QueueName, Result};
 pub mod backend;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod embedded;
 pub mod memory;
+pub mod queue_state;
 pub mod remote;
 pub mod server;
 pub mod service;

@@ -1,0 +1,557 @@
+//! The on-disk form of the embedded store: one SQLite database in WAL mode
+//! with `synchronous = FULL` (every commit fsync's the log).
+//!
+//! ```text
+//! queues   (qid PK, name UNIQUE, ttl_ms, attachments, expires_at_ms,
+//!           lock_owner, lock_until_ms, next_id, delivered_hi, pending_hi,
+//!           pushed, consumed)
+//! messages (qid, id, payload)  PRIMARY KEY (qid, id), WITHOUT ROWID
+//! metadata (qid, key, value)   PRIMARY KEY (qid, key), WITHOUT ROWID
+//! ```
+//!
+//! A queue's stored messages are its `messages` rows; those with an id up
+//! to `pending_hi` are pending (see [`crate::queue_state::Queue`]). Times
+//! are wall-clock milliseconds since the Unix epoch, so deadlines mean the
+//! same after a restart. Ids and counters are u64 stored bit for bit in
+//! SQLite's i64.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use rusqlite::{Connection, params};
+use tokio::time::Instant;
+
+use busmq_core::Limits;
+
+use crate::queue_state::{Change, Queue, QueueMeta, deadline};
+use crate::{Message, QueueName};
+
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "busmq.sqlite3";
+
+/// Version of the schema below, kept in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS queues (
+    qid INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    ttl_ms INTEGER NOT NULL,
+    attachments INTEGER NOT NULL,
+    expires_at_ms INTEGER,
+    lock_owner TEXT,
+    lock_until_ms INTEGER,
+    next_id INTEGER NOT NULL,
+    delivered_hi INTEGER NOT NULL,
+    pending_hi INTEGER NOT NULL,
+    pushed INTEGER NOT NULL,
+    consumed INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    qid INTEGER NOT NULL,
+    id INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    PRIMARY KEY (qid, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS metadata (
+    qid INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (qid, key)
+) WITHOUT ROWID;
+";
+
+/// A point in time as the journal stores it.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    now: Instant,
+    wall_ms: i64,
+}
+
+impl Clock {
+    /// The present, on tokio's clock and the wall clock.
+    pub fn now() -> Self {
+        let wall_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        Clock {
+            now: Instant::now(),
+            wall_ms,
+        }
+    }
+
+    /// `at` as wall-clock milliseconds.
+    pub fn to_wall(self, at: Instant) -> i64 {
+        if at >= self.now {
+            self.wall_ms.saturating_add(ms(at - self.now))
+        } else {
+            self.wall_ms.saturating_sub(ms(self.now - at))
+        }
+    }
+
+    /// Wall-clock milliseconds as an instant; a time already past is now.
+    pub fn from_wall(self, wall_ms: i64) -> Instant {
+        let ahead = wall_ms.saturating_sub(self.wall_ms);
+        if ahead <= 0 {
+            self.now
+        } else {
+            deadline(self.now, Duration::from_millis(ahead as u64))
+        }
+    }
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// u64 to SQLite's i64, bit for bit.
+fn int(v: u64) -> i64 {
+    v as i64
+}
+
+/// SQLite's i64 back to u64, bit for bit.
+fn uint(v: i64) -> u64 {
+    v as u64
+}
+
+/// An id bound for a range delete: ids never reach 2^63, so clamping is
+/// exact.
+fn id_bound(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A [`Change`] with its times made wall-clock, ready to write.
+#[derive(Debug)]
+pub enum Record {
+    Meta(QueueName, MetaRow),
+    Append {
+        queue: QueueName,
+        first: u64,
+        payloads: Vec<Bytes>,
+    },
+    Remove {
+        queue: QueueName,
+        from: u64,
+        to: u64,
+    },
+    Metadata {
+        queue: QueueName,
+        key: String,
+        value: String,
+    },
+    Drop(QueueName),
+}
+
+/// A `queues` row without its name and qid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaRow {
+    ttl_ms: i64,
+    attachments: i64,
+    expires_at_ms: Option<i64>,
+    lock_owner: Option<String>,
+    lock_until_ms: Option<i64>,
+    next_id: i64,
+    delivered_hi: i64,
+    pending_hi: i64,
+    pushed: i64,
+    consumed: i64,
+}
+
+impl MetaRow {
+    fn new(meta: QueueMeta, clock: Clock) -> Self {
+        let (lock_owner, lock_until_ms) = match meta.reliable {
+            Some((owner, until)) => (Some(owner), Some(clock.to_wall(until))),
+            None => (None, None),
+        };
+        MetaRow {
+            ttl_ms: ms(meta.ttl),
+            attachments: int(meta.attachments),
+            expires_at_ms: meta.expires_at.map(|at| clock.to_wall(at)),
+            lock_owner,
+            lock_until_ms,
+            next_id: int(meta.next_id),
+            delivered_hi: int(meta.delivered_hi),
+            pending_hi: int(meta.pending_hi),
+            pushed: int(meta.pushed),
+            consumed: int(meta.consumed),
+        }
+    }
+
+    fn meta(&self, clock: Clock) -> QueueMeta {
+        let reliable = match (&self.lock_owner, self.lock_until_ms) {
+            (Some(owner), Some(until)) => Some((owner.clone(), clock.from_wall(until))),
+            _ => None,
+        };
+        QueueMeta {
+            ttl: Duration::from_millis(uint(self.ttl_ms)),
+            attachments: uint(self.attachments),
+            expires_at: self.expires_at_ms.map(|at| clock.from_wall(at)),
+            reliable,
+            next_id: uint(self.next_id),
+            delivered_hi: uint(self.delivered_hi),
+            pending_hi: uint(self.pending_hi),
+            pushed: uint(self.pushed),
+            consumed: uint(self.consumed),
+        }
+    }
+}
+
+impl Record {
+    /// `change` with its instants read on `clock`.
+    pub fn new(change: Change, clock: Clock) -> Self {
+        match change {
+            Change::Meta(queue, meta) => Record::Meta(queue, MetaRow::new(meta, clock)),
+            Change::Append {
+                queue,
+                first,
+                payloads,
+            } => Record::Append {
+                queue,
+                first,
+                payloads,
+            },
+            Change::Remove { queue, from, to } => Record::Remove { queue, from, to },
+            Change::Metadata { queue, key, value } => Record::Metadata { queue, key, value },
+            Change::Drop(queue) => Record::Drop(queue),
+        }
+    }
+}
+
+/// The database and the qid of every recorded queue.
+pub struct Db {
+    conn: Connection,
+    qids: HashMap<QueueName, i64>,
+    next_qid: i64,
+}
+
+impl Db {
+    /// Opens (creating) the database at `path` and reads every queue back,
+    /// dropping those whose ttl ran out while nobody had the store open.
+    pub fn open(path: &Path) -> rusqlite::Result<(Db, HashMap<QueueName, Queue>)> {
+        let conn = Connection::open(path)?;
+        // WAL: a commit is one append and one fsync of the log. FULL: that
+        // fsync happens at every commit, so a commit survives power loss.
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(path = %path.display(), mode, "SQLite refused WAL mode");
+        }
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(rusqlite::Error::InvalidParameterName(format!(
+                "{} has schema version {version}, newer than this busmq understands \
+                 ({SCHEMA_VERSION})",
+                path.display()
+            )));
+        }
+        conn.execute_batch(SCHEMA)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+
+        let mut db = Db {
+            conn,
+            qids: HashMap::new(),
+            next_qid: 1,
+        };
+        let queues = db.recover()?;
+        Ok((db, queues))
+    }
+
+    fn recover(&mut self) -> rusqlite::Result<HashMap<QueueName, Queue>> {
+        let clock = Clock::now();
+        // Stored names were valid when written; the name-length limit is a
+        // broker setting that may have changed since, so it is not applied.
+        let limits = Limits {
+            max_name_len: usize::MAX,
+            ..Limits::default()
+        };
+        let mut rows: Vec<(i64, QueueName, MetaRow)> = Vec::new();
+        let mut expired: Vec<i64> = Vec::new();
+        {
+            let mut stmt = self.conn.prepare(
+                "SELECT qid, name, ttl_ms, attachments, expires_at_ms, lock_owner, \
+                 lock_until_ms, next_id, delivered_hi, pending_hi, pushed, consumed \
+                 FROM queues",
+            )?;
+            let mut q = stmt.query([])?;
+            while let Some(r) = q.next()? {
+                let qid: i64 = r.get(0)?;
+                let name: String = r.get(1)?;
+                let meta = MetaRow {
+                    ttl_ms: r.get(2)?,
+                    attachments: r.get(3)?,
+                    expires_at_ms: r.get(4)?,
+                    lock_owner: r.get(5)?,
+                    lock_until_ms: r.get(6)?,
+                    next_id: r.get(7)?,
+                    delivered_hi: r.get(8)?,
+                    pending_hi: r.get(9)?,
+                    pushed: r.get(10)?,
+                    consumed: r.get(11)?,
+                };
+                self.next_qid = self.next_qid.max(qid + 1);
+                match QueueName::parse(&name, &limits) {
+                    Ok(_) if meta.expires_at_ms.is_some_and(|at| at <= clock.wall_ms) => {
+                        expired.push(qid);
+                    }
+                    Ok(name) => rows.push((qid, name, meta)),
+                    Err(e) => {
+                        tracing::warn!(qid, name, "dropping a stored queue: {e}");
+                        expired.push(qid);
+                    }
+                }
+            }
+        }
+        if !expired.is_empty() {
+            tracing::info!(
+                count = expired.len(),
+                "queues expired while the store was closed"
+            );
+            let tx = self.conn.transaction()?;
+            for qid in &expired {
+                drop_qid(&tx, *qid)?;
+            }
+            tx.commit()?;
+        }
+
+        let mut messages: HashMap<i64, Vec<Message>> = HashMap::new();
+        {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT qid, id, payload FROM messages ORDER BY qid, id")?;
+            let mut q = stmt.query([])?;
+            while let Some(r) = q.next()? {
+                let qid: i64 = r.get(0)?;
+                let id: i64 = r.get(1)?;
+                let payload: Vec<u8> = r.get(2)?;
+                messages.entry(qid).or_default().push(Message {
+                    id: uint(id),
+                    payload: Bytes::from(payload),
+                });
+            }
+        }
+        let mut metadata: HashMap<i64, HashMap<String, String>> = HashMap::new();
+        {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT qid, key, value FROM metadata")?;
+            let mut q = stmt.query([])?;
+            while let Some(r) = q.next()? {
+                metadata
+                    .entry(r.get(0)?)
+                    .or_default()
+                    .insert(r.get(1)?, r.get(2)?);
+            }
+        }
+
+        let mut queues = HashMap::new();
+        for (qid, name, meta) in rows {
+            let queue = Queue::restore(
+                meta.meta(clock),
+                messages.remove(&qid).unwrap_or_default(),
+                metadata.remove(&qid).unwrap_or_default(),
+            );
+            self.qids.insert(name.clone(), qid);
+            queues.insert(name, queue);
+        }
+        Ok(queues)
+    }
+
+    /// Writes `records` in one transaction and commits it: when this
+    /// returns Ok, they are on disk.
+    pub fn commit(&mut self, records: &[Record]) -> rusqlite::Result<()> {
+        // Unchecked: borrows the connection shared, so the qid map stays
+        // writable; nothing else uses the connection meanwhile.
+        let tx = self.conn.unchecked_transaction()?;
+        for record in records {
+            match record {
+                Record::Meta(queue, m) => match self.qids.get(queue) {
+                    Some(&qid) => {
+                        tx.prepare_cached(
+                            "UPDATE queues SET ttl_ms = ?2, attachments = ?3, \
+                             expires_at_ms = ?4, lock_owner = ?5, lock_until_ms = ?6, \
+                             next_id = ?7, delivered_hi = ?8, pending_hi = ?9, pushed = ?10, \
+                             consumed = ?11 WHERE qid = ?1",
+                        )?
+                        .execute(params![
+                            qid,
+                            m.ttl_ms,
+                            m.attachments,
+                            m.expires_at_ms,
+                            m.lock_owner,
+                            m.lock_until_ms,
+                            m.next_id,
+                            m.delivered_hi,
+                            m.pending_hi,
+                            m.pushed,
+                            m.consumed
+                        ])?;
+                    }
+                    None => {
+                        let qid = self.next_qid;
+                        tx.prepare_cached(
+                            "INSERT INTO queues (qid, name, ttl_ms, attachments, \
+                             expires_at_ms, lock_owner, lock_until_ms, next_id, delivered_hi, \
+                             pending_hi, pushed, consumed) \
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                        )?
+                        .execute(params![
+                            qid,
+                            queue.as_str(),
+                            m.ttl_ms,
+                            m.attachments,
+                            m.expires_at_ms,
+                            m.lock_owner,
+                            m.lock_until_ms,
+                            m.next_id,
+                            m.delivered_hi,
+                            m.pending_hi,
+                            m.pushed,
+                            m.consumed
+                        ])?;
+                        self.next_qid += 1;
+                        self.qids.insert(queue.clone(), qid);
+                    }
+                },
+                Record::Append {
+                    queue,
+                    first,
+                    payloads,
+                } => {
+                    let qid = self.qid(queue)?;
+                    let mut insert = tx.prepare_cached(
+                        "INSERT OR REPLACE INTO messages (qid, id, payload) VALUES (?1, ?2, ?3)",
+                    )?;
+                    for (id, payload) in (*first..).zip(payloads) {
+                        insert.execute(params![qid, int(id), payload.as_ref()])?;
+                    }
+                }
+                Record::Remove { queue, from, to } => {
+                    let qid = self.qid(queue)?;
+                    tx.prepare_cached(
+                        "DELETE FROM messages WHERE qid = ?1 AND id >= ?2 AND id <= ?3",
+                    )?
+                    .execute(params![qid, id_bound(*from), id_bound(*to)])?;
+                }
+                Record::Metadata { queue, key, value } => {
+                    let qid = self.qid(queue)?;
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO metadata (qid, key, value) VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(params![qid, key, value])?;
+                }
+                Record::Drop(queue) => {
+                    if let Some(qid) = self.qids.remove(queue) {
+                        drop_qid(&tx, qid)?;
+                    }
+                }
+            }
+        }
+        tx.commit()
+    }
+
+    /// The qid of a recorded queue. Every queue is recorded (by its first
+    /// Meta, at attach) before anything else about it.
+    fn qid(&self, queue: &QueueName) -> rusqlite::Result<i64> {
+        self.qids.get(queue).copied().ok_or_else(|| {
+            rusqlite::Error::InvalidParameterName(format!(
+                "change to queue {queue} before it was recorded"
+            ))
+        })
+    }
+
+    /// The stored name of qid, for tests.
+    #[cfg(test)]
+    fn name_of(&self, qid: i64) -> rusqlite::Result<Option<String>> {
+        use rusqlite::OptionalExtension;
+        self.conn
+            .query_row("SELECT name FROM queues WHERE qid = ?1", [qid], |r| r.get(0))
+            .optional()
+    }
+}
+
+fn drop_qid(tx: &rusqlite::Transaction<'_>, qid: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached("DELETE FROM messages WHERE qid = ?1")?
+        .execute([qid])?;
+    tx.prepare_cached("DELETE FROM metadata WHERE qid = ?1")?
+        .execute([qid])?;
+    tx.prepare_cached("DELETE FROM queues WHERE qid = ?1")?
+        .execute([qid])?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wall_clock_round_trip() {
+        let clock = Clock::now();
+        let later = clock.now + Duration::from_secs(90);
+        let wall = clock.to_wall(later);
+        assert_eq!(wall, clock.wall_ms + 90_000);
+        assert_eq!(clock.from_wall(wall), later);
+        let earlier = clock.to_wall(clock.now - Duration::from_secs(5).min(clock.now.elapsed()));
+        assert!(earlier <= clock.wall_ms);
+        assert_eq!(clock.from_wall(clock.wall_ms - 5_000), clock.now, "past is now");
+        assert_eq!(clock.from_wall(i64::MIN), clock.now);
+        assert!(clock.from_wall(i64::MAX) > later, "far future saturates");
+    }
+
+    #[test]
+    fn records_and_recovers_queues() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let name = QueueName::parse("q", &Limits::default()).unwrap();
+        let clock = Clock::now();
+        let meta = QueueMeta {
+            ttl: Duration::from_secs(30),
+            attachments: 2,
+            expires_at: None,
+            reliable: None,
+            next_id: 4,
+            delivered_hi: 1,
+            pending_hi: 1,
+            pushed: 3,
+            consumed: 1,
+        };
+        {
+            let (mut db, queues) = Db::open(&path).unwrap();
+            assert!(queues.is_empty());
+            db.commit(&[
+                Record::Meta(name.clone(), MetaRow::new(meta.clone(), clock)),
+                Record::Append {
+                    queue: name.clone(),
+                    first: 1,
+                    payloads: vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")],
+                },
+                Record::Append {
+                    queue: name.clone(),
+                    first: 3,
+                    payloads: vec![Bytes::from_static(b"c")],
+                },
+                Record::Remove {
+                    queue: name.clone(),
+                    from: 2,
+                    to: 2,
+                },
+                Record::Metadata {
+                    queue: name.clone(),
+                    key: "k".into(),
+                    value: "v".into(),
+                },
+            ])
+            .unwrap();
+            assert_eq!(db.name_of(1).unwrap().as_deref(), Some("q"));
+        }
+        let (_db, queues) = Db::open(&path).unwrap();
+        let q = &queues[&name];
+        let ids = |v: &std::collections::VecDeque<Message>| v.iter().map(|m| m.id).collect::<Vec<_>>();
+        assert_eq!(ids(&q.pending), vec![1]);
+        assert_eq!(ids(&q.ready), vec![3]);
+        assert_eq!(q.ready[0].payload, Bytes::from_static(b"c"));
+        assert_eq!((q.next_id, q.pushed, q.consumed, q.attachments), (4, 3, 1, 2));
+        assert_eq!(q.metadata.get("k").map(String::as_str), Some("v"));
+    }
+}

@@ -1,0 +1,241 @@
+//! Group commit: one writer thread makes changes durable for everyone.
+//!
+//! Callers (on the async runtime) hand their changes to [`SqliteJournal::submit`]
+//! under the store's lock: a push onto an in-memory inbox, no I/O, and a
+//! ticket back. The writer thread takes everything in the inbox, writes it
+//! in one SQLite transaction and commits it (one fsync), then publishes the
+//! highest ticket it covered; callers await that in [`SqliteJournal::wait`].
+//! While one commit is on disk, the next one gathers every change submitted
+//! meanwhile, so under load one fsync serves many concurrent callers, and
+//! an idle store commits a lone change at once.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use tokio::sync::watch;
+
+use super::db::{Clock, DB_FILE, Db, Record};
+use crate::queue_state::{Change, Journal, Queue};
+use crate::{Error, QueueName, Result};
+
+/// The lock file that keeps a second process out of the directory.
+pub const LOCK_FILE: &str = "busmq.lock";
+
+/// How far the writer has got.
+#[derive(Debug, Clone, Default)]
+struct Progress {
+    /// Every ticket up to this one is durable.
+    durable: u64,
+    /// The writer failed; nothing submitted from then on will be.
+    failed: Option<String>,
+}
+
+#[derive(Default)]
+struct Inbox {
+    records: Vec<Record>,
+    /// The ticket of the latest submission.
+    ticket: u64,
+    /// The journal is being dropped: write what is left and stop.
+    closing: bool,
+    /// The writer stopped on an error: drop new submissions.
+    failed: bool,
+}
+
+struct Channel {
+    inbox: Mutex<Inbox>,
+    wake: Condvar,
+}
+
+impl Channel {
+    fn inbox(&self) -> MutexGuard<'_, Inbox> {
+        self.inbox
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The [`Journal`] of the embedded store: changes go to a SQLite database
+/// by group commit on a dedicated thread.
+pub struct SqliteJournal {
+    dir: PathBuf,
+    channel: Arc<Channel>,
+    last_ticket: AtomicU64,
+    progress: Arc<watch::Sender<Progress>>,
+    writer: Option<JoinHandle<()>>,
+    /// Held (locked) while the store is open.
+    _lock: File,
+}
+
+impl SqliteJournal {
+    /// Opens the store in `dir`: takes its lock, opens the database,
+    /// recovers the queues and starts the writer.
+    pub fn open(dir: &Path) -> Result<(Self, HashMap<QueueName, Queue>)> {
+        let unavailable =
+            |what: &str, e: &dyn std::fmt::Display| {
+                Error::Unavailable(format!(
+                    "embedded store in {}: {what}: {e}",
+                    dir.display()
+                ))
+            };
+        std::fs::create_dir_all(dir)
+            .map_err(|e| unavailable("cannot create the directory", &e))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| unavailable("cannot open the lock file", &e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(Error::Unavailable(format!(
+                    "embedded store in {} is in use by another process (it holds {})",
+                    dir.display(),
+                    lock_path.display()
+                )));
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(unavailable("cannot lock the directory", &e));
+            }
+        }
+        let db_path = dir.join(DB_FILE);
+        let (db, queues) =
+            Db::open(&db_path).map_err(|e| unavailable("cannot open the database", &e))?;
+        tracing::info!(
+            dir = %dir.display(),
+            queues = queues.len(),
+            messages = queues.values().map(|q| q.ready.len() + q.pending.len()).sum::<usize>(),
+            "embedded store opened"
+        );
+
+        let channel = Arc::new(Channel {
+            inbox: Mutex::new(Inbox::default()),
+            wake: Condvar::new(),
+        });
+        let progress = Arc::new(watch::Sender::new(Progress::default()));
+        let writer = {
+            let channel = Arc::clone(&channel);
+            let progress = Arc::clone(&progress);
+            let dir = dir.to_path_buf();
+            std::thread::Builder::new()
+                .name("busmq-embedded-writer".into())
+                .spawn(move || write_loop(db, &channel, &progress, &dir))
+                .map_err(|e| unavailable("cannot start the writer thread", &e))?
+        };
+        Ok((
+            SqliteJournal {
+                dir: dir.to_path_buf(),
+                channel,
+                last_ticket: AtomicU64::new(0),
+                progress,
+                writer: Some(writer),
+                _lock: lock,
+            },
+            queues,
+        ))
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// The writer thread: commits whatever has gathered, until closed.
+fn write_loop(mut db: Db, channel: &Channel, progress: &watch::Sender<Progress>, dir: &Path) {
+    let mut batch = Vec::new();
+    loop {
+        let ticket = {
+            let mut inbox = channel.inbox();
+            while inbox.records.is_empty() && !inbox.closing {
+                inbox = channel
+                    .wake
+                    .wait(inbox)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+            if inbox.records.is_empty() {
+                return;
+            }
+            std::mem::swap(&mut batch, &mut inbox.records);
+            inbox.ticket
+        };
+        match db.commit(&batch) {
+            Ok(()) => {
+                batch.clear();
+                progress.send_modify(|p| p.durable = ticket);
+            }
+            Err(e) => {
+                let message = format!(
+                    "embedded store in {}: writing to the database failed: {e}",
+                    dir.display()
+                );
+                tracing::error!("{message}; the store accepts no more changes");
+                channel.inbox().failed = true;
+                progress.send_modify(|p| p.failed = Some(message));
+                return;
+            }
+        }
+    }
+}
+
+impl Journal for SqliteJournal {
+    const RECORDS: bool = true;
+
+    fn submit(&self, changes: Vec<Change>) -> u64 {
+        let clock = Clock::now();
+        let mut inbox = self.channel.inbox();
+        if !inbox.failed {
+            let was_empty = inbox.records.is_empty();
+            inbox
+                .records
+                .extend(changes.into_iter().map(|c| Record::new(c, clock)));
+            if was_empty {
+                self.channel.wake.notify_one();
+            }
+        }
+        inbox.ticket += 1;
+        self.last_ticket.store(inbox.ticket, Ordering::Release);
+        inbox.ticket
+    }
+
+    fn last_ticket(&self) -> u64 {
+        self.last_ticket.load(Ordering::Acquire)
+    }
+
+    fn wait(&self, ticket: u64) -> impl Future<Output = Result<()>> + Send {
+        let mut rx = self.progress.subscribe();
+        async move {
+            let progress = rx
+                .wait_for(|p| p.durable >= ticket || p.failed.is_some())
+                .await
+                .map_err(|_| Error::Unavailable("embedded store closed".into()))?;
+            match &progress.failed {
+                Some(message) if progress.durable < ticket => {
+                    Err(Error::Unavailable(message.clone()))
+                }
+                _ => Ok(()),
+            }
+        }
+    }
+}
+
+impl Drop for SqliteJournal {
+    /// Writes what is still in the inbox, stops the writer and closes the
+    /// database, so the directory can be opened again at once.
+    fn drop(&mut self) {
+        self.channel.inbox().closing = true;
+        self.channel.wake.notify_one();
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            tracing::error!(dir = %self.dir.display(), "embedded store writer panicked");
+        }
+    }
+}

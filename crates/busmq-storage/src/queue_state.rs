@@ -1,0 +1,682 @@
+//! The queue semantics of the stores that keep their live state in this
+//! process: [`crate::memory::MemoryStorage`] and
+//! [`crate::embedded::EmbeddedStorage`] are both a [`QueueStore`], differing
+//! only in their [`Journal`]. The memory store's journal forgets; the
+//! embedded store's makes every change durable before the call returns.
+//!
+//! Every mutation runs under one lock on the queue map; while holding it, the
+//! store hands the journal a [`Change`] list describing the effect (not the
+//! request), so the journal sees changes in exactly the order they were
+//! applied. Replaying the changes onto an empty state rebuilds the state.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+use tokio_stream::wrappers::BroadcastStream;
+
+use busmq_core::DEFAULT_TTL_SECS;
+
+use crate::{
+    Attached, Error, IdRange, Message, Notification, Notifications, QueueInfo, QueueName,
+    ReliableLock, Result, Storage, TakeMode,
+};
+
+/// Notifications buffered per watcher before it is told it lagged.
+const NOTIFY_CAPACITY: usize = 4096;
+
+/// One queue. Invariant: `pending` and `ready` are each sorted by id, and
+/// every pending id is below every ready id (pending messages came from the
+/// front of `ready`, and go back to its front as a whole). So the pending
+/// messages are exactly the stored messages with id <= [`Queue::pending_hi`],
+/// which is how a journal can record them.
+#[derive(Debug)]
+pub struct Queue {
+    pub(crate) ready: VecDeque<Message>,
+    pub(crate) pending: VecDeque<Message>,
+    pub(crate) next_id: u64,
+    /// Highest id ever taken as pending: acks above it are unknown.
+    pub(crate) delivered_hi: u64,
+    pub(crate) attachments: u64,
+    pub(crate) ttl: Duration,
+    /// Set while the queue has no attachments.
+    pub(crate) expires_at: Option<Instant>,
+    pub(crate) reliable: Option<(String, Instant)>,
+    pub(crate) pushed: u64,
+    pub(crate) consumed: u64,
+    pub(crate) metadata: HashMap<String, String>,
+}
+
+impl Queue {
+    pub(crate) fn new(ttl: Duration) -> Self {
+        Queue {
+            ready: VecDeque::new(),
+            pending: VecDeque::new(),
+            next_id: 1,
+            delivered_hi: 0,
+            attachments: 0,
+            ttl,
+            expires_at: None,
+            reliable: None,
+            pushed: 0,
+            consumed: 0,
+            metadata: HashMap::new(),
+        }
+    }
+
+    fn expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    fn lock_holder(&self, now: Instant) -> Option<&str> {
+        match &self.reliable {
+            Some((owner, until)) if *until > now => Some(owner),
+            _ => None,
+        }
+    }
+
+    /// The highest pending id, 0 when nothing is pending.
+    pub fn pending_hi(&self) -> u64 {
+        self.pending.back().map_or(0, |m| m.id)
+    }
+
+    /// Moves every pending message back to the front of `ready`.
+    fn requeue_pending(&mut self) -> u64 {
+        let n = self.pending.len() as u64;
+        while let Some(m) = self.pending.pop_back() {
+            self.ready.push_front(m);
+        }
+        n
+    }
+
+    /// Everything about the queue except its messages and metadata.
+    fn meta(&self) -> QueueMeta {
+        QueueMeta {
+            ttl: self.ttl,
+            attachments: self.attachments,
+            expires_at: self.expires_at,
+            reliable: self.reliable.clone(),
+            next_id: self.next_id,
+            delivered_hi: self.delivered_hi,
+            pending_hi: self.pending_hi(),
+            pushed: self.pushed,
+            consumed: self.consumed,
+        }
+    }
+
+    /// Rebuilds a queue from what a journal recorded: its meta, its stored
+    /// messages in id order, and its metadata.
+    pub(crate) fn restore(
+        meta: QueueMeta,
+        messages: impl IntoIterator<Item = Message>,
+        metadata: HashMap<String, String>,
+    ) -> Self {
+        let mut q = Queue::new(meta.ttl);
+        for m in messages {
+            if m.id <= meta.pending_hi {
+                q.pending.push_back(m);
+            } else {
+                q.ready.push_back(m);
+            }
+        }
+        q.next_id = meta.next_id;
+        q.delivered_hi = meta.delivered_hi;
+        q.attachments = meta.attachments;
+        q.expires_at = meta.expires_at;
+        q.reliable = meta.reliable;
+        q.pushed = meta.pushed;
+        q.consumed = meta.consumed;
+        q.metadata = metadata;
+        q
+    }
+}
+
+/// `now + d`, saturating far in the future instead of overflowing: a
+/// direct caller of the trait may pass any duration.
+pub(crate) fn deadline(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
+/// Everything about a queue except its messages and metadata, as a journal
+/// records it after a change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueMeta {
+    pub ttl: Duration,
+    pub attachments: u64,
+    pub expires_at: Option<Instant>,
+    /// Owner and lease end of the reliable lock.
+    pub reliable: Option<(String, Instant)>,
+    pub next_id: u64,
+    pub delivered_hi: u64,
+    /// Stored messages with an id up to this one are pending (0: none).
+    pub pending_hi: u64,
+    pub pushed: u64,
+    pub consumed: u64,
+}
+
+/// The effect of one mutation on one queue, as a journal records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The queue's meta is now this (creating the queue if it was not
+    /// recorded).
+    Meta(QueueName, QueueMeta),
+    /// Messages appended with consecutive ids from `first`.
+    Append {
+        queue: QueueName,
+        first: u64,
+        payloads: Vec<Bytes>,
+    },
+    /// Every stored message with an id in `from..=to` is gone.
+    Remove { queue: QueueName, from: u64, to: u64 },
+    /// One metadata value was written.
+    Metadata {
+        queue: QueueName,
+        key: String,
+        value: String,
+    },
+    /// The queue is gone, with its messages and metadata.
+    Drop(QueueName),
+}
+
+/// Where a [`QueueStore`] records its changes.
+pub trait Journal: Send + Sync + 'static {
+    /// Whether changes are recorded at all; when false, none are built.
+    const RECORDS: bool;
+
+    /// Records `changes` (applied in this order, after every change
+    /// submitted before) and returns a ticket for [`Journal::wait`]. Called
+    /// under the store's lock, so it must not block on I/O.
+    fn submit(&self, changes: Vec<Change>) -> u64;
+
+    /// The ticket of the latest submission.
+    fn last_ticket(&self) -> u64;
+
+    /// Resolves once every change up to `ticket` is recorded for good.
+    fn wait(&self, ticket: u64) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// The journal of a store that forgets everything when the process ends.
+#[derive(Debug, Default)]
+pub struct Volatile;
+
+impl Journal for Volatile {
+    const RECORDS: bool = false;
+
+    fn submit(&self, _changes: Vec<Change>) -> u64 {
+        0
+    }
+
+    fn last_ticket(&self) -> u64 {
+        0
+    }
+
+    fn wait(&self, _ticket: u64) -> impl Future<Output = Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
+}
+
+/// The changes one operation makes, built only when the journal records.
+struct Recorder {
+    on: bool,
+    changes: Vec<Change>,
+}
+
+impl Recorder {
+    fn new(on: bool) -> Self {
+        Recorder {
+            on,
+            changes: Vec::new(),
+        }
+    }
+
+    fn record(&mut self, change: impl FnOnce() -> Change) {
+        if self.on {
+            self.changes.push(change());
+        }
+    }
+
+    fn meta(&mut self, name: &QueueName, q: &Queue) {
+        self.record(|| Change::Meta(name.clone(), q.meta()));
+    }
+
+    fn remove(&mut self, name: &QueueName, from: u64, to: u64) {
+        if from <= to {
+            self.record(|| Change::Remove {
+                queue: name.clone(),
+                from,
+                to,
+            });
+        }
+    }
+}
+
+/// A [`Storage`] whose live state is in this process, recording every change
+/// in a [`Journal`]. Queues expire on tokio's clock, so tests can drive
+/// expiry with `tokio::time::pause()` and `advance()`.
+pub struct QueueStore<J: Journal> {
+    shared: Arc<Shared<J>>,
+}
+
+impl<J: Journal> Clone for QueueStore<J> {
+    fn clone(&self) -> Self {
+        QueueStore {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+struct Shared<J> {
+    queues: Mutex<HashMap<QueueName, Queue>>,
+    notify: broadcast::Sender<Notification>,
+    journal: J,
+}
+
+impl<J: Journal> QueueStore<J> {
+    /// A store holding `queues`, recording into `journal`. Queues waiting
+    /// to expire get their timers, so this must run inside a Tokio runtime
+    /// when any has a deadline.
+    pub(crate) fn with_journal(journal: J, queues: HashMap<QueueName, Queue>) -> Self {
+        let (notify, _) = broadcast::channel(NOTIFY_CAPACITY);
+        let timers: Vec<(QueueName, Instant)> = queues
+            .iter()
+            .filter_map(|(name, q)| q.expires_at.map(|at| (name.clone(), at)))
+            .collect();
+        let store = QueueStore {
+            shared: Arc::new(Shared {
+                queues: Mutex::new(queues),
+                notify,
+                journal,
+            }),
+        };
+        for (name, at) in timers {
+            store.schedule_expiry(name, at);
+        }
+        store
+    }
+
+    pub(crate) fn journal(&self) -> &J {
+        &self.shared.journal
+    }
+
+    fn queues(&self) -> MutexGuard<'_, HashMap<QueueName, Queue>> {
+        // A panic while holding the lock cannot leave a queue half-written
+        // (every mutation is a few infallible steps), so poisoning is moot.
+        self.shared
+            .queues
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn notify(&self, n: Notification) {
+        // No receivers is fine: nobody is waiting.
+        let _ = self.shared.notify.send(n);
+    }
+
+    /// Hands what `rec` recorded to the journal; the ticket to wait for.
+    /// Called under the queue lock, so the journal's order is the order in
+    /// which changes were applied. With nothing recorded, the ticket is the
+    /// latest one: whatever the caller saw is then durable when it returns.
+    fn submit(&self, rec: Recorder) -> u64 {
+        if rec.changes.is_empty() {
+            self.shared.journal.last_ticket()
+        } else {
+            self.shared.journal.submit(rec.changes)
+        }
+    }
+
+    /// Runs `f` on a live queue; a missing or expired queue is not found.
+    /// Returns once the changes `f` recorded are in the journal for good.
+    async fn with_queue<T>(
+        &self,
+        name: &QueueName,
+        f: impl FnOnce(&mut Queue, &mut Recorder) -> T,
+    ) -> Result<T> {
+        let now = Instant::now();
+        let mut rec = Recorder::new(J::RECORDS);
+        let (out, ticket, expired) = {
+            let mut queues = self.queues();
+            match queues.get_mut(name) {
+                Some(q) if !q.expired(now) => {
+                    let out = f(q, &mut rec);
+                    (Some(out), self.submit(rec), false)
+                }
+                Some(_) => {
+                    queues.remove(name);
+                    rec.record(|| Change::Drop(name.clone()));
+                    (None, self.submit(rec), true)
+                }
+                None => (None, self.submit(rec), false),
+            }
+        };
+        self.shared.journal.wait(ticket).await?;
+        if expired {
+            self.notify(Notification::Expired(name.clone()));
+        }
+        out.ok_or_else(|| Error::QueueNotFound(name.to_string()))
+    }
+
+    /// Removes the queue when its ttl has run out with no attachments. The
+    /// timer does not keep the store alive.
+    fn schedule_expiry(&self, name: QueueName, at: Instant) {
+        let weak: Weak<Shared<J>> = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            let Some(shared) = weak.upgrade() else {
+                return;
+            };
+            let this = QueueStore { shared };
+            let ticket = {
+                let mut queues = this.queues();
+                let due = queues
+                    .get(&name)
+                    .is_some_and(|q| q.expires_at == Some(at) && q.expired(Instant::now()));
+                if !due || queues.remove(&name).is_none() {
+                    return;
+                }
+                let mut rec = Recorder::new(J::RECORDS);
+                rec.record(|| Change::Drop(name.clone()));
+                this.submit(rec)
+            };
+            if let Err(e) = this.shared.journal.wait(ticket).await {
+                tracing::warn!(queue = %name, "recording the expiry failed: {e}");
+            }
+            tracing::debug!(queue = %name, "queue expired");
+            this.notify(Notification::Expired(name));
+        });
+    }
+
+    /// Absorbs "queue not found" into `default` for operations documented
+    /// to tolerate a missing queue.
+    fn or_missing<T>(result: Result<T>, default: T) -> Result<T> {
+        match result {
+            Err(Error::QueueNotFound(_)) => Ok(default),
+            other => other,
+        }
+    }
+}
+
+#[async_trait]
+impl<J: Journal> Storage for QueueStore<J> {
+    async fn attach(&self, queue: &QueueName, ttl: Option<Duration>) -> Result<Attached> {
+        let now = Instant::now();
+        let mut rec = Recorder::new(J::RECORDS);
+        let (stale, existed, attachments, ticket) = {
+            let mut queues = self.queues();
+            let stale = queues.get(queue).is_some_and(|q| q.expired(now));
+            if stale {
+                queues.remove(queue);
+                rec.record(|| Change::Drop(queue.clone()));
+            }
+            let existed = queues.contains_key(queue);
+            let q = queues
+                .entry(queue.clone())
+                .or_insert_with(|| Queue::new(Duration::from_secs(DEFAULT_TTL_SECS)));
+            if let Some(ttl) = ttl {
+                q.ttl = ttl;
+            }
+            q.attachments += 1;
+            q.expires_at = None;
+            rec.meta(queue, q);
+            (stale, existed, q.attachments, self.submit(rec))
+        };
+        self.shared.journal.wait(ticket).await?;
+        if stale {
+            self.notify(Notification::Expired(queue.clone()));
+        }
+        Ok(Attached {
+            existed,
+            attachments,
+        })
+    }
+
+    async fn detach(&self, queue: &QueueName) -> Result<u64> {
+        let now = Instant::now();
+        let (left, expiry) = self
+            .with_queue(queue, |q, rec| {
+                q.attachments = q.attachments.saturating_sub(1);
+                if q.attachments == 0 && q.expires_at.is_none() {
+                    q.expires_at = Some(deadline(now, q.ttl));
+                }
+                rec.meta(queue, q);
+                (q.attachments, q.expires_at)
+            })
+            .await?;
+        if let Some(at) = expiry.filter(|_| left == 0) {
+            self.schedule_expiry(queue.clone(), at);
+        }
+        Ok(left)
+    }
+
+    async fn push(&self, queue: &QueueName, messages: Vec<Bytes>) -> Result<IdRange> {
+        if messages.is_empty() {
+            return Err(Error::EmptyBatch);
+        }
+        let range = self
+            .with_queue(queue, |q, rec| {
+                let first = q.next_id;
+                if rec.on {
+                    rec.changes.push(Change::Append {
+                        queue: queue.clone(),
+                        first,
+                        payloads: messages.clone(),
+                    });
+                }
+                for payload in messages {
+                    q.ready.push_back(Message {
+                        id: q.next_id,
+                        payload,
+                    });
+                    q.next_id += 1;
+                }
+                let last = q.next_id - 1;
+                q.pushed += last - first + 1;
+                rec.meta(queue, q);
+                IdRange { first, last }
+            })
+            .await?;
+        self.notify(Notification::Data(queue.clone()));
+        Ok(range)
+    }
+
+    async fn take(&self, queue: &QueueName, max: u32, mode: TakeMode) -> Result<Vec<Message>> {
+        self.with_queue(queue, |q, rec| {
+            let n = q.ready.len().min(max as usize);
+            let taken: Vec<Message> = q.ready.drain(..n).collect();
+            let (Some(first), Some(last)) = (taken.first(), taken.last()) else {
+                return taken;
+            };
+            q.consumed += taken.len() as u64;
+            match mode {
+                TakeMode::Pending => {
+                    q.delivered_hi = q.delivered_hi.max(last.id);
+                    q.pending.extend(taken.iter().cloned());
+                }
+                // Ready ids are above every pending id, so the range
+                // holds no pending message.
+                TakeMode::Remove => rec.remove(queue, first.id, last.id),
+            }
+            rec.meta(queue, q);
+            taken
+        })
+        .await
+    }
+
+    async fn read(&self, queue: &QueueName, from: u64, max: u32) -> Result<Vec<Message>> {
+        self.with_queue(queue, |q, _| {
+            let max = max as usize;
+            let p = q.pending.partition_point(|m| m.id < from);
+            let r = q.ready.partition_point(|m| m.id < from);
+            q.pending
+                .range(p..)
+                .chain(q.ready.range(r..))
+                .take(max)
+                .cloned()
+                .collect()
+        })
+        .await
+    }
+
+    async fn ack(&self, queue: &QueueName, id: u64) -> Result<u64> {
+        if id == 0 {
+            return Err(Error::InvalidArgument("message ids start at 1".into()));
+        }
+        self.with_queue(queue, |q, rec| {
+            if id > q.delivered_hi {
+                return Err(Error::UnknownAck {
+                    queue: queue.to_string(),
+                    id,
+                });
+            }
+            let n = q.pending.partition_point(|m| m.id <= id);
+            if let Some(last) = n.checked_sub(1).map(|i| q.pending[i].id) {
+                q.pending.drain(..n);
+                // Every stored id up to a pending one is pending.
+                rec.remove(queue, 0, last);
+                rec.meta(queue, q);
+            }
+            Ok(n as u64)
+        })
+        .await?
+    }
+
+    async fn begin_reliable(
+        &self,
+        queue: &QueueName,
+        lock: &ReliableLock,
+        last: u64,
+    ) -> Result<u64> {
+        let now = Instant::now();
+        let requeued = self
+            .with_queue(queue, |q, rec| {
+                if q.lock_holder(now).is_some_and(|o| o != lock.owner) {
+                    return Err(Error::ReliableConsumerActive(queue.to_string()));
+                }
+                q.reliable = Some((lock.owner.clone(), deadline(now, lock.lease)));
+                if last > 0 {
+                    let p = q.pending.partition_point(|m| m.id <= last);
+                    q.pending.drain(..p);
+                    let r = q.ready.partition_point(|m| m.id <= last);
+                    q.ready.drain(..r);
+                    q.delivered_hi = q.delivered_hi.max(last.min(q.next_id - 1));
+                    rec.remove(queue, 0, last);
+                }
+                let requeued = q.requeue_pending();
+                rec.meta(queue, q);
+                Ok(requeued)
+            })
+            .await??;
+        if requeued > 0 {
+            self.notify(Notification::Data(queue.clone()));
+        }
+        Ok(requeued)
+    }
+
+    async fn renew_reliable(&self, queue: &QueueName, lock: &ReliableLock) -> Result<bool> {
+        let now = Instant::now();
+        let renewed = self
+            .with_queue(queue, |q, rec| match &mut q.reliable {
+                Some((owner, until)) if *owner == lock.owner && *until > now => {
+                    *until = deadline(now, lock.lease);
+                    rec.meta(queue, q);
+                    true
+                }
+                _ => false,
+            })
+            .await;
+        Self::or_missing(renewed, false)
+    }
+
+    async fn end_reliable(&self, queue: &QueueName, lock: &ReliableLock) -> Result<bool> {
+        let ended = self
+            .with_queue(queue, |q, rec| {
+                let holds = q.reliable.as_ref().is_some_and(|(o, _)| *o == lock.owner);
+                if holds {
+                    q.reliable = None;
+                    rec.meta(queue, q);
+                }
+                holds
+            })
+            .await;
+        Self::or_missing(ended, false)
+    }
+
+    async fn close(&self, queue: &QueueName) -> Result<bool> {
+        let now = Instant::now();
+        let mut rec = Recorder::new(J::RECORDS);
+        let (existed, ticket) = {
+            let mut queues = self.queues();
+            let removed = queues.remove(queue);
+            if removed.is_some() {
+                rec.record(|| Change::Drop(queue.clone()));
+            }
+            let existed = removed.is_some_and(|q| !q.expired(now));
+            (existed, self.submit(rec))
+        };
+        self.shared.journal.wait(ticket).await?;
+        if existed {
+            self.notify(Notification::Closed(queue.clone()));
+        }
+        Ok(existed)
+    }
+
+    async fn flush(&self, queue: &QueueName) -> Result<u64> {
+        self.with_queue(queue, |q, rec| {
+            let n = (q.ready.len() + q.pending.len()) as u64;
+            if n > 0 {
+                q.ready.clear();
+                q.pending.clear();
+                rec.remove(queue, 0, u64::MAX);
+                rec.meta(queue, q);
+            }
+            n
+        })
+        .await
+    }
+
+    async fn info(&self, queue: &QueueName) -> Result<Option<QueueInfo>> {
+        let now = Instant::now();
+        let info = self
+            .with_queue(queue, |q, _| QueueInfo {
+                count: (q.ready.len() + q.pending.len()) as u64,
+                ttl: q.ttl,
+                attachments: q.attachments,
+                pending: q.pending.len() as u64,
+                next_id: q.next_id,
+                pushed: q.pushed,
+                consumed: q.consumed,
+                reliable_consumer: q.lock_holder(now).is_some(),
+            })
+            .await;
+        Self::or_missing(info.map(Some), None)
+    }
+
+    async fn get_metadata(&self, queue: &QueueName, key: &str) -> Result<Option<String>> {
+        self.with_queue(queue, |q, _| q.metadata.get(key).cloned())
+            .await
+    }
+
+    async fn set_metadata(&self, queue: &QueueName, key: &str, value: &str) -> Result<()> {
+        self.with_queue(queue, |q, rec| {
+            q.metadata.insert(key.to_owned(), value.to_owned());
+            rec.record(|| Change::Metadata {
+                queue: queue.clone(),
+                key: key.to_owned(),
+                value: value.to_owned(),
+            });
+        })
+        .await
+    }
+
+    fn watch(&self) -> Notifications {
+        BroadcastStream::new(self.shared.notify.subscribe())
+            .map(|n| n.unwrap_or(Notification::Lagged))
+            .boxed()
+    }
+}
