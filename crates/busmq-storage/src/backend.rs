@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::embedded::EmbeddedStorage;
 use crate::memory::MemoryStorage;
+use crate::redis::{RedisConfig, RedisStorage};
 use crate::{Error, Result, Storage};
 
 /// Where default embedded data lives, relative to the working directory.
@@ -20,6 +21,10 @@ pub enum BackendSpec {
     /// Durable, in [`BackendOptions::data_dir`] on this machine: what was
     /// acknowledged survives a restart or a crash.
     Embedded,
+    /// Redis: `redis://`, `rediss://`, a comma-separated list of URLs
+    /// (shards), `redis+sentinel://` or `redis+cluster://`; see
+    /// [`crate::redis`].
+    Redis(RedisConfig),
 }
 
 impl FromStr for BackendSpec {
@@ -29,8 +34,11 @@ impl FromStr for BackendSpec {
         match s.trim() {
             "memory" => Ok(BackendSpec::Memory),
             "embedded" => Ok(BackendSpec::Embedded),
+            spec if crate::redis::is_redis_spec(spec) => {
+                Ok(BackendSpec::Redis(RedisConfig::parse(spec)?))
+            }
             other => Err(Error::InvalidArgument(format!(
-                "unknown storage backend {other:?}: expected `embedded` or `memory`"
+                "unknown storage backend {other:?}: expected `embedded`, `memory` or a Redis URL (redis://, rediss://, redis+sentinel://, redis+cluster://)"
             ))),
         }
     }
@@ -63,5 +71,8 @@ pub async fn open(spec: &BackendSpec, options: &BackendOptions) -> Result<Arc<dy
                 .map_err(|e| Error::Internal(format!("opening the embedded store: {e}")))??;
             Ok(Arc::new(store))
         }
+        // Connects in the background: an unreachable Redis is retried, and
+        // reported through `Storage::ready`, not an error here.
+        BackendSpec::Redis(config) => Ok(Arc::new(RedisStorage::new(config.clone())?)),
     }
 }

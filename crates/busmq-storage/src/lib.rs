@@ -21,6 +21,7 @@ pub mod conformance;
 pub mod embedded;
 pub mod memory;
 pub mod queue_state;
+pub mod redis;
 pub mod remote;
 pub mod server;
 pub mod service;
@@ -164,4 +165,11 @@ pub trait Storage: Send + Sync + 'static {
     /// Every notification from now on. Opened before the first take of a
     /// consumer, so nothing between the take and the wait is missed.
     fn watch(&self) -> Notifications;
+
+    /// Whether the store can serve now (its connections are up). Stores
+    /// that are always ready keep the default. Must answer at once, without
+    /// I/O: the server polls it to keep gRPC health in step.
+    async fn ready(&self) -> bool {
+        true
+    }
 }

@@ -23,6 +23,8 @@
 
 #![warn(missing_docs)]
 
+pub mod redis;
+
 use std::ffi::{OsStr, OsString};
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -201,9 +203,19 @@ impl Process {
     ///
     /// When the binary is not built, or no temporary directory can be made.
     pub fn builder(name: &str) -> ProcessBuilder {
+        Process::program(name, bin_path(name))
+    }
+
+    /// Prepares to start any program by path (`redis-server`, say), named
+    /// `name` in logs and panics. Cleaned up like a workspace binary.
+    ///
+    /// # Panics
+    ///
+    /// When no temporary directory can be made.
+    pub fn program(name: &str, program: impl Into<PathBuf>) -> ProcessBuilder {
         ProcessBuilder {
             name: name.to_owned(),
-            program: bin_path(name),
+            program: program.into(),
             args: Vec::new(),
             envs: Vec::new(),
             addr: free_addr(),
