@@ -34,10 +34,13 @@ enum Command {
 
 /// Run every busmq service in this process: storage and broker.
 ///
-/// The store is in memory for now: every queue is lost when the process
-/// exits. An embedded durable backend (data that survives a restart) will
-/// become the default in a later release; to share a store between several
-/// brokers, run `busmq-storage` and `busmq-broker` separately.
+/// By default queues are kept durably in --data-dir (./busmq-data): a push,
+/// ack or take acknowledged to a client is on disk (fsync'd) and survives a
+/// restart, a crash or `kill -9`; concurrent operations share one disk
+/// commit. Only one process at a time may use a data directory.
+/// `--storage memory` keeps everything in memory instead (lost on exit). To
+/// share a store between several brokers, run `busmq-storage` and
+/// `busmq-broker` separately.
 ///
 /// Listens on two ports: the broker (busmq.v1, what clients use) and the
 /// storage service (busmq.storage.v1, for extra `busmq-broker` processes),
@@ -53,10 +56,11 @@ struct ServeArgs {
     /// running in other processes (`busmq-broker --storage http://HOST:PORT`).
     #[arg(long, env = "BUSMQ_STORAGE_LISTEN", default_value = "0.0.0.0:50052")]
     storage_listen: SocketAddr,
-    /// Where queues live: `memory` (lost on exit).
-    #[arg(long, env = "BUSMQ_BACKEND", default_value = "memory")]
+    /// Where queues live: `embedded` (durable, in --data-dir) or `memory`
+    /// (lost on exit).
+    #[arg(long, env = "BUSMQ_BACKEND", default_value = "embedded")]
     storage: busmq_storage::backend::BackendSpec,
-    /// Directory of the embedded store.
+    /// Directory of the embedded store, created if missing.
     #[arg(long, env = "BUSMQ_DATA_DIR", default_value = busmq_storage::backend::DEFAULT_DATA_DIR)]
     data_dir: std::path::PathBuf,
     /// Largest message body in bytes.
@@ -220,6 +224,13 @@ mod tests {
         assert_eq!(args.listen.port(), 50051);
         assert_eq!(args.storage_listen.port(), 50052);
         assert_eq!(args.max_message_bytes, 1024 * 1024);
+        assert_eq!(args.storage, busmq_storage::backend::BackendSpec::Embedded);
+        assert_eq!(args.data_dir, std::path::PathBuf::from("./busmq-data"));
+        let Command::Serve(args) = parse(&["serve", "--storage", "memory"]).unwrap().command
+        else {
+            panic!("not serve");
+        };
+        assert_eq!(args.storage, busmq_storage::backend::BackendSpec::Memory);
     }
 
     #[test]

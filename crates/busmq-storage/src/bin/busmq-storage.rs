@@ -18,11 +18,13 @@ struct Args {
     #[arg(long, env = "BUSMQ_STORAGE_LISTEN", default_value = "0.0.0.0:50052")]
     listen: SocketAddr,
 
-    /// Which store to serve: `memory` (lost on exit).
-    #[arg(long, env = "BUSMQ_BACKEND", default_value = "memory")]
+    /// Which store to serve: `embedded` (durable, in --data-dir) or
+    /// `memory` (lost on exit).
+    #[arg(long, env = "BUSMQ_BACKEND", default_value = "embedded")]
     backend: BackendSpec,
 
-    /// Directory of the embedded store.
+    /// Directory of the embedded store, created if missing; one process at
+    /// a time.
     #[arg(long, env = "BUSMQ_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
 

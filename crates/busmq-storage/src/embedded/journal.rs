@@ -33,6 +33,8 @@ struct Progress {
     durable: u64,
     /// The writer failed; nothing submitted from then on will be.
     failed: Option<String>,
+    /// Commits so far (each one fsync), for observing group commit.
+    commits: u64,
 }
 
 #[derive(Default)]
@@ -146,6 +148,11 @@ impl SqliteJournal {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// How many commits (each one fsync) the writer has made since open.
+    pub fn commits(&self) -> u64 {
+        self.progress.borrow().commits
+    }
 }
 
 /// The writer thread: commits whatever has gathered, until closed.
@@ -169,7 +176,10 @@ fn write_loop(mut db: Db, channel: &Channel, progress: &watch::Sender<Progress>,
         match db.commit(&batch) {
             Ok(()) => {
                 batch.clear();
-                progress.send_modify(|p| p.durable = ticket);
+                progress.send_modify(|p| {
+                    p.durable = ticket;
+                    p.commits += 1;
+                });
             }
             Err(e) => {
                 let message = format!(

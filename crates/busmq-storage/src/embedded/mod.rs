@@ -43,4 +43,10 @@ impl QueueStore<SqliteJournal> {
     pub fn data_dir(&self) -> &Path {
         self.journal().dir()
     }
+
+    /// How many durable commits (each one fsync) this store has made since
+    /// it was opened: under concurrent load, far fewer than operations.
+    pub fn commits(&self) -> u64 {
+        self.journal().commits()
+    }
 }
