@@ -24,7 +24,7 @@ pub enum BackendSpec {
     /// Redis: `redis://`, `rediss://`, a comma-separated list of URLs
     /// (shards), `redis+sentinel://` or `redis+cluster://`; see
     /// [`crate::redis`].
-    Redis(RedisConfig),
+    Redis(Box<RedisConfig>),
 }
 
 impl FromStr for BackendSpec {
@@ -35,7 +35,7 @@ impl FromStr for BackendSpec {
             "memory" => Ok(BackendSpec::Memory),
             "embedded" => Ok(BackendSpec::Embedded),
             spec if crate::redis::is_redis_spec(spec) => {
-                Ok(BackendSpec::Redis(RedisConfig::parse(spec)?))
+                Ok(BackendSpec::Redis(Box::new(RedisConfig::parse(spec)?)))
             }
             other => Err(Error::InvalidArgument(format!(
                 "unknown storage backend {other:?}: expected `embedded`, `memory` or a Redis URL (redis://, rediss://, redis+sentinel://, redis+cluster://)"
@@ -73,6 +73,6 @@ pub async fn open(spec: &BackendSpec, options: &BackendOptions) -> Result<Arc<dy
         }
         // Connects in the background: an unreachable Redis is retried, and
         // reported through `Storage::ready`, not an error here.
-        BackendSpec::Redis(config) => Ok(Arc::new(RedisStorage::new(config.clone())?)),
+        BackendSpec::Redis(config) => Ok(Arc::new(RedisStorage::new((**config).clone())?)),
     }
 }

@@ -359,6 +359,15 @@ impl RedisStorage {
         }
     }
 
+    /// The index of the shard (in the configured list) where a new queue
+    /// named `queue` is created: the first of its rendezvous order.
+    pub fn home_shard(&self, queue: &QueueName) -> usize {
+        shard::order(&self.inner.shard_ids, queue.as_str())
+            .first()
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// The index of the shard (in the configured list) where `queue`
     /// lives now, or would be created; for tests and tools.
     pub async fn shard_of(&self, queue: &QueueName) -> Result<usize> {
@@ -445,11 +454,22 @@ impl Inner {
         .await;
         match reply {
             Ok(Ok(got)) if got >= i64::from(want) => Ok(()),
-            Ok(Ok(got)) => Err(Error::Unavailable(format!(
-                "Redis at {}: {got} of {want} replicas confirmed the write within {timeout:?}; \
+            Ok(Ok(got)) => {
+                // Behind Sentinel the usual cause is a failover: the replica
+                // was promoted and no longer follows this node. Ask the
+                // sentinels again rather than keep writing here.
+                if matches!(self.config.layout, Layout::Sentinel { .. }) {
+                    node.mark_broken(
+                        generation,
+                        &format!("{got} of {want} replicas confirmed a write"),
+                    );
+                }
+                Err(Error::Unavailable(format!(
+                    "Redis at {}: {got} of {want} replicas confirmed the write within {timeout:?}; \
                  it may or may not be stored",
-                node.label()
-            ))),
+                    node.label()
+                )))
+            }
             Ok(Err(e)) => {
                 let c = conn::classify(node.label(), &e);
                 if c.reconnect {
