@@ -18,8 +18,11 @@ struct Args {
     #[arg(long, env = "BUSMQ_STORAGE_LISTEN", default_value = "0.0.0.0:50052")]
     listen: SocketAddr,
 
-    /// Which store to serve: `embedded` (durable, in --data-dir) or
-    /// `memory` (lost on exit).
+    /// Which store to serve: `embedded` (durable, in --data-dir),
+    /// `memory` (lost on exit), or Redis: `redis://[user:pass@]host:6379[/db]`
+    /// (`rediss://` for TLS), comma-separated URLs for shards,
+    /// `redis+sentinel://s1:26379,s2:26379/<master>` or
+    /// `redis+cluster://n1:7000,n2:7001`.
     #[arg(long, env = "BUSMQ_BACKEND", default_value = "embedded")]
     backend: BackendSpec,
 
