@@ -610,55 +610,9 @@ impl Inner {
                 }
                 timers.remove(&key);
             }
+            drop(inner);
             let (shard, queue) = key;
-            inner.check_expiry(shard, queue, Arc::downgrade(&inner), cancel);
-        });
-    }
-
-    fn check_expiry(
-        &self,
-        shard: usize,
-        queue: QueueName,
-        weak: Weak<Inner>,
-        cancel: CancellationToken,
-    ) {
-        self.runtime.spawn(async move {
-            for attempt in 0..10u32 {
-                if attempt > 0 {
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                }
-                let Some(inner) = weak.upgrade() else { return };
-                let q = queue.as_str();
-                let args = |inv: &mut ScriptInvocation<'_>| {
-                    inv.arg(CHANNEL).arg(q);
-                };
-                match inner
-                    .run(shard, &inner.scripts.expire_check, &queue, &args, false)
-                    .await
-                {
-                    Ok(Outcome::Ok(v)) => {
-                        match int(v.first(), "an expiry check") {
-                            Ok(-2) => {
-                                tracing::debug!(queue = %queue, "queue expired");
-                                inner.forget(&queue);
-                            }
-                            Ok(pttl) if pttl >= 0 => {
-                                inner.arm_expiry(shard, queue, Duration::from_millis(pttl as u64));
-                            }
-                            Ok(_) => {} // attached again
-                            Err(e) => tracing::warn!(queue = %queue, "expiry check: {e}"),
-                        }
-                        return;
-                    }
-                    Ok(_) => return,
-                    Err(e) => {
-                        tracing::debug!(queue = %queue, "expiry check failed, retrying: {e}");
-                    }
-                }
-            }
+            check_expiry(weak, shard, queue, cancel).await;
         });
     }
 
@@ -673,6 +627,51 @@ impl Inner {
                 self.notify.clone(),
                 self.cancel.clone(),
             ));
+        }
+    }
+}
+
+/// Runs the expiry check of `queue` on `shard` (retrying while Redis is
+/// unavailable): publishes Expired if the queue is gone, re-arms if it is
+/// still counting down.
+async fn check_expiry(
+    weak: Weak<Inner>,
+    shard: usize,
+    queue: QueueName,
+    cancel: CancellationToken,
+) {
+    for attempt in 0..10u32 {
+        if attempt > 0 {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        let Some(inner) = weak.upgrade() else { return };
+        let q = queue.as_str();
+        let args = |inv: &mut ScriptInvocation<'_>| {
+            inv.arg(CHANNEL).arg(q);
+        };
+        match inner
+            .run(shard, &inner.scripts.expire_check, &queue, &args, false)
+            .await
+        {
+            Ok(Outcome::Ok(v)) => {
+                match int(v.first(), "an expiry check") {
+                    Ok(-2) => {
+                        tracing::debug!(queue = %queue, "queue expired");
+                        inner.forget(&queue);
+                    }
+                    Ok(pttl) if pttl >= 0 => {
+                        inner.arm_expiry(shard, queue, Duration::from_millis(pttl as u64));
+                    }
+                    Ok(_) => {} // attached again
+                    Err(e) => tracing::warn!(queue = %queue, "expiry check: {e}"),
+                }
+                return;
+            }
+            Ok(_) => return,
+            Err(e) => tracing::debug!(queue = %queue, "expiry check failed, retrying: {e}"),
         }
     }
 }
