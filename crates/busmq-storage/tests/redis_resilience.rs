@@ -511,3 +511,109 @@ async fn unreachable_at_startup_is_not_serving_until_redis_starts() {
         1
     );
 }
+
+/// Two stores on one Redis (two storage services): concurrent producers
+/// and takers through both get every message exactly once, each
+/// producer's messages in its order, and the reliable lock of one is
+/// refused by the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_on_one_redis_share_queues_without_races() {
+    const PER_PRODUCER: u64 = 1000;
+    let server = rk::redis_server().await;
+    let a = Arc::new(open(&server.url()).await);
+    let b = Arc::new(open(&server.url()).await);
+    let q = queue("two.stores");
+    assert!(
+        !a.attach(&q, Some(Duration::from_secs(600)))
+            .await
+            .unwrap()
+            .existed
+    );
+    assert!(
+        b.attach(&q, Some(Duration::from_secs(600)))
+            .await
+            .unwrap()
+            .existed
+    );
+
+    let mut producers = Vec::new();
+    for (name, store) in [("a", Arc::clone(&a)), ("b", Arc::clone(&b))] {
+        let q = q.clone();
+        producers.push(tokio::spawn(async move {
+            for start in (1..=PER_PRODUCER).step_by(25) {
+                let batch = (start..start + 25)
+                    .map(|s| Bytes::from(format!("{name}{s}")))
+                    .collect();
+                store.push(&q, batch).await.unwrap();
+            }
+        }));
+    }
+    let mut takers = Vec::new();
+    for store in [&a, &b, &a, &b] {
+        let (store, q) = (Arc::clone(store), q.clone());
+        takers.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut idle = 0;
+            while idle < 20 {
+                assert!(Instant::now() < deadline, "takers did not finish");
+                let batch = store.take(&q, 13, TakeMode::Remove).await.unwrap();
+                if batch.is_empty() {
+                    idle += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                } else {
+                    idle = 0;
+                }
+                got.extend(batch);
+            }
+            got
+        }));
+    }
+    for p in producers {
+        p.await.unwrap();
+    }
+    let mut all = Vec::new();
+    for t in takers {
+        let got = t.await.unwrap();
+        assert!(
+            got.windows(2).all(|w| w[0].id < w[1].id),
+            "each taker sees id order"
+        );
+        all.extend(got);
+    }
+    // Whatever the takers left (they stop after a quiet spell).
+    all.extend(a.take(&q, 10_000, TakeMode::Remove).await.unwrap());
+    all.sort_by_key(|m| m.id);
+    let ids: Vec<u64> = all.iter().map(|m| m.id).collect();
+    assert_eq!(
+        ids,
+        (1..=2 * PER_PRODUCER).collect::<Vec<_>>(),
+        "each id exactly once"
+    );
+    for name in ["a", "b"] {
+        let mine: Vec<u64> = all
+            .iter()
+            .filter_map(|m| {
+                std::str::from_utf8(&m.payload)
+                    .ok()?
+                    .strip_prefix(name)?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        assert_eq!(
+            mine,
+            (1..=PER_PRODUCER).collect::<Vec<_>>(),
+            "{name}'s messages in order"
+        );
+    }
+
+    let lock = |owner: &str| ReliableLock {
+        owner: owner.into(),
+        lease: Duration::from_secs(30),
+    };
+    a.begin_reliable(&q, &lock("a"), 0).await.unwrap();
+    let refused = b.begin_reliable(&q, &lock("b"), 0).await.unwrap_err();
+    assert_eq!(refused.code(), ErrorCode::FailedPrecondition);
+    assert!(b.info(&q).await.unwrap().unwrap().reliable_consumer);
+}
