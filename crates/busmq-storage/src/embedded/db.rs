@@ -126,11 +126,14 @@ fn id_bound(v: u64) -> i64 {
 #[derive(Debug)]
 pub enum Record {
     Meta(QueueName, MetaRow),
+    /// Messages with consecutive ids from `first`; `None` marks one
+    /// removed again within the same commit, so never written.
     Append {
         queue: QueueName,
         first: u64,
-        payloads: Vec<Bytes>,
+        payloads: Vec<Option<Bytes>>,
     },
+    /// An empty range (`from > to`) deletes nothing.
     Remove {
         queue: QueueName,
         from: u64,
@@ -210,7 +213,7 @@ impl Record {
             } => Record::Append {
                 queue,
                 first,
-                payloads,
+                payloads: payloads.into_iter().map(Some).collect(),
             },
             Change::Remove { queue, from, to } => Record::Remove { queue, from, to },
             Change::Metadata { queue, key, value } => Record::Metadata { queue, key, value },
@@ -359,13 +362,16 @@ impl Db {
     }
 
     /// Writes `records` in one transaction and commits it: when this
-    /// returns Ok, they are on disk.
-    pub fn commit(&mut self, records: &[Record]) -> rusqlite::Result<()> {
+    /// returns Ok, they are on disk. The records are first coalesced (see
+    /// [`coalesce`]), so the net effect is written, not every step.
+    pub fn commit(&mut self, records: &mut [Record]) -> rusqlite::Result<()> {
+        let superseded = coalesce(records);
         // Unchecked: borrows the connection shared, so the qid map stays
         // writable; nothing else uses the connection meanwhile.
         let tx = self.conn.unchecked_transaction()?;
-        for record in records {
+        for (i, record) in records.iter().enumerate() {
             match record {
+                Record::Meta(queue, _) if superseded[i] && self.qids.contains_key(queue) => {}
                 Record::Meta(queue, m) => match self.qids.get(queue) {
                     Some(&qid) => {
                         tx.prepare_cached(
@@ -424,9 +430,12 @@ impl Db {
                         "INSERT OR REPLACE INTO messages (qid, id, payload) VALUES (?1, ?2, ?3)",
                     )?;
                     for (id, payload) in (*first..).zip(payloads) {
-                        insert.execute(params![qid, int(id), payload.as_ref()])?;
+                        if let Some(payload) = payload {
+                            insert.execute(params![qid, int(id), payload.as_ref()])?;
+                        }
                     }
                 }
+                Record::Remove { from, to, .. } if from > to => {}
                 Record::Remove { queue, from, to } => {
                     let qid = self.qid(queue)?;
                     tx.prepare_cached(
@@ -469,6 +478,74 @@ impl Db {
             .query_row("SELECT name FROM queues WHERE qid = ?1", [qid], |r| r.get(0))
             .optional()
     }
+}
+
+/// Rewrites a commit's records to their net effect, and returns which Meta
+/// records a later Meta of the same queue supersedes (within the commit,
+/// with no Drop of the queue between them).
+///
+/// Messages appended and removed within one commit (a consumer keeping up
+/// with a producer) are never written: their Append entries become `None`,
+/// and a Remove range is cut to the ids below the first one this commit
+/// appended to the queue, the only ones that can be on disk. A Drop ends
+/// what is known about the queue (a re-created queue counts ids from 1).
+fn coalesce(records: &mut [Record]) -> Vec<bool> {
+    #[derive(Default)]
+    struct Segment {
+        /// Indices of this queue's Append records since its last Drop.
+        appends: Vec<usize>,
+        /// Index of its latest Meta since its last Drop.
+        meta: Option<usize>,
+    }
+    let mut superseded = vec![false; records.len()];
+    let mut segments: HashMap<QueueName, Segment> = HashMap::new();
+    for i in 0..records.len() {
+        match &records[i] {
+            Record::Meta(queue, _) => {
+                let seg = segments.entry(queue.clone()).or_default();
+                if let Some(prev) = seg.meta.replace(i) {
+                    superseded[prev] = true;
+                }
+            }
+            Record::Append { queue, .. } => {
+                segments.entry(queue.clone()).or_default().appends.push(i);
+            }
+            Record::Remove { queue, from, to } => {
+                let (from, to) = (*from, *to);
+                let Some(seg) = segments.get(queue) else {
+                    continue;
+                };
+                let mut written_below = u64::MAX;
+                for &a in &seg.appends {
+                    let (first, payloads) = match &mut records[a] {
+                        Record::Append {
+                            first, payloads, ..
+                        } => (*first, payloads),
+                        _ => unreachable!("segment appends index Append records"),
+                    };
+                    written_below = written_below.min(first);
+                    let last = first + payloads.len() as u64 - 1;
+                    for id in from.max(first)..=to.min(last) {
+                        payloads[(id - first) as usize] = None;
+                    }
+                }
+                if let Record::Remove { to, .. } = &mut records[i] {
+                    *to = (*to).min(written_below.saturating_sub(1));
+                }
+            }
+            Record::Metadata { .. } => {}
+            Record::Drop(queue) => {
+                if let Some(seg) = segments.remove(queue) {
+                    for a in seg.appends {
+                        if let Record::Append { payloads, .. } = &mut records[a] {
+                            payloads.iter_mut().for_each(|p| *p = None);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    superseded
 }
 
 fn drop_qid(tx: &rusqlite::Transaction<'_>, qid: i64) -> rusqlite::Result<()> {
@@ -519,17 +596,17 @@ mod tests {
         {
             let (mut db, queues) = Db::open(&path).unwrap();
             assert!(queues.is_empty());
-            db.commit(&[
+            db.commit(&mut [
                 Record::Meta(name.clone(), MetaRow::new(meta.clone(), clock)),
                 Record::Append {
                     queue: name.clone(),
                     first: 1,
-                    payloads: vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")],
+                    payloads: vec![Some(Bytes::from_static(b"a")), Some(Bytes::from_static(b"b"))],
                 },
                 Record::Append {
                     queue: name.clone(),
                     first: 3,
-                    payloads: vec![Bytes::from_static(b"c")],
+                    payloads: vec![Some(Bytes::from_static(b"c"))],
                 },
                 Record::Remove {
                     queue: name.clone(),
@@ -553,5 +630,84 @@ mod tests {
         assert_eq!(q.ready[0].payload, Bytes::from_static(b"c"));
         assert_eq!((q.next_id, q.pushed, q.consumed, q.attachments), (4, 3, 1, 2));
         assert_eq!(q.metadata.get("k").map(String::as_str), Some("v"));
+    }
+
+    fn meta(next_id: u64) -> QueueMeta {
+        QueueMeta {
+            ttl: Duration::from_secs(30),
+            attachments: 1,
+            expires_at: None,
+            reliable: None,
+            next_id,
+            delivered_hi: 0,
+            pending_hi: 0,
+            pushed: next_id - 1,
+            consumed: 0,
+        }
+    }
+
+    fn append(q: &QueueName, first: u64, n: u64) -> Record {
+        Record::Append {
+            queue: q.clone(),
+            first,
+            payloads: (first..first + n)
+                .map(|i| Some(Bytes::from(format!("m{i}"))))
+                .collect(),
+        }
+    }
+
+    fn stored(queues: &HashMap<QueueName, Queue>, q: &QueueName) -> Vec<u64> {
+        queues[q].ready.iter().map(|m| m.id).collect()
+    }
+
+    #[test]
+    fn coalesced_commits_write_the_net_effect() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let q = QueueName::parse("q", &Limits::default()).unwrap();
+        let r = QueueName::parse("r", &Limits::default()).unwrap();
+        let clock = Clock::now();
+        let m = |n| Record::Meta(q.clone(), MetaRow::new(meta(n), clock));
+        let rm = |n| Record::Meta(r.clone(), MetaRow::new(meta(n), clock));
+        let remove = |q: &QueueName, from, to| Record::Remove {
+            queue: q.clone(),
+            from,
+            to,
+        };
+        {
+            let (mut db, _) = Db::open(&path).unwrap();
+            db.commit(&mut [m(1), append(&q, 1, 3), m(4)]).unwrap();
+            // Ids 1..=5 taken: 1..=3 are on disk, 4 and 5 never get there.
+            let mut records = [append(&q, 4, 3), m(7), remove(&q, 1, 5), m(7)];
+            db.commit(&mut records).unwrap();
+            match &records[0] {
+                Record::Append { payloads, .. } => {
+                    assert_eq!(payloads.iter().filter(|p| p.is_some()).count(), 1)
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(
+                matches!(records[2], Record::Remove { from: 1, to: 3, .. }),
+                "{:?}",
+                records[2]
+            );
+            // A queue dropped and re-created within one commit.
+            db.commit(&mut [
+                rm(1),
+                append(&r, 1, 2),
+                rm(3),
+                Record::Drop(r.clone()),
+                rm(1),
+                append(&r, 1, 1),
+                rm(2),
+            ])
+            .unwrap();
+        }
+        let (_db, queues) = Db::open(&path).unwrap();
+        assert_eq!(stored(&queues, &q), [6]);
+        assert_eq!(queues[&q].next_id, 7);
+        assert_eq!(stored(&queues, &r), [1]);
+        assert_eq!(queues[&r].ready[0].payload, Bytes::from_static(b"m1"));
+        assert_eq!(queues[&r].next_id, 2);
     }
 }

@@ -173,7 +173,7 @@ fn write_loop(mut db: Db, channel: &Channel, progress: &watch::Sender<Progress>,
             std::mem::swap(&mut batch, &mut inbox.records);
             inbox.ticket
         };
-        match db.commit(&batch) {
+        match db.commit(&mut batch) {
             Ok(()) => {
                 batch.clear();
                 progress.send_modify(|p| {
