@@ -91,7 +91,11 @@ async fn consume(mut consumer: Consumer, seen: Arc<Mutex<Seen>>) {
 async fn reliable_consumer(bus: &Bus) -> Consumer {
     let deadline = Instant::now() + WAIT;
     loop {
-        match bus.queue("durable").consume(ConsumeOptions::reliable()).await {
+        match bus
+            .queue("durable")
+            .consume(ConsumeOptions::reliable())
+            .await
+        {
             Ok(consumer) => return consumer,
             Err(e) if e.code() == ErrorCode::FailedPrecondition && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -155,7 +159,10 @@ async fn kill_9_of_serve_loses_no_acknowledged_push() {
         (1..=pushed_hi).collect::<Vec<_>>(),
         "acknowledged ids are dense"
     );
-    assert!(seen.acked >= ACK_EVERY, "the consumer acked before the kill");
+    assert!(
+        seen.acked >= ACK_EVERY,
+        "the consumer acked before the kill"
+    );
     let delivered_hi = *seen.delivered.last().unwrap();
     assert!(
         pushed_hi > delivered_hi,

@@ -226,8 +226,7 @@ mod tests {
         assert_eq!(args.max_message_bytes, 1024 * 1024);
         assert_eq!(args.storage, busmq_storage::backend::BackendSpec::Embedded);
         assert_eq!(args.data_dir, std::path::PathBuf::from("./busmq-data"));
-        let Command::Serve(args) = parse(&["serve", "--storage", "memory"]).unwrap().command
-        else {
+        let Command::Serve(args) = parse(&["serve", "--storage", "memory"]).unwrap().command else {
             panic!("not serve");
         };
         assert_eq!(args.storage, busmq_storage::backend::BackendSpec::Memory);

@@ -37,7 +37,10 @@ async fn main() {
         .map(|i| QueueName::parse(&format!("load.{i}"), &Limits::default()).unwrap())
         .collect();
     for q in &names {
-        store.attach(q, Some(Duration::from_secs(3600))).await.unwrap();
+        store
+            .attach(q, Some(Duration::from_secs(3600)))
+            .await
+            .unwrap();
     }
     let stop = Arc::new(AtomicBool::new(false));
     let pushed = Arc::new(AtomicU64::new(0));
@@ -75,7 +78,10 @@ async fn main() {
         t.await.unwrap();
     }
     let secs = start.elapsed().as_secs_f64();
-    let (p, t) = (pushed.load(Ordering::Relaxed), taken.load(Ordering::Relaxed));
+    let (p, t) = (
+        pushed.load(Ordering::Relaxed),
+        taken.load(Ordering::Relaxed),
+    );
     let commits = embedded.as_ref().map_or(0, |s| s.commits()) - commits_before;
     println!(
         "store={} queues={queues} secs={secs:.1} pushed/s={:.0} taken/s={:.0} commits/s={:.0} \
@@ -84,6 +90,10 @@ async fn main() {
         p as f64 / secs,
         t as f64 / secs,
         commits as f64 / secs,
-        if commits > 0 { (p + t) as f64 / BATCH as f64 / commits as f64 } else { 0.0 },
+        if commits > 0 {
+            (p + t) as f64 / BATCH as f64 / commits as f64
+        } else {
+            0.0
+        },
     );
 }

@@ -174,7 +174,11 @@ pub enum Change {
         payloads: Vec<Bytes>,
     },
     /// Every stored message with an id in `from..=to` is gone.
-    Remove { queue: QueueName, from: u64, to: u64 },
+    Remove {
+        queue: QueueName,
+        from: u64,
+        to: u64,
+    },
     /// One metadata value was written.
     Metadata {
         queue: QueueName,

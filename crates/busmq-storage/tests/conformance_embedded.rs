@@ -9,8 +9,8 @@ use bytes::Bytes;
 
 use busmq_storage::embedded::EmbeddedStorage;
 use busmq_storage::{
-    Attached, IdRange, Message, Notifications, QueueInfo, QueueName, ReliableLock, Result,
-    Storage, TakeMode,
+    Attached, IdRange, Message, Notifications, QueueInfo, QueueName, ReliableLock, Result, Storage,
+    TakeMode,
 };
 
 /// A store in a fresh directory that lives as long as the store: the

@@ -229,15 +229,22 @@ async fn queues_whose_ttl_ran_out_while_closed_are_gone() {
     let kept = queue("kept");
     {
         let s = open(&dir);
-        s.attach(&q, Some(Duration::from_millis(200))).await.unwrap();
+        s.attach(&q, Some(Duration::from_millis(200)))
+            .await
+            .unwrap();
         s.push(&q, payloads(1..=3)).await.unwrap();
         s.detach(&q).await.unwrap();
-        s.attach(&kept, Some(Duration::from_millis(200))).await.unwrap();
+        s.attach(&kept, Some(Duration::from_millis(200)))
+            .await
+            .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
     let s = open(&dir);
     assert_eq!(s.info(&q).await.unwrap(), None);
-    assert!(s.info(&kept).await.unwrap().is_some(), "attached: no expiry");
+    assert!(
+        s.info(&kept).await.unwrap().is_some(),
+        "attached: no expiry"
+    );
     let again = s.attach(&q, Some(TTL)).await.unwrap();
     assert!(!again.existed);
     assert_eq!(s.info(&q).await.unwrap().unwrap().next_id, 1);
@@ -287,7 +294,9 @@ async fn concurrent_operations_share_commits() {
             let s = Arc::clone(&s);
             tokio::spawn(async move {
                 for i in 0..10u64 {
-                    s.push(&q, payloads(i * 64 + 1..=i * 64 + 64)).await.unwrap();
+                    s.push(&q, payloads(i * 64 + 1..=i * 64 + 64))
+                        .await
+                        .unwrap();
                     s.take(&q, 64, TakeMode::Remove).await.unwrap();
                 }
             })

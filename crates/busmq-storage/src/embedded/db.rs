@@ -241,6 +241,8 @@ impl Db {
             tracing::warn!(path = %path.display(), mode, "SQLite refused WAL mode");
         }
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // 64 MiB of page cache: a backlog of 100 queues stays in memory.
+        conn.pragma_update(None, "cache_size", -65536)?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version > SCHEMA_VERSION {
             return Err(rusqlite::Error::InvalidParameterName(format!(
@@ -336,9 +338,7 @@ impl Db {
         }
         let mut metadata: HashMap<i64, HashMap<String, String>> = HashMap::new();
         {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT qid, key, value FROM metadata")?;
+            let mut stmt = self.conn.prepare("SELECT qid, key, value FROM metadata")?;
             let mut q = stmt.query([])?;
             while let Some(r) = q.next()? {
                 metadata
@@ -475,7 +475,9 @@ impl Db {
     fn name_of(&self, qid: i64) -> rusqlite::Result<Option<String>> {
         use rusqlite::OptionalExtension;
         self.conn
-            .query_row("SELECT name FROM queues WHERE qid = ?1", [qid], |r| r.get(0))
+            .query_row("SELECT name FROM queues WHERE qid = ?1", [qid], |r| {
+                r.get(0)
+            })
             .optional()
     }
 }
@@ -571,7 +573,11 @@ mod tests {
         assert_eq!(clock.from_wall(wall), later);
         let earlier = clock.to_wall(clock.now - Duration::from_secs(5).min(clock.now.elapsed()));
         assert!(earlier <= clock.wall_ms);
-        assert_eq!(clock.from_wall(clock.wall_ms - 5_000), clock.now, "past is now");
+        assert_eq!(
+            clock.from_wall(clock.wall_ms - 5_000),
+            clock.now,
+            "past is now"
+        );
         assert_eq!(clock.from_wall(i64::MIN), clock.now);
         assert!(clock.from_wall(i64::MAX) > later, "far future saturates");
     }
@@ -601,7 +607,10 @@ mod tests {
                 Record::Append {
                     queue: name.clone(),
                     first: 1,
-                    payloads: vec![Some(Bytes::from_static(b"a")), Some(Bytes::from_static(b"b"))],
+                    payloads: vec![
+                        Some(Bytes::from_static(b"a")),
+                        Some(Bytes::from_static(b"b")),
+                    ],
                 },
                 Record::Append {
                     queue: name.clone(),
@@ -624,11 +633,15 @@ mod tests {
         }
         let (_db, queues) = Db::open(&path).unwrap();
         let q = &queues[&name];
-        let ids = |v: &std::collections::VecDeque<Message>| v.iter().map(|m| m.id).collect::<Vec<_>>();
+        let ids =
+            |v: &std::collections::VecDeque<Message>| v.iter().map(|m| m.id).collect::<Vec<_>>();
         assert_eq!(ids(&q.pending), vec![1]);
         assert_eq!(ids(&q.ready), vec![3]);
         assert_eq!(q.ready[0].payload, Bytes::from_static(b"c"));
-        assert_eq!((q.next_id, q.pushed, q.consumed, q.attachments), (4, 3, 1, 2));
+        assert_eq!(
+            (q.next_id, q.pushed, q.consumed, q.attachments),
+            (4, 3, 1, 2)
+        );
         assert_eq!(q.metadata.get("k").map(String::as_str), Some("v"));
     }
 

@@ -77,15 +77,10 @@ impl SqliteJournal {
     /// Opens the store in `dir`: takes its lock, opens the database,
     /// recovers the queues and starts the writer.
     pub fn open(dir: &Path) -> Result<(Self, HashMap<QueueName, Queue>)> {
-        let unavailable =
-            |what: &str, e: &dyn std::fmt::Display| {
-                Error::Unavailable(format!(
-                    "embedded store in {}: {what}: {e}",
-                    dir.display()
-                ))
-            };
-        std::fs::create_dir_all(dir)
-            .map_err(|e| unavailable("cannot create the directory", &e))?;
+        let unavailable = |what: &str, e: &dyn std::fmt::Display| {
+            Error::Unavailable(format!("embedded store in {}: {what}: {e}", dir.display()))
+        };
+        std::fs::create_dir_all(dir).map_err(|e| unavailable("cannot create the directory", &e))?;
         let lock_path = dir.join(LOCK_FILE);
         let lock = OpenOptions::new()
             .create(true)
