@@ -318,3 +318,12 @@ async fn concurrent_operations_share_commits() {
         assert_eq!((info.count, info.pushed, info.consumed), (0, 640, 640));
     }
 }
+
+#[test]
+fn opening_outside_a_runtime_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = EmbeddedStorage::open(dir.path())
+        .err()
+        .expect("no runtime to run expiry timers on");
+    assert_eq!(err.code(), ErrorCode::Internal, "{err}");
+}

@@ -17,8 +17,8 @@
 
 use std::path::Path;
 
-use crate::Result;
 use crate::queue_state::QueueStore;
+use crate::{Error, Result};
 
 pub mod db;
 pub mod journal;
@@ -35,6 +35,12 @@ impl QueueStore<SqliteJournal> {
     /// timers. Fails with an error naming `dir` when it cannot be created
     /// or read, or when another process has it open.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::Internal(
+                "the embedded store must be opened inside a Tokio runtime (it runs expiry timers)"
+                    .into(),
+            ));
+        }
         let (journal, queues) = SqliteJournal::open(dir.as_ref())?;
         Ok(QueueStore::with_journal(journal, queues))
     }
