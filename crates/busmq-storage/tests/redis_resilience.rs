@@ -617,3 +617,85 @@ async fn two_stores_on_one_redis_share_queues_without_races() {
     assert_eq!(refused.code(), ErrorCode::FailedPrecondition);
     assert!(b.info(&q).await.unwrap().unwrap().reliable_consumer);
 }
+
+/// `rediss://`: `busmq-storage` serves a TLS-only Redis whose certificate
+/// it trusts (through `SSL_CERT_FILE`), and refuses one it does not trust
+/// (signed by a CA outside the system's roots), saying so in its log and in
+/// health.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_verifies_the_server_certificate() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let tls = rk::redis_tls_server().await;
+    let start = |trust: bool| {
+        let builder = busmq_testkit::Process::builder("busmq-storage");
+        let addr = builder.listen_addr();
+        let builder = builder.args(["--listen", &addr.to_string(), "--backend", &tls.url()]);
+        // Untrusted: the system's roots, which do not hold the test CA.
+        let builder = if trust {
+            builder.env("SSL_CERT_FILE", &tls.ca)
+        } else {
+            builder
+        };
+        builder.spawn()
+    };
+    let status = |url: String| async move {
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: "busmq.storage.v1.Storage".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+    };
+
+    let trusted = start(true);
+    let untrusted = start(false);
+    trusted.wait_ready().await;
+    untrusted.wait_ready().await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while status(trusted.url()).await != ServingStatus::Serving as i32 {
+        assert!(
+            Instant::now() < deadline,
+            "not SERVING over TLS:\n{}",
+            trusted.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let remote = busmq_storage::remote::RemoteStorage::connect_lazy(&trusted.url()).unwrap();
+    let q = queue("tls.q");
+    remote
+        .attach(&q, Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    remote
+        .push(&q, vec![Bytes::from_static(b"secret")])
+        .await
+        .unwrap();
+    let taken = remote.take(&q, 10, TakeMode::Remove).await.unwrap();
+    assert_eq!(taken[0].payload, Bytes::from_static(b"secret"));
+
+    let expected = format!(
+        "cannot reach Redis at {}: invalid peer certificate",
+        tls.url()
+    );
+    while !untrusted.log().contains(&expected) {
+        assert!(
+            Instant::now() < deadline,
+            "no TLS failure logged:\n{}",
+            untrusted.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        status(untrusted.url()).await,
+        ServingStatus::NotServing as i32
+    );
+}

@@ -393,3 +393,107 @@ pub async fn redis_cluster(masters: usize) -> RedisCluster {
     }
     RedisCluster { nodes }
 }
+
+/// A `redis-server` that speaks only TLS, with a certificate for
+/// `127.0.0.1` signed by a throw-away CA.
+#[derive(Debug)]
+pub struct TlsRedisServer {
+    /// The server; [`RedisServer::url`] is not for it, use
+    /// [`TlsRedisServer::url`].
+    pub server: RedisServer,
+    /// The CA certificate (PEM) that signed the server's certificate: point
+    /// `SSL_CERT_FILE` at it to trust the server.
+    pub ca: PathBuf,
+}
+
+impl TlsRedisServer {
+    /// `rediss://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.server.port())
+    }
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running openssl (install the openssl package)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Starts a TLS-only `redis-server` (clients need no certificate of their
+/// own) and waits until it accepts connections. Certificates are made
+/// with the `openssl` command in the server's temporary directory.
+pub async fn redis_tls_server() -> TlsRedisServer {
+    let port = free_port();
+    let builder = Process::program("redis-server-tls", redis_server_path())
+        .addr(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    let dir = builder.dir().to_path_buf();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=busmq test CA"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    openssl(&dir, &ca);
+    let mut csr = vec!["req", "-subj", "/CN=127.0.0.1"];
+    csr.extend(ec);
+    csr.extend(["-keyout", "server.key", "-out", "server.csr"]);
+    openssl(&dir, &csr);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("writing server.ext");
+    openssl(
+        &dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
+        ],
+    );
+    let path = |f: &str| dir.join(f).display().to_string();
+    let mut args = server_args(0, &dir);
+    args.extend([
+        "--tls-port".to_owned(),
+        port.to_string(),
+        "--tls-cert-file".to_owned(),
+        path("server.pem"),
+        "--tls-key-file".to_owned(),
+        path("server.key"),
+        "--tls-ca-cert-file".to_owned(),
+        path("ca.pem"),
+        "--tls-auth-clients".to_owned(),
+        "no".to_owned(),
+    ]);
+    let process = builder.args(args).spawn();
+    process.wait_ready().await;
+    TlsRedisServer {
+        ca: dir.join("ca.pem"),
+        server: RedisServer { process },
+    }
+}

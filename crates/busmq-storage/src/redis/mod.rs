@@ -14,7 +14,9 @@
 //! | sentinel | `redis+sentinel://[user:password@]s1[:26379],s2[:26379]/<master-name>[/db]` |
 //! | cluster | `redis+cluster://[user:password@]n1[:6379],n2[:6379]` |
 //!
-//! `rediss+sentinel://` and `rediss+cluster://` use TLS to every node. The
+//! `rediss+sentinel://` and `rediss+cluster://` use TLS to every node
+//! (rustls), verifying certificates against the system's roots, or the PEM
+//! file `SSL_CERT_FILE` names (for a private CA). The
 //! userinfo of a Sentinel spec authenticates to the master; sentinels are
 //! asked without credentials. Ports default to 6379 (26379 for sentinels).
 //! A password containing `,`, `/` or `@` must be percent-encoded. A
