@@ -6,13 +6,14 @@ cd "$(dirname "$0")/.."
 
 # protoc comes vendored through cargo (protoc-bin-vendored). The Redis
 # tests start their own redis-server processes (standalone, sentinel,
-# cluster) on random loopback ports.
-if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
-  echo "installing redis-server and redis-tools (Debian packages)"
+# cluster, TLS with certificates made by openssl) on random loopback ports.
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null \
+  || ! command -v openssl >/dev/null; then
+  echo "installing redis-server, redis-tools and openssl (Debian packages)"
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server redis-tools >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server redis-tools openssl >/dev/null
 fi
 
 cargo fmt --all -- --check
