@@ -121,7 +121,7 @@
 //! error, a timeout, `READONLY` (a demoted master), `MASTERDOWN` or
 //! `UNBLOCKED` drops the connection and triggers a reconnect. An
 //! unreachable Redis at start-up is logged with its URL and retried
-//! forever; [`Storage::ready`](crate::Storage::ready) is false until every
+//! forever; [`Storage::ready`] is false until every
 //! shard is connected.
 
 mod config;
