@@ -363,7 +363,7 @@ impl Db {
 
     /// Writes `records` in one transaction and commits it: when this
     /// returns Ok, they are on disk. The records are first coalesced (see
-    /// [`coalesce`]), so the net effect is written, not every step.
+    /// `coalesce`), so the net effect is written, not every step.
     pub fn commit(&mut self, records: &mut [Record]) -> rusqlite::Result<()> {
         let superseded = coalesce(records);
         // Unchecked: borrows the connection shared, so the qid map stays
