@@ -1,5 +1,5 @@
 //! The `busmq.v1.Queues` gRPC service: validates each request, calls the
-//! store, maps the answer. Consumption runs in [`crate::consume`].
+//! store, maps the answer. Consumption runs in the `consume` module.
 
 use std::sync::Arc;
 use std::time::Duration;
