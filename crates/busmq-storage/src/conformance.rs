@@ -448,7 +448,12 @@ pub async fn reliable_lock_lapses_after_lease(s: Arc<dyn Storage>) {
         }
     }
     assert!(!s.renew_reliable(&q, &a).await.unwrap(), "a lost the lock");
+    assert!(
+        !s.end_reliable(&q, &a).await.unwrap(),
+        "a lapsed lock is not held, so ending it releases nothing"
+    );
     assert!(s.renew_reliable(&q, &b).await.unwrap());
+    assert!(s.end_reliable(&q, &b).await.unwrap(), "b held it");
 }
 
 /// Close destroys the queue and its messages and notifies watchers.

@@ -598,9 +598,11 @@ impl<J: Journal> Storage for QueueStore<J> {
     }
 
     async fn end_reliable(&self, queue: &QueueName, lock: &ReliableLock) -> Result<bool> {
+        let now = Instant::now();
         let ended = self
             .with_queue(queue, |q, rec| {
-                let holds = q.reliable.as_ref().is_some_and(|(o, _)| *o == lock.owner);
+                // A lapsed lock is no longer held: nothing to release.
+                let holds = q.lock_holder(now) == Some(lock.owner.as_str());
                 if holds {
                     q.reliable = None;
                     rec.meta(queue, q);
