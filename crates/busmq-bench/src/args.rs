@@ -75,6 +75,15 @@ pub struct BenchArgs {
     /// Write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Drive this peer instead of busmq, with the same workload and
+    /// reporting (issue 4). Each peer runs its own fixed delivery
+    /// semantics; --mode applies to busmq only.
+    #[arg(long, value_enum, requires = "peer_url")]
+    pub peer: Option<crate::Peer>,
+    /// Where the peer listens, e.g. `nats://127.0.0.1:4222`,
+    /// `amqp://guest:guest@127.0.0.1:5672/%2f`, `redis://127.0.0.1:6379`.
+    #[arg(long)]
+    pub peer_url: Option<String>,
 }
 
 mod secs {
@@ -105,6 +114,10 @@ impl BenchArgs {
             "--duration must be at least one --cycle"
         );
         anyhow::ensure!(self.rate != Some(0), "--rate must be positive");
+        anyhow::ensure!(
+            self.peer.is_none() || self.peer_url.is_some(),
+            "--peer needs --peer-url"
+        );
         anyhow::ensure!(
             self.mode != Mode::Reliable || self.consumers <= self.queues,
             "reliable mode allows one consumer per queue: use --consumers <= --queues"

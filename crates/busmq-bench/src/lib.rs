@@ -11,21 +11,33 @@
 //! push→delivery latency histogram.
 
 mod args;
+mod peers;
 mod report;
 mod target;
+mod transport;
 mod workload;
 
 pub use args::{BenchArgs, Mode};
+pub use peers::Peer;
 pub use report::{Cycle, Latency, Report};
 
 /// Runs the benchmark `args` describes and prints its table to stdout.
 pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     args.validate()?;
-    let target = target::Target::start(&args).await?;
-    println!("{}", args.describe(&target.description));
-    let report = workload::run(&args, &target.url).await?;
-    target.stop().await;
-    println!("{}", report.summary(&args));
+    let report = if let Some(peer) = args.peer {
+        peers::run_once(peer, &args).await?
+    } else {
+        let target = target::Target::start(&args).await?;
+        println!("{}", args.describe(&target.description));
+        let report = match transport::Busmq::connect(&target.url, &args).await {
+            Ok(busmq) => workload::run(&args, busmq).await,
+            Err(e) => Err(e),
+        };
+        target.stop().await;
+        let report = report?;
+        println!("{}", report.summary(&args));
+        report
+    };
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, json)?;

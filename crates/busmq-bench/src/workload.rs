@@ -5,13 +5,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use busmq_client::{AttachOptions, Bus, Bytes, ConsumeOptions, PusherOptions};
+use busmq_client::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use hdrhistogram::Histogram;
 use tokio_util::sync::CancellationToken;
 
 use crate::report::{Cycle, Latency, Report};
+use crate::transport::{Consumer, Producer, Recorder, Transport};
 use crate::{BenchArgs, Mode};
 
 /// How long consumers may take to drain the backlog after producers stop.
@@ -59,19 +60,15 @@ fn assign(workers: usize, queues: usize) -> Vec<Vec<usize>> {
         .collect()
 }
 
-pub async fn run(args: &BenchArgs, url: &str) -> anyhow::Result<Report> {
+/// Runs the workload against `transport` (busmq or a peer).
+pub async fn run<T: Transport>(args: &BenchArgs, transport: T) -> anyhow::Result<Report> {
     let run_id = std::process::id() ^ (Instant::now().elapsed().subsec_nanos());
     let names: Arc<Vec<String>> = Arc::new(
         (0..args.queues)
             .map(|i| format!("bench.{run_id:x}.{i}"))
             .collect(),
     );
-    let setup = Bus::connect(url)
-        .await
-        .context("connecting to the broker")?;
-    for name in names.iter() {
-        setup.queue(name).attach(AttachOptions::default()).await?;
-    }
+    transport.prepare(&names).await?;
 
     let consumer_queues = assign(args.consumers, args.queues);
     let fanout = match args.mode {
@@ -91,12 +88,10 @@ pub async fn run(args: &BenchArgs, url: &str) -> anyhow::Result<Report> {
     let stop_consumers = CancellationToken::new();
     let mut consumers = Vec::new();
     for queues in consumer_queues {
-        let bus = Bus::connect(url).await?;
-        for q in queues {
-            let consumer = bus.queue(&names[q]).consume(consume_options(args)).await?;
+        let queues = queues.into_iter().map(|q| names[q].clone()).collect();
+        for consumer in transport.consumers(queues).await? {
             consumers.push(tokio::spawn(consume(
                 consumer,
-                args.mode,
                 Arc::clone(&progress),
                 stop_consumers.clone(),
             )));
@@ -106,10 +101,11 @@ pub async fn run(args: &BenchArgs, url: &str) -> anyhow::Result<Report> {
     let stop_producers = CancellationToken::new();
     let mut producers = Vec::new();
     for queues in assign(args.producers, args.queues) {
-        let bus = Bus::connect(url).await?;
+        let queues: Vec<String> = queues.into_iter().map(|q| names[q].clone()).collect();
+        let queue_count = queues.len();
         producers.push(tokio::spawn(produce(
-            bus,
-            queues.into_iter().map(|q| names[q].clone()).collect(),
+            transport.producer(queues).await?,
+            queue_count,
             args.clone(),
             Arc::clone(&progress),
             stop_producers.clone(),
@@ -133,9 +129,7 @@ pub async fn run(args: &BenchArgs, url: &str) -> anyhow::Result<Report> {
     for c in consumers {
         latency.add(c.await.context("consumer task")??)?;
     }
-    for name in names.iter() {
-        let _ = setup.queue(name).close().await;
-    }
+    transport.cleanup(&names).await;
 
     Ok(Report {
         cycles,
@@ -145,15 +139,6 @@ pub async fn run(args: &BenchArgs, url: &str) -> anyhow::Result<Report> {
         drained,
         latency: Latency::from_histogram(&latency),
     })
-}
-
-fn consume_options(args: &BenchArgs) -> ConsumeOptions {
-    let options = match args.mode {
-        Mode::Unreliable => ConsumeOptions::default(),
-        Mode::Reliable => ConsumeOptions::reliable(),
-        Mode::Persistent => ConsumeOptions::persistent(0),
-    };
-    options.prefetch(args.prefetch)
 }
 
 /// Prints and returns one row per cycle until the run's duration is over.
@@ -184,20 +169,15 @@ async fn sample_cycles(args: &BenchArgs, progress: &Progress) -> Vec<Cycle> {
 }
 
 async fn produce(
-    bus: Bus,
-    queues: Vec<String>,
+    mut producer: impl Producer,
+    queues: usize,
     args: BenchArgs,
     progress: Arc<Progress>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let pushers: Vec<_> = queues
-        .iter()
-        .map(|q| {
-            bus.queue(q).pusher(PusherOptions {
-                max_in_flight: args.in_flight,
-            })
-        })
-        .collect();
+    // busmq's pushers bound batches in flight per queue themselves; this
+    // bounds them the same way for every transport.
+    let max_in_flight = args.in_flight * queues;
     let backlog_limit = args.max_backlog.saturating_mul(args.queues as u64);
     let mut pace = args.rate.map(|rate| {
         let per_producer = rate as f64 / args.producers as f64;
@@ -209,7 +189,7 @@ async fn produce(
     let mut tickets = FuturesUnordered::new();
     let padding = vec![0u8; args.size - 8];
     'run: loop {
-        for pusher in &pushers {
+        for queue in 0..queues {
             while backlog_limit > 0 && progress.backlog() > backlog_limit {
                 if stop.is_cancelled() {
                     break 'run;
@@ -231,52 +211,46 @@ async fn produce(
             payload.extend_from_slice(&progress.now_nanos().to_le_bytes());
             payload.extend_from_slice(&padding);
             let payload = Bytes::from(payload);
-            let batch = std::iter::repeat_n(payload, args.batch);
-            tickets.push(pusher.push(batch).await?);
+            while tickets.len() >= max_in_flight {
+                if let Some(done) = tickets.next().await {
+                    progress.pushed.fetch_add(done?, Ordering::Relaxed);
+                }
+            }
+            let ticket = producer.push_batch(queue, payload, args.batch).await?;
+            tickets.push(ticket);
             while let Some(Some(done)) = tickets.next().now_or_never() {
-                progress.pushed.fetch_add(done?.len(), Ordering::Relaxed);
+                progress.pushed.fetch_add(done?, Ordering::Relaxed);
             }
         }
     }
     while let Some(done) = tickets.next().await {
-        progress.pushed.fetch_add(done?.len(), Ordering::Relaxed);
+        progress.pushed.fetch_add(done?, Ordering::Relaxed);
     }
     Ok(())
 }
 
 async fn consume(
-    mut consumer: busmq_client::Consumer,
-    mode: Mode,
+    mut consumer: impl Consumer,
     progress: Arc<Progress>,
     stop: CancellationToken,
 ) -> anyhow::Result<Histogram<u64>> {
-    let mut latency = latency_histogram();
-    let mut unflushed = 0u64;
+    let mut recorder = Recorder::new(progress.epoch, latency_histogram());
     loop {
-        let next = tokio::select! {
-            next = consumer.next() => next,
+        let more = tokio::select! {
+            more = consumer.next_batch(&mut recorder) => more?,
             _ = stop.cancelled() => break,
         };
-        let delivery = match next {
-            Some(delivery) => delivery?,
-            None => break,
-        };
-        unflushed += 1;
-        if let Some(sent) = delivery.payload.get(..8) {
-            let sent = u64::from_le_bytes(sent.try_into().expect("8 bytes"));
-            latency.saturating_record(progress.now_nanos().saturating_sub(sent));
-        }
-        // The end of a received batch: count it, and ack it in one call.
-        if consumer.buffered_len() == 0 {
-            if mode == Mode::Reliable {
-                consumer.ack(delivery.id).await?;
-            }
-            progress.consumed.fetch_add(unflushed, Ordering::Relaxed);
-            unflushed = 0;
+        progress
+            .consumed
+            .fetch_add(recorder.take_count(), Ordering::Relaxed);
+        if !more {
+            break;
         }
     }
-    progress.consumed.fetch_add(unflushed, Ordering::Relaxed);
-    Ok(latency)
+    progress
+        .consumed
+        .fetch_add(recorder.take_count(), Ordering::Relaxed);
+    Ok(recorder.latency)
 }
 
 #[cfg(test)]

@@ -1,0 +1,363 @@
+//! What the workload drives: busmq, or a peer (`--peer`), behind one small
+//! interface so every system runs the same producer and consumer loops and
+//! the same per-cycle counting.
+
+use std::future::Future;
+use std::time::Instant;
+
+use anyhow::Context;
+use busmq_client::{AttachOptions, Bus, Bytes, ConsumeOptions, Pusher, PusherOptions};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use hdrhistogram::Histogram;
+
+use crate::{BenchArgs, Mode};
+
+/// Resolves with the number of messages of one push batch once the system
+/// has accepted them (busmq: stored; peers: their own confirmation).
+pub type Ticket = BoxFuture<'static, anyhow::Result<u64>>;
+
+/// A system to benchmark.
+pub trait Transport: Send + Sync + 'static {
+    type Producer: Producer;
+    type Consumer: Consumer;
+
+    /// Creates the queues, by name.
+    fn prepare(&self, queues: &[String]) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// One producer task's connection, pushing to `queues`.
+    fn producer(
+        &self,
+        queues: Vec<String>,
+    ) -> impl Future<Output = anyhow::Result<Self::Producer>> + Send;
+
+    /// One consumer task's connection: a consumer per queue of `queues`.
+    fn consumers(
+        &self,
+        queues: Vec<String>,
+    ) -> impl Future<Output = anyhow::Result<Vec<Self::Consumer>>> + Send;
+
+    /// Removes the queues (best effort).
+    fn cleanup(&self, queues: &[String]) -> impl Future<Output = ()> + Send;
+}
+
+/// Pushes batches to the queues of one producer task.
+pub trait Producer: Send + 'static {
+    /// Sends `count` copies of `payload` to the producer's `queue`-th queue.
+    /// Returns once the batch is on its way (waiting here is backpressure);
+    /// the ticket resolves when the system confirms it.
+    fn push_batch(
+        &mut self,
+        queue: usize,
+        payload: Bytes,
+        count: usize,
+    ) -> impl Future<Output = anyhow::Result<Ticket>> + Send;
+}
+
+/// Reads one queue.
+pub trait Consumer: Send + 'static {
+    /// Waits for the next batch of deliveries, hands each payload to
+    /// `recorder` and acknowledges the batch (where the system has acks).
+    /// `false` once the queue's stream has ended.
+    fn next_batch(
+        &mut self,
+        recorder: &mut Recorder,
+    ) -> impl Future<Output = anyhow::Result<bool>> + Send;
+}
+
+/// Counts deliveries and records their push→delivery latency.
+pub struct Recorder {
+    epoch: Instant,
+    pub(crate) latency: Histogram<u64>,
+    /// Deliveries recorded and not yet taken by [`Recorder::take_count`].
+    count: u64,
+}
+
+impl Recorder {
+    pub fn new(epoch: Instant, latency: Histogram<u64>) -> Recorder {
+        Recorder {
+            epoch,
+            latency,
+            count: 0,
+        }
+    }
+
+    /// One delivery: its first 8 bytes are the push time.
+    pub fn record(&mut self, payload: &[u8]) {
+        self.count += 1;
+        if let Some(sent) = payload.get(..8) {
+            let sent = u64::from_le_bytes(sent.try_into().expect("8 bytes"));
+            let now = self.epoch.elapsed().as_nanos() as u64;
+            self.latency.saturating_record(now.saturating_sub(sent));
+        }
+    }
+
+    /// Deliveries recorded since the last call.
+    pub fn take_count(&mut self) -> u64 {
+        std::mem::take(&mut self.count)
+    }
+}
+
+/// busmq itself, through its client.
+pub struct Busmq {
+    url: String,
+    mode: Mode,
+    prefetch: u32,
+    in_flight: usize,
+    setup: Bus,
+}
+
+impl Busmq {
+    pub async fn connect(url: &str, args: &BenchArgs) -> anyhow::Result<Busmq> {
+        let setup = Bus::connect(url)
+            .await
+            .context("connecting to the broker")?;
+        Ok(Busmq {
+            url: url.to_owned(),
+            mode: args.mode,
+            prefetch: args.prefetch,
+            in_flight: args.in_flight,
+            setup,
+        })
+    }
+
+    fn consume_options(&self) -> ConsumeOptions {
+        let options = match self.mode {
+            Mode::Unreliable => ConsumeOptions::default(),
+            Mode::Reliable => ConsumeOptions::reliable(),
+            Mode::Persistent => ConsumeOptions::persistent(0),
+        };
+        options.prefetch(self.prefetch)
+    }
+}
+
+impl Transport for Busmq {
+    type Producer = BusmqProducer;
+    type Consumer = BusmqConsumer;
+
+    async fn prepare(&self, queues: &[String]) -> anyhow::Result<()> {
+        for name in queues {
+            self.setup
+                .queue(name)
+                .attach(AttachOptions::default())
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn producer(&self, queues: Vec<String>) -> anyhow::Result<BusmqProducer> {
+        let bus = Bus::connect(&self.url).await?;
+        let pushers = queues
+            .iter()
+            .map(|q| {
+                bus.queue(q).pusher(PusherOptions {
+                    max_in_flight: self.in_flight,
+                })
+            })
+            .collect();
+        Ok(BusmqProducer { _bus: bus, pushers })
+    }
+
+    async fn consumers(&self, queues: Vec<String>) -> anyhow::Result<Vec<BusmqConsumer>> {
+        let bus = Bus::connect(&self.url).await?;
+        let mut consumers = Vec::with_capacity(queues.len());
+        for q in queues {
+            let consumer = bus.queue(&q).consume(self.consume_options()).await?;
+            consumers.push(BusmqConsumer {
+                consumer,
+                ack: self.mode == Mode::Reliable,
+            });
+        }
+        Ok(consumers)
+    }
+
+    async fn cleanup(&self, queues: &[String]) {
+        for name in queues {
+            let _ = self.setup.queue(name).close().await;
+        }
+    }
+}
+
+pub struct BusmqProducer {
+    _bus: Bus,
+    pushers: Vec<Pusher>,
+}
+
+impl Producer for BusmqProducer {
+    async fn push_batch(
+        &mut self,
+        queue: usize,
+        payload: Bytes,
+        count: usize,
+    ) -> anyhow::Result<Ticket> {
+        let ticket = self.pushers[queue]
+            .push(std::iter::repeat_n(payload, count))
+            .await?;
+        Ok(Box::pin(async move { Ok(ticket.await?.len()) }))
+    }
+}
+
+pub struct BusmqConsumer {
+    consumer: busmq_client::Consumer,
+    ack: bool,
+}
+
+impl Consumer for BusmqConsumer {
+    async fn next_batch(&mut self, recorder: &mut Recorder) -> anyhow::Result<bool> {
+        loop {
+            let Some(delivery) = self.consumer.next().await else {
+                return Ok(false);
+            };
+            let delivery = delivery?;
+            recorder.record(&delivery.payload);
+            // The end of a received batch: ack it in one call.
+            if self.consumer.buffered_len() == 0 {
+                if self.ack {
+                    self.consumer.ack(delivery.id).await?;
+                }
+                return Ok(true);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use clap::Parser;
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    #[test]
+    fn recorder_counts_and_times_payloads() {
+        let epoch = Instant::now();
+        let histogram = Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("bounds");
+        let mut recorder = Recorder::new(epoch, histogram);
+        recorder.record(&0u64.to_le_bytes());
+        recorder.record(b"short");
+        assert_eq!(recorder.take_count(), 2);
+        assert_eq!(recorder.take_count(), 0);
+        assert_eq!(
+            recorder.latency.len(),
+            1,
+            "a payload under 8 bytes has no time"
+        );
+    }
+
+    /// Queues as in-process channels: the workload loops without a server.
+    #[derive(Default)]
+    struct Channels {
+        queues: Mutex<HashMap<String, Channel>>,
+    }
+
+    type Channel = (
+        mpsc::UnboundedSender<Bytes>,
+        Option<mpsc::UnboundedReceiver<Bytes>>,
+    );
+
+    struct ChannelProducer(Vec<mpsc::UnboundedSender<Bytes>>);
+    struct ChannelConsumer(mpsc::UnboundedReceiver<Bytes>);
+
+    impl Transport for Channels {
+        type Producer = ChannelProducer;
+        type Consumer = ChannelConsumer;
+
+        async fn prepare(&self, queues: &[String]) -> anyhow::Result<()> {
+            let mut map = self.queues.lock().expect("lock");
+            for q in queues {
+                let (tx, rx) = mpsc::unbounded_channel();
+                map.insert(q.clone(), (tx, Some(rx)));
+            }
+            Ok(())
+        }
+
+        async fn producer(&self, queues: Vec<String>) -> anyhow::Result<ChannelProducer> {
+            let map = self.queues.lock().expect("lock");
+            Ok(ChannelProducer(
+                queues.iter().map(|q| map[q].0.clone()).collect(),
+            ))
+        }
+
+        async fn consumers(&self, queues: Vec<String>) -> anyhow::Result<Vec<ChannelConsumer>> {
+            let mut map = self.queues.lock().expect("lock");
+            Ok(queues
+                .iter()
+                .map(|q| {
+                    let rx = map.get_mut(q).and_then(|c| c.1.take());
+                    ChannelConsumer(rx.expect("one consumer per queue"))
+                })
+                .collect())
+        }
+
+        async fn cleanup(&self, _queues: &[String]) {}
+    }
+
+    impl Producer for ChannelProducer {
+        async fn push_batch(
+            &mut self,
+            queue: usize,
+            payload: Bytes,
+            count: usize,
+        ) -> anyhow::Result<Ticket> {
+            for _ in 0..count {
+                self.0[queue].send(payload.clone())?;
+            }
+            Ok(Box::pin(async move { Ok(count as u64) }))
+        }
+    }
+
+    impl Consumer for ChannelConsumer {
+        async fn next_batch(&mut self, recorder: &mut Recorder) -> anyhow::Result<bool> {
+            let Some(first) = self.0.recv().await else {
+                return Ok(false);
+            };
+            recorder.record(&first);
+            while let Ok(next) = self.0.try_recv() {
+                recorder.record(&next);
+            }
+            Ok(true)
+        }
+    }
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    #[tokio::test]
+    async fn the_workload_drives_any_transport() {
+        let args = Cli::try_parse_from([
+            "bench",
+            "--queues",
+            "3",
+            "--producers",
+            "2",
+            "--consumers",
+            "2",
+            "--duration",
+            "1s",
+            "--cycle",
+            "250ms",
+            "--max-backlog",
+            "100",
+        ])
+        .expect("parses")
+        .bench;
+        args.validate().expect("valid");
+        let report = crate::workload::run(&args, Channels::default())
+            .await
+            .expect("runs");
+        assert_eq!(report.cycles.len(), 4);
+        assert!(report.pushed > 0);
+        assert!(report.drained);
+        assert_eq!(
+            report.consumed, report.pushed,
+            "every message consumed once"
+        );
+        assert_eq!(report.latency.samples, report.consumed);
+    }
+}
