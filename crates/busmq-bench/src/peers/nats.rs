@@ -38,7 +38,10 @@ impl Nats {
         let client = async_nats::connect(&self.url)
             .await
             .with_context(|| format!("connecting to {}", self.url))?;
+        // Publish acks wait up to the request timeout (10 s by default);
+        // under this load the last acks of a run took longer once.
         Ok(jetstream::ContextBuilder::new()
+            .timeout(std::time::Duration::from_secs(60))
             .max_ack_inflight(self.max_ack_inflight)
             .build(client))
     }
