@@ -66,6 +66,9 @@ pub struct BenchArgs {
     pub cycle: Duration,
     /// Offered rate in messages per second over all producers (default: as
     /// fast as the backlog bound allows). Use it for latency at a fixed load.
+    /// The batch is not shrunk: messages of a batch share one push time,
+    /// and `--batch 1` costs one call per message, which raised latency in
+    /// BENCHMARKS.md's runs at 20,000 msg/s.
     #[arg(long)]
     pub rate: Option<u64>,
     /// Producers pause while more than this many messages wait per queue on
@@ -75,6 +78,15 @@ pub struct BenchArgs {
     /// Write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Draw per-cycle pushed/s and consumed/s and the latency percentile
+    /// curve to this PNG file.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Run the same workload once per queue count, e.g.
+    /// `1,10,100,1000,10000`, each against a fresh broker, and compare
+    /// median consumed/s with the 100-queue run (--queues is ignored).
+    #[arg(long, value_parser = crate::sweep::parse_queue_counts)]
+    pub sweep_queues: Option<crate::sweep::QueueCounts>,
     /// Drive this peer instead of busmq, with the same workload and
     /// reporting (issue 4). Each peer runs its own fixed delivery
     /// semantics; --mode applies to busmq only.
@@ -114,6 +126,10 @@ impl BenchArgs {
             "--duration must be at least one --cycle"
         );
         anyhow::ensure!(self.rate != Some(0), "--rate must be positive");
+        anyhow::ensure!(
+            self.plot.is_none() || self.sweep_queues.is_none(),
+            "--plot draws one run: leave it out with --sweep-queues"
+        );
         anyhow::ensure!(
             self.peer.is_none() || self.peer_url.is_some(),
             "--peer needs --peer-url"

@@ -43,7 +43,24 @@ pub struct Latency {
     pub p99_us: f64,
     pub p999_us: f64,
     pub max_us: f64,
+    /// The percentile curve (`--plot` draws it): latency at 0%, 10%, …,
+    /// 90%, 99%, 99.9%, … up to the maximum.
+    pub curve: Vec<LatencyPoint>,
 }
+
+/// One point of the latency percentile curve.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyPoint {
+    /// 0 to 100.
+    pub percentile: f64,
+    pub micros: f64,
+}
+
+/// Quantiles of the latency curve: tenths, then each further nine.
+const CURVE_QUANTILES: &[f64] = &[
+    0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999,
+    0.99995, 0.99999,
+];
 
 impl Latency {
     pub fn from_histogram(h: &Histogram<u64>) -> Latency {
@@ -55,13 +72,38 @@ impl Latency {
             p99_us: us(h.value_at_quantile(0.99)),
             p999_us: us(h.value_at_quantile(0.999)),
             max_us: us(h.max()),
+            curve: latency_curve(h),
         }
     }
+}
+
+/// The curve points a histogram of `h.len()` samples can tell apart, then
+/// its maximum.
+fn latency_curve(h: &Histogram<u64>) -> Vec<LatencyPoint> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    let resolvable = 1.0 - 1.0 / h.len() as f64;
+    let mut curve: Vec<LatencyPoint> = CURVE_QUANTILES
+        .iter()
+        .take_while(|&&q| q <= resolvable)
+        .map(|&q| LatencyPoint {
+            percentile: q * 100.0,
+            micros: h.value_at_quantile(q) as f64 / 1000.0,
+        })
+        .collect();
+    curve.push(LatencyPoint {
+        percentile: 100.0 * resolvable.max(0.0),
+        micros: h.max() as f64 / 1000.0,
+    });
+    curve
 }
 
 /// The whole run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// Length of one cycle in seconds.
+    pub cycle_secs: f64,
     pub cycles: Vec<Cycle>,
     pub pushed: u64,
     pub consumed: u64,
@@ -139,7 +181,7 @@ fn median(mut v: Vec<u64>) -> u64 {
 }
 
 /// 1234567 -> "1,234,567".
-fn thousands(n: u64) -> String {
+pub(crate) fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, ch) in digits.chars().enumerate() {

@@ -132,6 +132,7 @@ pub async fn run<T: Transport>(args: &BenchArgs, transport: T) -> anyhow::Result
     transport.cleanup(&names).await;
 
     Ok(Report {
+        cycle_secs: args.cycle.as_secs_f64(),
         cycles,
         pushed: progress.pushed.load(Ordering::Relaxed),
         consumed: progress.consumed.load(Ordering::Relaxed),
