@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # busmq beside its peers, one session (issue 4): busmq (embedded store and
-# Redis store) and NATS JetStream, RabbitMQ and raw Redis driven by the same
-# `busmq bench` workload with the same flags, then one comparison table.
+# Redis store) and NATS JetStream, RabbitMQ, raw Redis and raw ZeroMQ driven
+# by the same `busmq bench` workload with the same flags, then one
+# comparison table.
 #
 #   scripts/bench-peers.sh                      # defaults: --duration 10s
 #   scripts/bench-peers.sh --duration 20s --queues 10
@@ -10,9 +11,13 @@
 # `rabbitmq-server` from Debian's packages when missing (needs root), starts
 # each server (and a redis-server) on loopback ports of its own with
 # temporary data directories, and stops every server it started, by PID, on
-# exit. Environment: BUSMQ (binary; default: cargo build --release and
-# target/release/busmq), PORT_BASE (default 17100; uses the next 6 ports),
-# OUT (directory for the runs' logs and JSON; default a temporary one).
+# exit. ZeroMQ needs no server: `busmq bench --peer zmq` binds its own PULL
+# sockets, one loopback port per queue counting up from PORT_BASE + 6.
+# Environment: BUSMQ (binary; default: cargo build --release and
+# target/release/busmq), PORT_BASE (default 17100; uses the next 5 ports for
+# the servers and, for ZeroMQ, one per queue from PORT_BASE + 6: 17106-17205
+# with the default 100 queues), OUT (directory for the runs' logs and JSON;
+# default a temporary one).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -25,6 +30,9 @@ NATS_PORT=$((PORT_BASE + 2))
 AMQP_PORT=$((PORT_BASE + 3))
 DIST_PORT=$((PORT_BASE + 4))
 EPMD_PORT=$((PORT_BASE + 5))
+# The first of ZeroMQ's PULL ports (one per queue; a port in use fails the
+# zmq run only, with "Address already in use").
+ZMQ_PORT=$((PORT_BASE + 6))
 
 WORK=$(mktemp -d /tmp/busmq-bench-peers.XXXXXX)
 OUT=${OUT:-$WORK/out}
@@ -159,6 +167,8 @@ run rabbitmq "RabbitMQ (durable, persistent, confirms, manual acks)" \
     --peer rabbitmq --peer-url "amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2f"
 run redis "Redis lists (LPUSH / RPOP, no broker, no acks)" \
     --peer redis --peer-url "redis://127.0.0.1:$REDIS_PORT"
+run zmq "ZeroMQ PUSH→PULL (libzmq, no broker, no storage, no acks)" \
+    --peer zmq --peer-url "tcp://127.0.0.1:$ZMQ_PORT"
 
 echo
 echo "== redis-benchmark -t lpush,rpop -d 32 -P 64 (the store's own ceiling)"

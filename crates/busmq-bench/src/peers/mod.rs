@@ -9,7 +9,9 @@
 //! - `rabbitmq`: durable queues, persistent messages, publisher confirms,
 //!   manual (multiple) acks, prefetch (`basic.qos`);
 //! - `redis`: the raw baseline, no broker: `LPUSH` of a whole batch and
-//!   pipelined `RPOP key COUNT`, nothing acknowledged.
+//!   pipelined `RPOP key COUNT`, nothing acknowledged;
+//! - `zmq`: raw libzmq PUSH → PULL over TCP, no broker, no storage, no
+//!   acks; a push counts once libzmq has taken it (see `zmq.rs`).
 
 use anyhow::Context;
 use clap::ValueEnum;
@@ -20,6 +22,7 @@ use crate::{BenchArgs, workload};
 mod nats;
 mod rabbitmq;
 mod redis;
+mod zmq;
 
 /// A system `busmq bench --peer` can drive instead of busmq.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -31,6 +34,9 @@ pub enum Peer {
     Rabbitmq,
     /// Redis lists, LPUSH / RPOP (the store's own ceiling).
     Redis,
+    /// Raw ZeroMQ (libzmq) PUSH → PULL, no broker; binds one port per
+    /// queue counting up from the --peer-url port.
+    Zmq,
 }
 
 impl Peer {
@@ -43,6 +49,9 @@ impl Peer {
                 "RabbitMQ: durable queues, persistent messages, publisher confirms, manual acks"
             }
             Peer::Redis => "Redis lists: LPUSH batches, pipelined RPOP, no acks",
+            Peer::Zmq => {
+                "raw libzmq PUSH->PULL over TCP: no broker, no storage, no acks; pushed = handed to libzmq"
+            }
         }
     }
 }
@@ -70,6 +79,7 @@ pub(crate) async fn run_once(peer: Peer, args: &BenchArgs) -> anyhow::Result<Rep
             workload::run(args, rabbitmq::Rabbitmq::connect(url, args).await?).await?
         }
         Peer::Redis => workload::run(args, redis::Redis::connect(url, args).await?).await?,
+        Peer::Zmq => workload::run(args, zmq::Zmq::connect(url, args).await?).await?,
     };
     println!("{}", report.summary(args));
     Ok(report)
