@@ -87,6 +87,15 @@ pub struct BenchArgs {
     /// median consumed/s with the 100-queue run (--queues is ignored).
     #[arg(long, value_parser = crate::sweep::parse_queue_counts)]
     pub sweep_queues: Option<crate::sweep::QueueCounts>,
+    /// No load: attach this many queues, push one message to each, hold
+    /// them for --duration, then close them. For reading what idle queues
+    /// cost a server (`scripts/bench-idle-rss.sh`).
+    #[arg(long, conflicts_with_all = ["sweep_queues", "peer", "plot"])]
+    pub idle_queues: Option<usize>,
+    /// With --idle-queues: a consumer waits on every queue too (over
+    /// --consumers connections).
+    #[arg(long, requires = "idle_queues")]
+    pub idle_consumers: bool,
     /// Drive this peer instead of busmq, with the same workload and
     /// reporting (issue 4). Each peer runs its own fixed delivery
     /// semantics; --mode applies to busmq only.
@@ -126,6 +135,10 @@ impl BenchArgs {
             "--duration must be at least one --cycle"
         );
         anyhow::ensure!(self.rate != Some(0), "--rate must be positive");
+        anyhow::ensure!(
+            self.idle_queues != Some(0),
+            "--idle-queues must be at least 1"
+        );
         anyhow::ensure!(
             self.plot.is_none() || self.sweep_queues.is_none(),
             "--plot draws one run: leave it out with --sweep-queues"

@@ -12,6 +12,7 @@
 //! `--sweep-queues` repeats it over queue counts (`sweep`).
 
 mod args;
+mod idle;
 mod peers;
 mod plot;
 mod report;
@@ -23,15 +24,19 @@ mod workload;
 pub use args::{BenchArgs, Mode};
 pub use peers::Peer;
 pub use report::{Cycle, Latency, LatencyPoint, Report};
-pub use sweep::{QueueCounts, Sweep, SweepRun};
+pub use sweep::{QueueCounts, RunOutcome, Sweep, SweepRun};
 
 /// Runs the benchmark `args` describes and prints its table to stdout. With
 /// `--sweep-queues`, runs it once per queue count and returns the report of
-/// the reference (100-queue, else first) run.
-pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
+/// the reference (100-queue, else first) run. With `--idle-queues` there is
+/// no load and no report.
+pub async fn run(args: BenchArgs) -> anyhow::Result<Option<Report>> {
     args.validate()?;
+    if let Some(queues) = args.idle_queues {
+        return run_idle(&args, queues).await;
+    }
     if let Some(counts) = args.sweep_queues.clone() {
-        return run_sweep(args, &counts.0).await;
+        return run_sweep(args, &counts.0).await.map(Some);
     }
     let report = run_once(&args).await?;
     if let Some(path) = &args.json {
@@ -51,7 +56,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
             Err(e) => eprintln!("warning: no plot: {e:#}"),
         }
     }
-    Ok(report)
+    Ok(Some(report))
 }
 
 /// One run against a fresh target; prints its description, cycles and
@@ -72,6 +77,18 @@ async fn run_once(args: &BenchArgs) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// `--idle-queues`: no report, only the set-up and hold of idle queues.
+async fn run_idle(args: &BenchArgs, queues: usize) -> anyhow::Result<Option<Report>> {
+    let target = target::Target::start(args).await?;
+    println!("busmq bench --idle-queues: {}", target.description);
+    let outcome = match transport::Busmq::connect(&target.url, args).await {
+        Ok(busmq) => idle::run(args, queues, busmq).await,
+        Err(e) => Err(e),
+    };
+    target.stop().await;
+    outcome.map(|()| None)
+}
+
 async fn run_sweep(args: BenchArgs, counts: &[usize]) -> anyhow::Result<Report> {
     let mut reports = Vec::with_capacity(counts.len());
     for &queues in counts {
@@ -81,7 +98,14 @@ async fn run_sweep(args: BenchArgs, counts: &[usize]) -> anyhow::Result<Report> 
             ..args.clone()
         };
         run_args.validate()?;
-        reports.push((queues, run_once(&run_args).await?));
+        let outcome = match run_once(&run_args).await {
+            Ok(report) => RunOutcome::Report(report),
+            Err(e) => {
+                println!("run with {queues} queues failed: {e:#}");
+                RunOutcome::Failed(format!("{e:#}"))
+            }
+        };
+        reports.push((queues, outcome));
         println!();
     }
     let sweep = Sweep::new(args.clone(), reports);
@@ -91,13 +115,13 @@ async fn run_sweep(args: BenchArgs, counts: &[usize]) -> anyhow::Result<Report> 
         println!("wrote {}", path.display());
     }
     let reference = sweep.reference_queues;
-    let report = sweep
-        .runs
-        .into_iter()
-        .find(|r| r.queues == reference)
-        .map(|r| r.report)
-        .expect("the reference run is one of the runs");
-    Ok(report)
+    match sweep.runs.into_iter().find(|r| r.queues == reference) {
+        Some(SweepRun {
+            outcome: RunOutcome::Report(report),
+            ..
+        }) => Ok(report),
+        _ => anyhow::bail!("the reference run ({reference} queues) failed"),
+    }
 }
 
 /// How the chart title names the target (the run has stopped it by then).

@@ -42,7 +42,27 @@ pub struct SweepRun {
     pub median_consumed: u64,
     /// Median consumed/s over the reference run's.
     pub ratio_to_reference: f64,
-    pub report: Report,
+    /// The run's report, or why it failed: a failed count is a finding of
+    /// the sweep, so the sweep goes on with the next count.
+    #[serde(flatten)]
+    pub outcome: RunOutcome,
+}
+
+/// How one run of the sweep ended.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunOutcome {
+    Report(Report),
+    Failed(String),
+}
+
+impl RunOutcome {
+    fn report(&self) -> Option<&Report> {
+        match self {
+            RunOutcome::Report(report) => Some(report),
+            RunOutcome::Failed(_) => None,
+        }
+    }
 }
 
 /// The whole sweep, as `--json` writes it.
@@ -56,7 +76,7 @@ pub struct Sweep {
 }
 
 impl Sweep {
-    pub fn new(args: BenchArgs, reports: Vec<(usize, Report)>) -> Sweep {
+    pub fn new(args: BenchArgs, reports: Vec<(usize, RunOutcome)>) -> Sweep {
         let reference_queues = if reports.iter().any(|(q, _)| *q == REFERENCE_QUEUES) {
             REFERENCE_QUEUES
         } else {
@@ -65,19 +85,25 @@ impl Sweep {
         let reference = reports
             .iter()
             .find(|(q, _)| *q == reference_queues)
-            .map_or(0, |(_, r)| r.median_consumed());
+            .and_then(|(_, r)| r.report())
+            .map_or(0, Report::median_consumed);
         let runs = reports
             .into_iter()
-            .map(|(queues, report)| SweepRun {
-                queues,
-                median_pushed: report.median_pushed(),
-                median_consumed: report.median_consumed(),
-                ratio_to_reference: if reference == 0 {
-                    0.0
-                } else {
-                    report.median_consumed() as f64 / reference as f64
-                },
-                report,
+            .map(|(queues, outcome)| {
+                let (pushed, consumed) = outcome
+                    .report()
+                    .map_or((0, 0), |r| (r.median_pushed(), r.median_consumed()));
+                SweepRun {
+                    queues,
+                    median_pushed: pushed,
+                    median_consumed: consumed,
+                    ratio_to_reference: if reference == 0 {
+                        0.0
+                    } else {
+                        consumed as f64 / reference as f64
+                    },
+                    outcome,
+                }
             })
             .collect();
         Sweep {
@@ -94,14 +120,24 @@ impl Sweep {
             self.reference_queues, "queues", "pushed/s", "consumed/s", "ratio", "p99 ms"
         );
         for run in &self.runs {
+            let report = match &run.outcome {
+                RunOutcome::Report(report) => report,
+                RunOutcome::Failed(error) => {
+                    out.push_str(&format!(
+                        "\n{:>8}  failed: {error}",
+                        thousands(run.queues as u64)
+                    ));
+                    continue;
+                }
+            };
             out.push_str(&format!(
                 "\n{:>8}  {:>12}  {:>12}  {:>7.1}%  {:>10.3}{}",
                 thousands(run.queues as u64),
                 thousands(run.median_pushed),
                 thousands(run.median_consumed),
                 run.ratio_to_reference * 100.0,
-                run.report.latency.p99_us / 1000.0,
-                if run.report.drained {
+                report.latency.p99_us / 1000.0,
+                if report.drained {
                     ""
                 } else {
                     "  (not drained)"
@@ -133,9 +169,9 @@ mod tests {
         assert!(parse_queue_counts("-5").is_err());
     }
 
-    fn report(consumed: u64) -> Report {
+    fn report(consumed: u64) -> RunOutcome {
         let h = hdrhistogram::Histogram::<u64>::new(3).expect("histogram");
-        Report {
+        RunOutcome::Report(Report {
             cycle_secs: 2.0,
             cycles: (1..=3)
                 .map(|index| Cycle {
@@ -150,7 +186,7 @@ mod tests {
             backlog_at_end: 0,
             drained: true,
             latency: Latency::from_histogram(&h),
-        }
+        })
     }
 
     #[test]
@@ -164,12 +200,19 @@ mod tests {
         let args = Cli::parse_from(["bench"]).args;
         let sweep = Sweep::new(
             args.clone(),
-            vec![(10, report(500)), (100, report(1000)), (10000, report(800))],
+            vec![
+                (10, report(500)),
+                (100, report(1000)),
+                (1000, RunOutcome::Failed("broken pipe".into())),
+                (10000, report(800)),
+            ],
         );
         assert_eq!(sweep.reference_queues, 100);
         let ratios: Vec<f64> = sweep.runs.iter().map(|r| r.ratio_to_reference).collect();
-        assert_eq!(ratios, vec![0.5, 1.0, 0.8]);
-        assert!(sweep.table().contains("80.0%"));
+        assert_eq!(ratios, vec![0.5, 1.0, 0.0, 0.8]);
+        let table = sweep.table();
+        assert!(table.contains("80.0%"), "{table}");
+        assert!(table.contains("1,000  failed: broken pipe"), "{table}");
         let without = Sweep::new(args, vec![(1, report(400)), (10, report(200))]);
         assert_eq!(without.reference_queues, 1);
         assert_eq!(without.runs[1].ratio_to_reference, 0.5);

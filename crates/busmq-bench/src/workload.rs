@@ -42,13 +42,13 @@ impl Progress {
 }
 
 /// Push→delivery latencies in nanoseconds, 1 ns to one hour, 3 digits.
-fn latency_histogram() -> Histogram<u64> {
+pub(crate) fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid histogram bounds")
 }
 
 /// The queues (by index) each of `workers` handles: round robin when there
 /// are more queues than workers, else each worker one queue (shared).
-fn assign(workers: usize, queues: usize) -> Vec<Vec<usize>> {
+pub(crate) fn assign(workers: usize, queues: usize) -> Vec<Vec<usize>> {
     (0..workers)
         .map(|w| {
             if workers <= queues {
@@ -60,14 +60,22 @@ fn assign(workers: usize, queues: usize) -> Vec<Vec<usize>> {
         .collect()
 }
 
+/// Names for `count` queues of one run, unique to this process and moment
+/// so runs against a shared server do not meet.
+pub(crate) fn queue_names(count: usize) -> Vec<String> {
+    let run_id = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos();
+    (0..count)
+        .map(|i| format!("bench.{run_id:x}.{i}"))
+        .collect()
+}
+
 /// Runs the workload against `transport` (busmq or a peer).
 pub async fn run<T: Transport>(args: &BenchArgs, transport: T) -> anyhow::Result<Report> {
-    let run_id = std::process::id() ^ (Instant::now().elapsed().subsec_nanos());
-    let names: Arc<Vec<String>> = Arc::new(
-        (0..args.queues)
-            .map(|i| format!("bench.{run_id:x}.{i}"))
-            .collect(),
-    );
+    let names: Arc<Vec<String>> = Arc::new(queue_names(args.queues));
     transport.prepare(&names).await?;
 
     let consumer_queues = assign(args.consumers, args.queues);

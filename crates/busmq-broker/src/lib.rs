@@ -47,7 +47,7 @@ pub async fn serve(
     let (reporter, health) = busmq_runtime::health_reporter();
     busmq_runtime::report_health(reporter, &[SERVICE_NAME], shutdown.clone()).await;
 
-    tonic::transport::Server::builder()
+    busmq_runtime::grpc_server()
         .add_service(health)
         .add_service(busmq_runtime::reflection())
         .add_service(queues)

@@ -8,7 +8,6 @@ use busmq_proto::storage::v1::storage_server::StorageServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
-use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -49,7 +48,7 @@ pub async fn serve(
             .accept_compressed(CompressionEncoding::Gzip)
             .accept_compressed(CompressionEncoding::Zstd);
 
-    Server::builder()
+    busmq_runtime::grpc_server()
         .add_service(health)
         .add_service(busmq_runtime::reflection())
         .add_service(storage)
