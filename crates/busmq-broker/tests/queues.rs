@@ -602,3 +602,48 @@ async fn flush_and_metadata() {
         (1, 6, 7, 30)
     );
 }
+
+/// A client with thousands of queues multiplexes thousands of push streams
+/// over one connection, and every batch of every stream is acknowledged.
+/// (The connection-window fix in `busmq_runtime::grpc_server` is reproduced
+/// under CPU load by `busmq bench --queues 3000 --producers 1 --consumers 1`,
+/// which lost its connection before it; this quick test does not load the
+/// server enough to reproduce that.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_push_streams_share_one_connection() {
+    const QUEUES: usize = 3000;
+    const BATCHES: u64 = 8;
+    let b = broker().await;
+    let mut pushes = tokio::task::JoinSet::new();
+    for q in 0..QUEUES {
+        let mut client = b.client.clone();
+        pushes.spawn(async move {
+            let queue = format!("many.{q}");
+            client
+                .attach(v1::AttachRequest {
+                    queue: queue.clone(),
+                    ttl_seconds: None,
+                })
+                .await?;
+            let requests = (0..BATCHES).map(move |sequence| v1::PushStreamRequest {
+                sequence,
+                queue: queue.clone(),
+                messages: msgs(0..64),
+            });
+            let mut acks = client
+                .push_stream(tokio_stream::iter(requests))
+                .await?
+                .into_inner();
+            let mut acked = 0;
+            while let Some(ack) = acks.message().await? {
+                acked += ack.last_id - ack.first_id + 1;
+            }
+            Ok::<u64, tonic::Status>(acked)
+        });
+    }
+    let mut total = 0;
+    while let Some(pushed) = pushes.join_next().await {
+        total += pushed.expect("push task").expect("every push acked");
+    }
+    assert_eq!(total, QUEUES as u64 * BATCHES * 64);
+}
