@@ -52,6 +52,7 @@ impl Broker {
         self.client
             .clone()
             .attach(v1::AttachRequest {
+                max_deliveries: None,
                 queue: queue.into(),
                 ttl_seconds: None,
             })
@@ -93,6 +94,7 @@ impl Broker {
         self.client
             .clone()
             .ack(v1::AckRequest {
+                lease: None,
                 queue: queue.into(),
                 id,
             })
@@ -390,6 +392,7 @@ async fn unattached_queue_expires_after_its_ttl() {
     b.client
         .clone()
         .attach(v1::AttachRequest {
+            max_deliveries: None,
             queue: "brief".into(),
             ttl_seconds: Some(1),
         })
@@ -439,6 +442,7 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
     for bad in ["", "has space", "ünïcode", &"x".repeat(201)] {
         let err = client
             .attach(v1::AttachRequest {
+                max_deliveries: None,
                 queue: bad.into(),
                 ttl_seconds: None,
             })
@@ -453,6 +457,7 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
     }
     let zero_ttl = client
         .attach(v1::AttachRequest {
+            max_deliveries: None,
             queue: "q".into(),
             ttl_seconds: Some(0),
         })

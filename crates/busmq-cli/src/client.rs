@@ -20,6 +20,7 @@ async fn connect(server: &str) -> anyhow::Result<Bus> {
 fn attach_options(ttl: Option<u64>) -> AttachOptions {
     AttachOptions {
         ttl: ttl.map(Duration::from_secs),
+        max_deliveries: None,
     }
 }
 
@@ -104,6 +105,7 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         index: args.index,
         max: args.max,
         prefetch: args.prefetch,
+        lease: None,
     };
     options.mode()?;
     queue
