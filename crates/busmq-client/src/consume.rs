@@ -81,7 +81,9 @@ pub struct ConsumeOptions {
     /// from the oldest message still stored.
     pub index: Option<u64>,
     /// Stop after this many messages; the consumer stream then ends.
-    /// `None`: consume until stopped.
+    /// `None`: consume until stopped. Lease mode: the last leases stay held
+    /// after the stream ended this way, to be acked by token (or to time
+    /// out); stopping or dropping the consumer otherwise gives them back.
     pub max: Option<u64>,
     /// Messages the server may have on the way to this consumer before it
     /// receives them. `None`: the server default (256). In unreliable mode
