@@ -129,7 +129,7 @@ impl Queue {
     }
 
     /// Everything about the queue except its messages and metadata.
-    fn meta(&self) -> QueueMeta {
+    pub(crate) fn meta(&self) -> QueueMeta {
         QueueMeta {
             ttl: self.ttl,
             attachments: self.attachments,

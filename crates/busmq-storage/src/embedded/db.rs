@@ -713,6 +713,100 @@ mod tests {
     }
 
     #[test]
+    fn a_version_1_database_migrates_and_keeps_its_queues() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        {
+            // The version 1 schema, as an older busmq left it.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE queues (qid INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, \
+                 ttl_ms INTEGER NOT NULL, attachments INTEGER NOT NULL, expires_at_ms INTEGER, \
+                 lock_owner TEXT, lock_until_ms INTEGER, next_id INTEGER NOT NULL, \
+                 delivered_hi INTEGER NOT NULL, pending_hi INTEGER NOT NULL, \
+                 pushed INTEGER NOT NULL, consumed INTEGER NOT NULL);
+                 CREATE TABLE messages (qid INTEGER NOT NULL, id INTEGER NOT NULL, \
+                 payload BLOB NOT NULL, PRIMARY KEY (qid, id)) WITHOUT ROWID;
+                 CREATE TABLE metadata (qid INTEGER NOT NULL, key TEXT NOT NULL, \
+                 value TEXT NOT NULL, PRIMARY KEY (qid, key)) WITHOUT ROWID;
+                 INSERT INTO queues VALUES (1, 'old', 30000, 1, NULL, NULL, NULL, 2, 0, 0, 1, 0);
+                 INSERT INTO messages VALUES (1, 1, x'6d31');
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let name = QueueName::parse("old", &Limits::default()).unwrap();
+        {
+            let (mut db, queues) = Db::open(&path).unwrap();
+            let q = &queues[&name];
+            assert_eq!((q.ready.len(), q.max_deliveries), (1, 0));
+            let clock = Clock::now();
+            let mut meta = q.meta();
+            meta.max_deliveries = 4;
+            db.commit(&mut [
+                Record::Meta(name.clone(), MetaRow::new(meta, clock)),
+                Record::Delivery {
+                    queue: name.clone(),
+                    id: 1,
+                    row: Some(DeliveryRow::new(Delivery::returned(2), clock)),
+                },
+            ])
+            .unwrap();
+        }
+        let (_db, queues) = Db::open(&path).unwrap();
+        let q = &queues[&name];
+        assert_eq!(q.max_deliveries, 4);
+        assert_eq!(q.returns.get(&1), Some(&2));
+        let version: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn a_message_leased_and_acked_within_one_commit_leaves_no_delivery_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let q = QueueName::parse("q", &Limits::default()).unwrap();
+        let clock = Clock::now();
+        let leased = Delivery {
+            attempts: 1,
+            lease: Some(("a".into(), clock.now + Duration::from_secs(30))),
+        };
+        {
+            let (mut db, _) = Db::open(&path).unwrap();
+            // Appended, leased and acked before the writer got to it: the
+            // removal is cut to what is on disk (nothing), the lease row
+            // is written.
+            db.commit(&mut [
+                Record::Meta(q.clone(), MetaRow::new(meta(1), clock)),
+                append(&q, 1, 2),
+                Record::Delivery {
+                    queue: q.clone(),
+                    id: 1,
+                    row: Some(DeliveryRow::new(leased, clock)),
+                },
+                Record::Remove {
+                    queue: q.clone(),
+                    from: 1,
+                    to: 1,
+                },
+                Record::Meta(q.clone(), MetaRow::new(meta(3), clock)),
+            ])
+            .unwrap();
+        }
+        let (db, queues) = Db::open(&path).unwrap();
+        assert_eq!(stored(&queues, &q), [2]);
+        assert!(queues[&q].leases.is_empty());
+        let rows: i64 = db
+            .conn
+            .query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 0, "the orphan row was dropped at open");
+    }
+
+    #[test]
     fn records_and_recovers_queues() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(DB_FILE);
