@@ -13,7 +13,7 @@ use futures::StreamExt;
 #[allow(dead_code)]
 mod common;
 
-use common::cluster;
+use common::{cluster, storage_on};
 
 /// Longer than any test: leases that must not run out.
 const LONG: Duration = Duration::from_secs(120);
@@ -322,4 +322,44 @@ async fn bad_lease_input_gets_clear_errors() {
 
     // The server keeps serving.
     assert!(q.info().await.unwrap().exists);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leases_expire_and_dead_letter_across_broker_replicas_on_redis() {
+    let redis = busmq_testkit::redis::redis_server().await;
+    let storage_a = storage_on(&redis.url()).await;
+    let storage_b = storage_on(&redis.url()).await;
+    let broker_a = busmq_testkit::broker(storage_a.addr()).await;
+    let broker_b = busmq_testkit::broker(storage_b.addr()).await;
+    let a = Bus::connect(broker_a.url()).await.unwrap();
+    let b = Bus::connect(broker_b.url()).await.unwrap();
+    let qa = attached(&a, "replicated", AttachOptions::default().max_deliveries(2)).await;
+    let qb = attached(&b, "replicated", AttachOptions::default()).await;
+    assert_eq!(qb.info().await.unwrap().max_deliveries, 2);
+
+    qa.push("job").await.unwrap();
+    let on_a = lease_one(&qa, Duration::from_millis(500)).await;
+    // A consumer on the other broker waits; the lease taken through broker
+    // A runs out and reaches it with no push.
+    let mut on_b = qb.consume(ConsumeOptions::lease(LONG)).await.unwrap();
+    let again = next(&mut on_b).await;
+    assert_eq!((again.id, again.attempt), (on_a.id, 2));
+    assert_eq!(
+        code(qa.ack_lease(token(&on_a)).await),
+        ErrorCode::FailedPrecondition,
+        "the late ack through broker A is refused"
+    );
+    // The second delivery was the last: nacked on B, it is dead-lettered,
+    // and the dead-letter queue is there for broker A too.
+    assert_eq!(
+        on_b.nack(token(&again)).await.unwrap(),
+        Nacked::DeadLettered
+    );
+    let mut dead = qa
+        .dead_letters()
+        .consume(ConsumeOptions::default().max(1))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut dead).await.payload, "job");
+    assert_eq!(qa.info().await.unwrap().count, 0);
 }

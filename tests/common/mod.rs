@@ -22,3 +22,15 @@ pub async fn cluster() -> Cluster {
         storage,
     }
 }
+
+/// Starts `busmq-storage` on the Redis at `redis_url` and waits until it
+/// serves.
+pub async fn storage_on(redis_url: &str) -> Process {
+    let builder = Process::builder("busmq-storage");
+    let addr = builder.listen_addr();
+    let p = builder
+        .args(["--listen", &addr.to_string(), "--backend", redis_url])
+        .spawn();
+    p.wait_ready().await;
+    p
+}
