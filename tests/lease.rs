@@ -9,8 +9,6 @@ use busmq_client::{
 };
 use futures::StreamExt;
 
-// Each test binary uses a part of what the tests share.
-#[allow(dead_code)]
 mod common;
 
 use common::{cluster, storage_on};

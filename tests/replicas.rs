@@ -10,8 +10,6 @@ use busmq_client::{AttachOptions, Bus, ConsumeOptions, ErrorCode};
 use busmq_testkit::Process;
 use futures::StreamExt;
 
-// Each test binary uses a part of what the tests share.
-#[allow(dead_code)]
 mod common;
 
 use common::storage_on;

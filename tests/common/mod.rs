@@ -1,6 +1,9 @@
 //! What the cross-process tests share: a storage process, a broker in
 //! front of it, and an SDK client.
 
+// Each test binary uses a part of it.
+#![allow(dead_code)]
+
 use busmq_client::Bus;
 use busmq_testkit::Process;
 
