@@ -7,7 +7,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use busmq_client::{AttachOptions, Bus, ConsumeOptions, ErrorCode};
-use busmq_testkit::Process;
 use futures::StreamExt;
 
 mod common;
