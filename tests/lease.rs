@@ -361,3 +361,58 @@ async fn leases_expire_and_dead_letter_across_broker_replicas_on_redis() {
     assert_eq!(next(&mut dead).await.payload, "job");
     assert_eq!(qa.info().await.unwrap().count, 0);
 }
+
+/// Runs the `busmq` CLI against `broker`; its exit success, stdout and
+/// stderr.
+async fn cli(broker: &str, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(busmq_testkit::bin_path("busmq"))
+        .args(args)
+        .env("BUSMQ_SERVER", broker)
+        .output()
+        .await
+        .expect("run busmq");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_cli_takes_a_lease_then_acks_or_nacks_it_by_token() {
+    let c = cluster().await;
+    let url = c.broker.url();
+    // Kept attached here, so the queue outlives each CLI call.
+    let q = attached(&c.bus, "scripted", AttachOptions::default()).await;
+    q.push_batch(["first", "second"]).await.unwrap();
+
+    let (ok, out, err) = cli(
+        &url,
+        &["lease", "take", "scripted", "--max-deliveries", "2"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "1\t1\tfirst\n");
+    assert_eq!(
+        q.info().await.unwrap().leased,
+        1,
+        "the lease outlives the CLI"
+    );
+    let (ok, out, err) = cli(&url, &["lease", "nack", "scripted", "1", "1"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "requeued\n");
+
+    let (ok, out, _) = cli(&url, &["lease", "take", "scripted", "--max", "2"]).await;
+    assert!(ok);
+    assert_eq!(out, "1\t2\tfirst\n2\t1\tsecond\n");
+    let (ok, _, err) = cli(&url, &["lease", "ack", "scripted", "2", "1"]).await;
+    assert!(ok, "{err}");
+    // A stale token: attempt 1 of message 1 is long gone.
+    let (ok, _, err) = cli(&url, &["lease", "ack", "scripted", "1", "1"]).await;
+    assert!(!ok);
+    assert!(err.contains("expired"), "{err}");
+    let (ok, out, err) = cli(&url, &["lease", "nack", "scripted", "1", "2"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "dead-lettered\n");
+    assert_eq!(q.dead_letters().info().await.unwrap().count, 1);
+}
