@@ -153,6 +153,7 @@ impl<J: Journal> QueueStore<J> {
         visibility: Duration,
     ) -> Result<Leases> {
         busmq_core::check_visibility(visibility)?;
+        crate::check_lease_owner(owner)?;
         let now = Instant::now();
         let (leases, requeued) = self
             .with_queue_dl(queue, |q, rec, dead| {

@@ -84,6 +84,21 @@ impl LeaseToken {
     }
 }
 
+/// Longest lease owner (bytes) a store accepts.
+pub const MAX_LEASE_OWNER_BYTES: usize = 256;
+
+/// Refuses a lease owner that is empty or longer than
+/// [`MAX_LEASE_OWNER_BYTES`].
+pub fn check_lease_owner(owner: &str) -> Result<()> {
+    if owner.is_empty() || owner.len() > MAX_LEASE_OWNER_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "a lease owner has 1..={MAX_LEASE_OWNER_BYTES} bytes, not {}",
+            owner.len()
+        )));
+    }
+    Ok(())
+}
+
 /// A message delivered in lease mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeasedMessage {
@@ -229,7 +244,8 @@ pub trait Storage: Send + Sync + 'static {
     async fn end_reliable(&self, queue: &QueueName, lock: &ReliableLock) -> Result<bool>;
 
     /// Leases up to `max` messages from the front of the queue to `owner`
-    /// for `visibility`. First puts back every lease of the queue that ran
+    /// (see [`check_lease_owner`]) for `visibility` (see
+    /// [`busmq_core::check_visibility`]). First puts back every lease of the queue that ran
     /// out (at the front, in id order; dead-lettered instead when it used up
     /// its deliveries), so expiry needs no reaper. Fails with
     /// [`Error::ReliableConsumerActive`] while a reliable consumer holds the

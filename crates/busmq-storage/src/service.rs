@@ -312,11 +312,9 @@ impl StorageRpc for StorageService {
     ) -> Result<Response<pb::LeaseResponse>, Status> {
         let req = request.into_inner();
         let queue = self.name(&req.queue)?;
-        if req.owner.is_empty() {
-            return Err(invalid("a lease needs a non-empty owner"));
-        }
         let visibility = Duration::from_millis(req.visibility_ms);
         busmq_core::check_visibility(visibility).map_err(to_status)?;
+        crate::check_lease_owner(&req.owner).map_err(to_status)?;
         let leases = self
             .storage
             .lease(&queue, &req.owner, self.cap(req.max), visibility)

@@ -317,6 +317,12 @@ pub async fn lease_rejects_bad_input(s: Arc<dyn Storage>) {
         s.set_max_deliveries(&q, MAX_DELIVERIES_LIMIT + 1).await,
         ErrorCode::InvalidArgument,
     );
+    assert_code(s.lease(&q, "", 1, LONG).await, ErrorCode::InvalidArgument);
+    let long_owner = "o".repeat(crate::MAX_LEASE_OWNER_BYTES + 1);
+    assert_code(
+        s.lease(&q, &long_owner, 1, LONG).await,
+        ErrorCode::InvalidArgument,
+    );
     let missing = unique_queue("lease-missing");
     assert_code(s.lease(&missing, "a", 1, LONG).await, ErrorCode::NotFound);
     assert_code(

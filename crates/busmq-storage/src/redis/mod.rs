@@ -1040,6 +1040,7 @@ impl Storage for RedisStorage {
         visibility: Duration,
     ) -> Result<Leases> {
         busmq_core::check_visibility(visibility)?;
+        crate::check_lease_owner(owner)?;
         let inner = &self.inner;
         let q = queue.as_str();
         let dlq = queue.dead_letters();
