@@ -513,6 +513,64 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
         .unwrap();
     assert_eq!(no_queue.code(), Code::NotFound);
 
+    // Lease mode: options of other modes, timeouts, tokens.
+    for bad in [
+        ConsumeRequest {
+            visibility_timeout_ms: Some(1000),
+            ..req("q", ConsumeMode::Reliable)
+        },
+        ConsumeRequest {
+            last: Some(1),
+            ..req("q", ConsumeMode::Lease)
+        },
+        ConsumeRequest {
+            visibility_timeout_ms: Some(0),
+            ..req("q", ConsumeMode::Lease)
+        },
+        ConsumeRequest {
+            visibility_timeout_ms: Some(12 * 3600 * 1000 + 1),
+            ..req("q", ConsumeMode::Lease)
+        },
+    ] {
+        let err = b.consume(bad.clone()).await.err().unwrap();
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad:?}: {err:?}");
+    }
+    let no_token = client
+        .nack(v1::NackRequest {
+            queue: "q".into(),
+            lease: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(no_token.code(), Code::InvalidArgument);
+    let both = client
+        .ack(v1::AckRequest {
+            queue: "q".into(),
+            id: 3,
+            lease: Some(v1::LeaseToken { id: 3, attempt: 1 }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(both.code(), Code::InvalidArgument);
+    let unknown_lease = client
+        .ack(v1::AckRequest {
+            queue: "q".into(),
+            id: 0,
+            lease: Some(v1::LeaseToken { id: 3, attempt: 1 }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown_lease.code(), Code::NotFound);
+    let over_max = client
+        .attach(v1::AttachRequest {
+            max_deliveries: Some(1001),
+            queue: "q".into(),
+            ttl_seconds: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(over_max.code(), Code::InvalidArgument);
+
     // Still serving.
     assert_eq!(b.push("q", msgs(0..2)).await.unwrap().last_id, 2);
 }
