@@ -304,6 +304,7 @@ async fn bad_lease_input_gets_clear_errors() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::InvalidArgument, "{err}");
+    assert!(err.to_string().contains("dead-letter queue"), "{err}");
 
     // Lease acks only from a lease consumer; lease mode and a reliable
     // consumer exclude each other.

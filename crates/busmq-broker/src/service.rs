@@ -142,8 +142,13 @@ impl Queues for QueuesService {
         if let Some(max) = req.max_deliveries {
             store(busmq_core::check_max_deliveries(max))?;
             // Its dead letters must land in a queue users can name.
-            if max > 0 {
-                self.name(queue.dead_letters().as_str())?;
+            let dlq = queue.dead_letters();
+            if max > 0 && QueueName::parse(dlq.as_str(), &self.config.limits).is_err() {
+                return Err(invalid(format!(
+                    "max_deliveries needs the dead-letter queue \"{dlq}\", which is not a \
+                     valid queue name (names are at most {} characters)",
+                    self.config.limits.max_name_len
+                )));
             }
         }
         let attached = store(self.storage.attach(&queue, ttl).await)?;
