@@ -7,27 +7,12 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use busmq_client::{AttachOptions, Bus, ClosedReason, ConsumeOptions, Consumer, ErrorCode};
-use busmq_testkit::Process;
 use futures::StreamExt;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-/// A storage process, a broker process in front of it, and an SDK client.
-struct Cluster {
-    bus: Bus,
-    broker: Process,
-    _storage: Process,
-}
+mod common;
 
-async fn cluster() -> Cluster {
-    let storage = busmq_testkit::storage().await;
-    let broker = busmq_testkit::broker(storage.addr()).await;
-    let bus = Bus::connect(broker.url()).await.expect("connect to broker");
-    Cluster {
-        bus,
-        broker,
-        _storage: storage,
-    }
-}
+use common::cluster;
 
 /// Next delivery within 10 s; panics if the stream ends or errors.
 async fn next_id(c: &mut Consumer) -> u64 {
@@ -336,7 +321,7 @@ async fn every_server_reports_health_and_serves_reflection() {
     let c = cluster().await;
     for (process, service) in [
         (&c.broker, "busmq.v1.Queues"),
-        (&c._storage, "busmq.storage.v1.Storage"),
+        (&c.storage, "busmq.storage.v1.Storage"),
     ] {
         let channel = tonic::transport::Endpoint::from_shared(process.url())
             .unwrap()

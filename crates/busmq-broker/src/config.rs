@@ -26,6 +26,13 @@ impl Default for BrokerConfig {
     }
 }
 
+/// Messages in flight to a lease-mode consumer when it names no prefetch:
+/// each is leased already, so a few (SQS receives at most 10 at once).
+pub const DEFAULT_LEASE_PREFETCH: u32 = 10;
+
+/// A lease's visibility timeout when the consumer names none.
+pub const DEFAULT_VISIBILITY: Duration = Duration::from_secs(30);
+
 /// The largest prefetch a consumer may ask for.
 pub const MAX_PREFETCH: u32 = 10_000;
 

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use busmq_core::{Error, Message, QueueName};
+use busmq_core::{Error, QueueName};
 use busmq_proto::v1::{self, ConsumeEvent, consume_event::Event};
-use busmq_storage::{ReliableLock, Storage, TakeMode};
+use busmq_storage::{LeasedMessage, ReliableLock, Storage, TakeMode};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +31,13 @@ pub enum Mode {
     Reliable { lock: ReliableLock, last: u64 },
     /// Read from `next` on, removing nothing.
     Persistent { next: u64 },
+    /// Lease to `owner` for `visibility`; `next_expiry` is when the
+    /// queue's earliest lease runs out, as the store last reported it.
+    Lease {
+        owner: String,
+        visibility: Duration,
+        next_expiry: Option<Instant>,
+    },
 }
 
 /// Why consumption ended without an error.
@@ -59,16 +66,35 @@ pub struct ConsumeTask {
 impl ConsumeTask {
     /// Runs until the client leaves, `max` is reached, the queue goes away,
     /// an error occurs or the broker shuts down; always releases the
-    /// reliable lock on the way out.
+    /// reliable lock on the way out. A lease consumer's leases go back to
+    /// the queue at once unless it reached `max`: a client that asked for
+    /// `max` messages still holds them and acks them by token after its
+    /// stream ended (HTTP's take-then-ack); they run out on their own.
     pub async fn run(mut self) {
         let tx = self.tx.clone();
         let outcome = self.consume(&tx).await;
-        if let Mode::Reliable { lock, .. } = &self.mode
-            && let Err(e) = self.storage.end_reliable(&self.queue, lock).await
-        {
-            // The lease lapses on its own; the next consumer is at most
-            // `reliable_lease` late.
-            tracing::warn!(queue = %self.queue, error = %e, "could not release reliable lock");
+        let session_over = !matches!(outcome, Ok(End::MaxReached));
+        match &self.mode {
+            Mode::Reliable { lock, .. } => {
+                if let Err(e) = self.storage.end_reliable(&self.queue, lock).await {
+                    // The lease lapses on its own; the next consumer is at
+                    // most `reliable_lease` late.
+                    tracing::warn!(queue = %self.queue, error = %e, "could not release reliable lock");
+                }
+            }
+            // The consumer's session is over: what it did not ack goes back
+            // now, not after the visibility timeout. Failing that, each
+            // lease still runs out on its own.
+            Mode::Lease { owner, .. } if session_over => {
+                match self.storage.release_leases(&self.queue, owner).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(queue = %self.queue, released = n, "leases released"),
+                    Err(e) => {
+                        tracing::warn!(queue = %self.queue, error = %e, "could not release leases")
+                    }
+                }
+            }
+            Mode::Lease { .. } | Mode::Unreliable | Mode::Persistent { .. } => {}
         }
         let last = match outcome {
             Ok(End::MaxReached | End::ClientGone) => None,
@@ -91,7 +117,14 @@ impl ConsumeTask {
                 .begin_reliable(&self.queue, lock, *last)
                 .await
                 .map_err(busmq_proto::to_status)?,
-            _ => 0,
+            // Leasing nothing checks that lease mode may start (no reliable
+            // consumer holds the queue), so a refusal comes before
+            // `consuming`, as in reliable mode.
+            Mode::Lease { .. } => {
+                self.lease(0).await.map_err(busmq_proto::to_status)?;
+                0
+            }
+            Mode::Unreliable | Mode::Persistent { .. } => 0,
         };
         let started = Event::Consuming(v1::Consuming { redelivered });
         if tx
@@ -137,6 +170,7 @@ impl ConsumeTask {
             };
             if batch.is_empty() {
                 drop(permit);
+                let lease_expiry = self.lease_expiry();
                 tokio::select! {
                     signal = self.signal.changed() => {
                         if let Some(gone) = ended(signal) {
@@ -146,36 +180,86 @@ impl ConsumeTask {
                     _ = tx.closed() => return Ok(End::ClientGone),
                     _ = self.shutdown.cancelled() => return Err(shutting_down()),
                     _ = tokio::time::sleep_until(renew_at) => {}
+                    // A lease runs out: look again, which puts it back.
+                    _ = sleep_until_some(lease_expiry) => {}
                 }
                 continue;
             }
             if let Some(r) = self.remaining.as_mut() {
                 *r -= batch.len() as u64;
             }
-            let messages = batch
-                .into_iter()
-                .map(|m| v1::Message {
-                    id: m.id,
-                    payload: m.payload,
-                })
-                .collect();
             permit.send(Ok(ConsumeEvent {
-                event: Some(Event::Messages(v1::MessageBatch { messages })),
+                event: Some(Event::Messages(v1::MessageBatch { messages: batch })),
             }));
         }
     }
 
-    async fn fetch(&mut self, max: u32) -> Result<Vec<Message>, Error> {
-        match &mut self.mode {
-            Mode::Unreliable => self.storage.take(&self.queue, max, TakeMode::Remove).await,
-            Mode::Reliable { .. } => self.storage.take(&self.queue, max, TakeMode::Pending).await,
+    async fn fetch(&mut self, max: u32) -> Result<Vec<v1::Message>, Error> {
+        let batch = match &mut self.mode {
+            Mode::Unreliable => {
+                self.storage
+                    .take(&self.queue, max, TakeMode::Remove)
+                    .await?
+            }
+            Mode::Reliable { .. } => {
+                self.storage
+                    .take(&self.queue, max, TakeMode::Pending)
+                    .await?
+            }
             Mode::Persistent { next } => {
                 let batch = self.storage.read(&self.queue, *next, max).await?;
                 if let Some(last) = batch.last() {
                     *next = last.id + 1;
                 }
-                Ok(batch)
+                batch
             }
+            Mode::Lease { .. } => {
+                return Ok(self
+                    .lease(max)
+                    .await?
+                    .into_iter()
+                    .map(|m| v1::Message {
+                        id: m.message.id,
+                        payload: m.message.payload,
+                        attempt: m.attempt,
+                    })
+                    .collect());
+            }
+        };
+        Ok(batch
+            .into_iter()
+            .map(|m| v1::Message {
+                id: m.id,
+                payload: m.payload,
+                attempt: 0,
+            })
+            .collect())
+    }
+
+    /// Lease mode: leases up to `max` messages and remembers when the
+    /// queue's earliest lease runs out. Other modes lease nothing.
+    async fn lease(&mut self, max: u32) -> Result<Vec<LeasedMessage>, Error> {
+        let Mode::Lease {
+            owner,
+            visibility,
+            next_expiry,
+        } = &mut self.mode
+        else {
+            return Ok(Vec::new());
+        };
+        let leases = self
+            .storage
+            .lease(&self.queue, owner, max, *visibility)
+            .await?;
+        *next_expiry = leases.next_expiry.map(|d| Instant::now() + d);
+        Ok(leases.messages)
+    }
+
+    /// When the queue's earliest lease runs out, in lease mode.
+    fn lease_expiry(&self) -> Option<Instant> {
+        match &self.mode {
+            Mode::Lease { next_expiry, .. } => *next_expiry,
+            _ => None,
         }
     }
 
@@ -209,6 +293,14 @@ fn ended(signal: QueueSignal) -> Option<v1::ClosedReason> {
         QueueSignal::Open => None,
         QueueSignal::Closed => Some(v1::ClosedReason::Closed),
         QueueSignal::Expired => Some(v1::ClosedReason::Expired),
+    }
+}
+
+/// Sleeps until `at`, or forever when there is no `at`.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -7,14 +7,16 @@ use std::time::Duration;
 use busmq_core::{Error, QueueName};
 use busmq_proto::to_status;
 use busmq_proto::v1::{self, queues_server::Queues};
-use busmq_storage::{ReliableLock, Storage};
+use busmq_storage::{LeaseToken, ReliableLock, Settled, Settlement, Storage};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::config::{BrokerConfig, MAX_PREFETCH, MAX_TTL_SECS};
+use crate::config::{
+    BrokerConfig, DEFAULT_LEASE_PREFETCH, DEFAULT_VISIBILITY, MAX_PREFETCH, MAX_TTL_SECS,
+};
 use crate::consume::{ConsumeTask, Mode, STREAM_BUFFER};
 use crate::wakeup::Wakeups;
 
@@ -59,6 +61,11 @@ impl QueuesService {
         if req.last.is_some() && mode != v1::ConsumeMode::Reliable {
             return Err(invalid("last applies only to reliable consumption"));
         }
+        if req.visibility_timeout_ms.is_some() && mode != v1::ConsumeMode::Lease {
+            return Err(invalid(
+                "visibility_timeout_ms applies only to lease consumption",
+            ));
+        }
         Ok(match mode {
             v1::ConsumeMode::Unreliable => Mode::Unreliable,
             v1::ConsumeMode::Reliable => Mode::Reliable {
@@ -71,7 +78,38 @@ impl QueuesService {
             v1::ConsumeMode::Persistent => Mode::Persistent {
                 next: req.index.unwrap_or(0).max(1),
             },
+            v1::ConsumeMode::Lease => {
+                let visibility = req
+                    .visibility_timeout_ms
+                    .map_or(DEFAULT_VISIBILITY, Duration::from_millis);
+                store(busmq_core::check_visibility(visibility))?;
+                Mode::Lease {
+                    owner: format!("lease-{:032x}", rand::random::<u128>()),
+                    visibility,
+                    next_expiry: None,
+                }
+            }
         })
+    }
+
+    /// Settles one lease-mode delivery named by `token`.
+    async fn settle(
+        &self,
+        queue: &str,
+        token: Option<v1::LeaseToken>,
+        settlement: Settlement,
+    ) -> Result<Settled, Status> {
+        let queue = self.name(queue)?;
+        let Some(token) = token else {
+            return Err(invalid(
+                "a lease token (message id and attempt) is required",
+            ));
+        };
+        let token = LeaseToken {
+            id: token.id,
+            attempt: token.attempt,
+        };
+        store(self.storage.settle(&queue, token, settlement).await)
     }
 }
 
@@ -101,7 +139,22 @@ impl Queues for QueuesService {
             }
             Some(t) => Some(Duration::from_secs(t)),
         };
+        if let Some(max) = req.max_deliveries {
+            store(busmq_core::check_max_deliveries(max))?;
+            // Its dead letters must land in a queue users can name.
+            let dlq = queue.dead_letters();
+            if max > 0 && QueueName::parse(dlq.as_str(), &self.config.limits).is_err() {
+                return Err(invalid(format!(
+                    "max_deliveries needs the dead-letter queue \"{dlq}\", which is not a \
+                     valid queue name (names are at most {} characters)",
+                    self.config.limits.max_name_len
+                )));
+            }
+        }
         let attached = store(self.storage.attach(&queue, ttl).await)?;
+        if let Some(max) = req.max_deliveries {
+            store(self.storage.set_max_deliveries(&queue, max).await)?;
+        }
         tracing::debug!(%queue, existed = attached.existed, "attached");
         Ok(Response::new(v1::AttachResponse {
             existed: attached.existed,
@@ -181,6 +234,7 @@ impl Queues for QueuesService {
         let queue = self.name(&req.queue)?;
         let mode = self.consume_mode(&req)?;
         let prefetch = match req.prefetch {
+            None if matches!(mode, Mode::Lease { .. }) => DEFAULT_LEASE_PREFETCH,
             None => self.config.default_prefetch,
             Some(p) if (1..=MAX_PREFETCH).contains(&p) => p,
             Some(p) => {
@@ -219,9 +273,29 @@ impl Queues for QueuesService {
         request: Request<v1::AckRequest>,
     ) -> Result<Response<v1::AckResponse>, Status> {
         let req = request.into_inner();
+        if req.lease.is_some() {
+            if req.id != 0 {
+                return Err(invalid(
+                    "set either id (reliable mode) or lease (lease mode), not both",
+                ));
+            }
+            self.settle(&req.queue, req.lease, Settlement::Ack).await?;
+            return Ok(Response::new(v1::AckResponse { removed: 1 }));
+        }
         let queue = self.name(&req.queue)?;
         let removed = store(self.storage.ack(&queue, req.id).await)?;
         Ok(Response::new(v1::AckResponse { removed }))
+    }
+
+    async fn nack(
+        &self,
+        request: Request<v1::NackRequest>,
+    ) -> Result<Response<v1::NackResponse>, Status> {
+        let req = request.into_inner();
+        let settled = self.settle(&req.queue, req.lease, Settlement::Nack).await?;
+        Ok(Response::new(v1::NackResponse {
+            dead_lettered: settled == Settled::DeadLettered,
+        }))
     }
 
     async fn close(
@@ -259,6 +333,8 @@ impl Queues for QueuesService {
                 pushed: i.pushed,
                 consumed: i.consumed,
                 reliable_consumer: i.reliable_consumer,
+                leased: i.leased,
+                max_deliveries: i.max_deliveries,
             },
         };
         Ok(Response::new(info))

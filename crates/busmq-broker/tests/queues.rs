@@ -52,6 +52,7 @@ impl Broker {
         self.client
             .clone()
             .attach(v1::AttachRequest {
+                max_deliveries: None,
                 queue: queue.into(),
                 ttl_seconds: None,
             })
@@ -93,6 +94,7 @@ impl Broker {
         self.client
             .clone()
             .ack(v1::AckRequest {
+                lease: None,
                 queue: queue.into(),
                 id,
             })
@@ -390,6 +392,7 @@ async fn unattached_queue_expires_after_its_ttl() {
     b.client
         .clone()
         .attach(v1::AttachRequest {
+            max_deliveries: None,
             queue: "brief".into(),
             ttl_seconds: Some(1),
         })
@@ -439,6 +442,7 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
     for bad in ["", "has space", "ünïcode", &"x".repeat(201)] {
         let err = client
             .attach(v1::AttachRequest {
+                max_deliveries: None,
                 queue: bad.into(),
                 ttl_seconds: None,
             })
@@ -453,6 +457,7 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
     }
     let zero_ttl = client
         .attach(v1::AttachRequest {
+            max_deliveries: None,
             queue: "q".into(),
             ttl_seconds: Some(0),
         })
@@ -507,6 +512,64 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
         .err()
         .unwrap();
     assert_eq!(no_queue.code(), Code::NotFound);
+
+    // Lease mode: options of other modes, timeouts, tokens.
+    for bad in [
+        ConsumeRequest {
+            visibility_timeout_ms: Some(1000),
+            ..req("q", ConsumeMode::Reliable)
+        },
+        ConsumeRequest {
+            last: Some(1),
+            ..req("q", ConsumeMode::Lease)
+        },
+        ConsumeRequest {
+            visibility_timeout_ms: Some(0),
+            ..req("q", ConsumeMode::Lease)
+        },
+        ConsumeRequest {
+            visibility_timeout_ms: Some(12 * 3600 * 1000 + 1),
+            ..req("q", ConsumeMode::Lease)
+        },
+    ] {
+        let err = b.consume(bad.clone()).await.err().unwrap();
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad:?}: {err:?}");
+    }
+    let no_token = client
+        .nack(v1::NackRequest {
+            queue: "q".into(),
+            lease: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(no_token.code(), Code::InvalidArgument);
+    let both = client
+        .ack(v1::AckRequest {
+            queue: "q".into(),
+            id: 3,
+            lease: Some(v1::LeaseToken { id: 3, attempt: 1 }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(both.code(), Code::InvalidArgument);
+    let unknown_lease = client
+        .ack(v1::AckRequest {
+            queue: "q".into(),
+            id: 0,
+            lease: Some(v1::LeaseToken { id: 3, attempt: 1 }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown_lease.code(), Code::NotFound);
+    let over_max = client
+        .attach(v1::AttachRequest {
+            max_deliveries: Some(1001),
+            queue: "q".into(),
+            ttl_seconds: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(over_max.code(), Code::InvalidArgument);
 
     // Still serving.
     assert_eq!(b.push("q", msgs(0..2)).await.unwrap().last_id, 2);
@@ -623,6 +686,7 @@ async fn thousands_of_push_streams_share_one_connection() {
                 .attach(v1::AttachRequest {
                     queue: queue.clone(),
                     ttl_seconds: None,
+                    max_deliveries: None,
                 })
                 .await?;
             let requests = (0..BATCHES).map(move |sequence| v1::PushStreamRequest {

@@ -4,8 +4,9 @@ use std::io::{self, BufRead, Write};
 use std::time::Duration;
 
 use anyhow::Context;
-use busmq_client::{AttachOptions, Bus, ConsumeOptions, Queue};
+use busmq_client::{AttachOptions, Bus, ConsumeOptions, Consumer, Delivery, Queue};
 use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
 
 use crate::output::{payload_text, stats_json, stats_text};
 use crate::{ConsumeArgs, PushArgs, StatsArgs};
@@ -20,12 +21,13 @@ async fn connect(server: &str) -> anyhow::Result<Bus> {
 fn attach_options(ttl: Option<u64>) -> AttachOptions {
     AttachOptions {
         ttl: ttl.map(Duration::from_secs),
+        max_deliveries: None,
     }
 }
 
 /// Detaches, reporting (not failing on) an error: the command's own result
 /// matters more.
-async fn detach_quietly(queue: &Queue) {
+pub(crate) async fn detach_quietly(queue: &Queue) {
     if let Err(err) = queue.detach().await {
         eprintln!("busmq: warning: detaching from {}: {err}", queue.name());
     }
@@ -104,6 +106,7 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         index: args.index,
         max: args.max,
         prefetch: args.prefetch,
+        lease: None,
     };
     options.mode()?;
     queue
@@ -125,12 +128,7 @@ async fn consume_attached(queue: &Queue, options: ConsumeOptions, raw: bool) -> 
         );
     }
     let mut out = io::BufWriter::new(io::stdout().lock());
-    loop {
-        let delivery = tokio::select! {
-            delivery = consumer.next() => delivery,
-            _ = shutdown.cancelled() => break,
-        };
-        let Some(delivery) = delivery else { break };
+    while let Some(delivery) = next_or_shutdown(&mut consumer, &shutdown).await {
         let delivery = delivery?;
         let line = format!(
             "{}\t{}\n",
@@ -166,6 +164,18 @@ async fn consume_attached(queue: &Queue, options: ConsumeOptions, raw: bool) -> 
             Err(err).context("writing to standard output")
         }
         _ => Ok(()),
+    }
+}
+
+/// The consumer's next delivery; `None` once it ended or on Ctrl-C or
+/// SIGTERM.
+pub(crate) async fn next_or_shutdown(
+    consumer: &mut Consumer,
+    shutdown: &CancellationToken,
+) -> Option<busmq_client::Result<Delivery>> {
+    tokio::select! {
+        delivery = consumer.next() => delivery,
+        _ = shutdown.cancelled() => None,
     }
 }
 

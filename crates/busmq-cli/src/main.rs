@@ -1,5 +1,5 @@
 //! `busmq`: run the whole bus in one process (`busmq serve`), or talk to a
-//! running one (`busmq push`, `busmq consume`, `busmq stats`).
+//! running one (`busmq push`, `busmq consume`, `busmq lease`, `busmq stats`).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 mod client;
+mod lease;
 mod output;
 mod serve;
 
@@ -28,6 +29,7 @@ enum Command {
     Serve(ServeArgs),
     Push(PushArgs),
     Consume(ConsumeArgs),
+    Lease(lease::LeaseArgs),
     Stats(StatsArgs),
     Bench(busmq_bench::BenchArgs),
 }
@@ -86,7 +88,7 @@ struct ServeArgs {
 struct ServerArgs {
     /// URL of the broker (busmq.v1 gRPC).
     #[arg(long, env = "BUSMQ_SERVER", default_value = busmq_client::DEFAULT_URL)]
-    server: String,
+    pub(crate) server: String,
 }
 
 /// How the client commands attach to their queue.
@@ -95,7 +97,7 @@ struct AttachArgs {
     /// Seconds the queue lives with no attachments. Unset: an existing queue
     /// keeps its ttl, a new one gets the server default, 30.
     #[arg(long, env = "BUSMQ_TTL", value_parser = clap::value_parser!(u64).range(1..))]
-    ttl: Option<u64>,
+    pub(crate) ttl: Option<u64>,
 }
 
 /// Push messages to a queue and print their ids, one per line.
@@ -190,6 +192,7 @@ async fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args).await,
         Command::Push(args) => client::push(args).await,
         Command::Consume(args) => client::consume(args).await,
+        Command::Lease(args) => lease::run(args).await,
         Command::Stats(args) => client::stats(args).await,
         Command::Bench(args) => busmq_bench::run(args).await.map(drop),
     };
@@ -250,6 +253,25 @@ mod tests {
         assert!(parse(&["consume", "q", "--last", "3"]).is_err());
         assert!(parse(&["consume", "q", "--index", "3"]).is_err());
         assert!(parse(&["consume", "q", "--max", "0"]).is_err());
+    }
+
+    #[test]
+    fn lease_subcommands() {
+        let Command::Lease(args) = parse(&["lease", "take", "q", "--max", "2"])
+            .unwrap()
+            .command
+        else {
+            panic!("not lease");
+        };
+        assert!(matches!(args.command, lease::LeaseCommand::Take(_)));
+        assert!(parse(&["lease", "ack", "q", "3", "1"]).is_ok());
+        assert!(parse(&["lease", "nack", "q", "3", "1"]).is_ok());
+        assert!(
+            parse(&["lease", "ack", "q", "3"]).is_err(),
+            "the attempt is required"
+        );
+        assert!(parse(&["lease", "take", "q", "--visibility-ms", "0"]).is_err());
+        assert!(parse(&["lease", "take", "q", "--max", "0"]).is_err());
     }
 
     #[test]

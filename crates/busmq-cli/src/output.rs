@@ -28,11 +28,17 @@ pub fn payload_text(payload: &[u8], raw: bool) -> String {
 /// `busmq stats` as aligned `name  value` lines.
 pub fn stats_text(queue: &str, info: &QueueInfo) -> String {
     let yes_no = |b: bool| if b { "yes" } else { "no" };
-    let rows: [(&str, String); 10] = [
+    let max_deliveries = match info.max_deliveries {
+        0 => "unlimited".to_owned(),
+        n => n.to_string(),
+    };
+    let rows: [(&str, String); 12] = [
         ("queue", queue.to_owned()),
         ("exists", yes_no(info.exists).to_owned()),
         ("messages", info.count.to_string()),
         ("pending acks", info.pending.to_string()),
+        ("leased", info.leased.to_string()),
+        ("max deliveries", max_deliveries),
         (
             "reliable consumer",
             yes_no(info.reliable_consumer).to_owned(),
@@ -59,6 +65,8 @@ pub fn stats_json(queue: &str, info: &QueueInfo) -> serde_json::Value {
         "exists": info.exists,
         "count": info.count,
         "pending": info.pending,
+        "leased": info.leased,
+        "max_deliveries": info.max_deliveries,
         "reliable_consumer": info.reliable_consumer,
         "attachments": info.attachments,
         "ttl_seconds": info.ttl.as_secs(),
@@ -94,17 +102,21 @@ mod tests {
             pushed: 3,
             consumed: 0,
             reliable_consumer: true,
+            leased: 1,
+            max_deliveries: 0,
         };
         let text = stats_text("foo", &info);
         assert!(text.contains("queue              foo\n"), "{text}");
         assert!(text.contains("ttl                30s\n"), "{text}");
         assert!(text.contains("reliable consumer  yes\n"), "{text}");
-        assert_eq!(text.lines().count(), 10);
+        assert!(text.contains("max deliveries     unlimited\n"), "{text}");
+        assert_eq!(text.lines().count(), 12);
 
         let json = stats_json("foo", &info);
         assert_eq!(json["count"], 3);
         assert_eq!(json["ttl_seconds"], 30);
         assert_eq!(json["exists"], true);
+        assert_eq!(json["leased"], 1);
         assert_eq!(json["queue"], "foo");
     }
 }

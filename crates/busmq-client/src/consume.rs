@@ -12,7 +12,9 @@ use futures::Stream;
 use futures::stream::FusedStream;
 use tonic::codec::Streaming;
 
-use crate::{Error, Queue, QueueEvent, Result};
+use std::time::Duration;
+
+use crate::{Error, LeaseToken, Queue, QueueEvent, Result};
 
 /// How a consumer takes messages, derived from [`ConsumeOptions`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -27,6 +29,11 @@ pub enum ConsumeMode {
     /// Persistent publish/subscribe: read every message from an index,
     /// removing nothing; any number of readers (`remove: false`).
     Persistent,
+    /// Competing consumers with per-message acks: each message is leased to
+    /// one consumer for a visibility timeout and acked by its
+    /// [`LeaseToken`]; a nack, the end of the lease, or the end of the
+    /// consumer puts it back at the front of the queue.
+    Lease,
 }
 
 impl From<ConsumeMode> for pb::ConsumeMode {
@@ -35,6 +42,7 @@ impl From<ConsumeMode> for pb::ConsumeMode {
             ConsumeMode::Unreliable => pb::ConsumeMode::Unreliable,
             ConsumeMode::Reliable => pb::ConsumeMode::Reliable,
             ConsumeMode::Persistent => pb::ConsumeMode::Persistent,
+            ConsumeMode::Lease => pb::ConsumeMode::Lease,
         }
     }
 }
@@ -73,13 +81,20 @@ pub struct ConsumeOptions {
     /// from the oldest message still stored.
     pub index: Option<u64>,
     /// Stop after this many messages; the consumer stream then ends.
-    /// `None`: consume until stopped.
+    /// `None`: consume until stopped. Lease mode: the last leases stay held
+    /// after the stream ended this way, to be acked by token (or to time
+    /// out); stopping or dropping the consumer otherwise gives them back.
     pub max: Option<u64>,
     /// Messages the server may have on the way to this consumer before it
     /// receives them. `None`: the server default (256). In unreliable mode
     /// the messages on the way when a consumer dies are lost, so keep it
-    /// small if that matters.
+    /// small if that matters. Lease mode: `None` is 10; each message on the
+    /// way is already leased, its visibility timeout running.
     pub prefetch: Option<u32>,
+    /// Lease mode, with its visibility timeout: how long a delivered message
+    /// stays invisible to other consumers unless acked (up to 12 hours).
+    /// Needs `remove: true` and `reliable: false`.
+    pub lease: Option<Duration>,
 }
 
 impl Default for ConsumeOptions {
@@ -91,6 +106,7 @@ impl Default for ConsumeOptions {
             index: None,
             max: None,
             prefetch: None,
+            lease: None,
         }
     }
 }
@@ -110,6 +126,25 @@ impl ConsumeOptions {
         ConsumeOptions {
             remove: false,
             index: Some(index),
+            ..ConsumeOptions::default()
+        }
+    }
+
+    /// Lease mode with this visibility timeout: competing consumers, each
+    /// message acked on its own with [`Consumer::ack_lease`] or given back
+    /// with [`Consumer::nack`]. Whole milliseconds: a fraction is rounded
+    /// up.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use busmq_client::{ConsumeMode, ConsumeOptions};
+    ///
+    /// let jobs = ConsumeOptions::lease(Duration::from_secs(30)).prefetch(1);
+    /// assert_eq!(jobs.mode().unwrap(), ConsumeMode::Lease);
+    /// ```
+    pub fn lease(visibility: Duration) -> Self {
+        ConsumeOptions {
+            lease: Some(visibility),
             ..ConsumeOptions::default()
         }
     }
@@ -158,6 +193,15 @@ impl ConsumeOptions {
         if self.prefetch == Some(0) {
             return invalid("prefetch must be at least 1");
         }
+        if let Some(visibility) = self.lease {
+            if self.reliable || !self.remove {
+                return invalid("lease mode needs remove = true and reliable = false");
+            }
+            if visibility.is_zero() {
+                return invalid("a lease needs a visibility timeout above zero");
+            }
+            return Ok(ConsumeMode::Lease);
+        }
         Ok(match (self.remove, self.reliable) {
             (false, _) => ConsumeMode::Persistent,
             (true, true) => ConsumeMode::Reliable,
@@ -174,6 +218,10 @@ impl ConsumeOptions {
             index: self.index,
             last: self.last,
             prefetch: self.prefetch,
+            visibility_timeout_ms: self.lease.map(|v| {
+                let ms = v.as_millis() + u128::from(!v.subsec_nanos().is_multiple_of(1_000_000));
+                u64::try_from(ms).unwrap_or(u64::MAX)
+            }),
         })
     }
 }
@@ -185,6 +233,20 @@ pub struct Delivery {
     pub id: u64,
     /// The message body as pushed.
     pub payload: Bytes,
+    /// Lease mode: how many times the message has been delivered, this time
+    /// included (1 for the first). 0 in the other modes.
+    pub attempt: u32,
+}
+
+impl Delivery {
+    /// Lease mode: the token that acks or nacks this delivery; `None` in
+    /// the other modes.
+    pub fn lease_token(&self) -> Option<LeaseToken> {
+        (self.attempt > 0).then_some(LeaseToken {
+            id: self.id,
+            attempt: self.attempt,
+        })
+    }
 }
 
 /// Why a consumer's queue went away.
@@ -355,6 +417,7 @@ impl Stream for Consumer {
                 return Poll::Ready(Some(Ok(Delivery {
                     id: message.id,
                     payload: message.payload,
+                    attempt: message.attempt,
                 })));
             }
             let Some(stream) = this.stream.as_mut() else {
@@ -429,6 +492,12 @@ mod tests {
             (Some(7), Some(3), Some(16), None)
         );
 
+        let r = ConsumeOptions::lease(Duration::from_micros(1500))
+            .request("q")
+            .unwrap();
+        assert_eq!(r.mode, pb::ConsumeMode::Lease as i32);
+        assert_eq!(r.visibility_timeout_ms, Some(2), "rounded up");
+
         let r = ConsumeOptions::persistent(5).request("q").unwrap();
         assert_eq!(r.mode, pb::ConsumeMode::Persistent as i32);
         assert_eq!((r.index, r.last), (Some(5), None));
@@ -455,6 +524,16 @@ mod tests {
             ConsumeOptions::reliable().index(2),
             ConsumeOptions::default().max(0),
             ConsumeOptions::default().prefetch(0),
+            ConsumeOptions::lease(Duration::ZERO),
+            ConsumeOptions::lease(Duration::from_secs(1)).last(2),
+            ConsumeOptions {
+                reliable: true,
+                ..ConsumeOptions::lease(Duration::from_secs(1))
+            },
+            ConsumeOptions {
+                remove: false,
+                ..ConsumeOptions::lease(Duration::from_secs(1))
+            },
         ];
         for options in bad {
             let err = options.mode().unwrap_err();

@@ -7,7 +7,10 @@
 //! node-busmq emits events, this SDK hands out async streams: a
 //! [`Consumer`] is a stream of [`Delivery`]s, and [`Queue::events`] is a
 //! stream of [`QueueEvent`]s. For high push rates, a [`Pusher`] keeps many
-//! batches in flight on one stream.
+//! batches in flight on one stream. Lease mode
+//! ([`ConsumeOptions::lease`]) gives competing consumers per-message acks
+//! ([`Consumer::ack_lease`], [`Consumer::nack`]) with a visibility timeout
+//! and a dead-letter queue ([`Queue::dead_letters`]).
 //!
 //! ```no_run
 //! use busmq_client::{AttachOptions, Bus, ConsumeOptions};
@@ -45,6 +48,7 @@ mod bus;
 mod consume;
 mod error;
 mod events;
+mod lease;
 mod pusher;
 mod queue;
 
@@ -52,6 +56,7 @@ pub use bus::{Bus, DEFAULT_URL};
 pub use consume::{ClosedReason, ConsumeMode, ConsumeOptions, Consumer, Delivery};
 pub use error::{Error, ErrorCode, Result};
 pub use events::{QueueEvent, QueueEvents};
+pub use lease::{LeaseToken, Nacked};
 pub use pusher::{PushTicket, Pusher, PusherOptions};
 pub use queue::{AttachOptions, IdRange, Queue, QueueInfo};
 
@@ -79,6 +84,9 @@ mod send_sync {
         send(&queue.consume(ConsumeOptions::default()));
         send(&pusher.push(["x"]));
         send(&consumer.ack(1));
+        let token = LeaseToken { id: 1, attempt: 1 };
+        send(&consumer.ack_lease(token));
+        send(&consumer.nack(token));
         send(&pusher.finish());
     }
 }

@@ -24,12 +24,27 @@ pub struct AttachOptions {
     /// server default (30 s). Whole seconds: a fraction is rounded up. Zero
     /// is refused by the server.
     pub ttl: Option<Duration>,
+    /// Deliveries after which a message moves to the dead-letter queue
+    /// `<queue>.dlq` (see [`Queue::dead_letters`]) instead of going back to
+    /// the queue: lease-mode deliveries, and reliable-mode messages put back
+    /// for a new consumer. `Some(0)` turns it off; `None` leaves the queue's
+    /// setting as it is (a new queue has none). At most 1000.
+    pub max_deliveries: Option<u32>,
 }
 
 impl AttachOptions {
     /// Attach with this ttl.
     pub fn ttl(ttl: Duration) -> Self {
-        AttachOptions { ttl: Some(ttl) }
+        AttachOptions {
+            ttl: Some(ttl),
+            ..AttachOptions::default()
+        }
+    }
+
+    /// Sets [`max_deliveries`](Self::max_deliveries).
+    pub fn max_deliveries(mut self, max: u32) -> Self {
+        self.max_deliveries = Some(max);
+        self
     }
 
     fn ttl_seconds(&self) -> Option<u64> {
@@ -105,6 +120,11 @@ pub struct QueueInfo {
     pub consumed: u64,
     /// True while a reliable consumer holds the queue.
     pub reliable_consumer: bool,
+    /// Messages leased to lease-mode consumers and not acked yet.
+    pub leased: u64,
+    /// Deliveries before a message moves to the dead-letter queue; 0 is
+    /// unlimited.
+    pub max_deliveries: u32,
 }
 
 impl From<pb::QueueInfo> for QueueInfo {
@@ -119,6 +139,8 @@ impl From<pb::QueueInfo> for QueueInfo {
             pushed: info.pushed,
             consumed: info.consumed,
             reliable_consumer: info.reliable_consumer,
+            leased: info.leased,
+            max_deliveries: info.max_deliveries,
         }
     }
 }
@@ -126,7 +148,7 @@ impl From<pb::QueueInfo> for QueueInfo {
 /// State shared by a queue handle, its clones, consumers and pushers.
 pub(crate) struct Shared {
     pub(crate) name: String,
-    client: QueuesClient<Channel>,
+    pub(crate) client: QueuesClient<Channel>,
     pub(crate) pushed: AtomicU64,
     pub(crate) consumed: AtomicU64,
     pub(crate) consumers: AtomicUsize,
@@ -222,6 +244,7 @@ impl Queue {
         let request = pb::AttachRequest {
             queue: s.name.clone(),
             ttl_seconds: options.ttl_seconds(),
+            max_deliveries: options.max_deliveries,
         };
         let existed = s
             .client()
@@ -316,6 +339,7 @@ impl Queue {
         let request = pb::AckRequest {
             queue: s.name.clone(),
             id,
+            lease: None,
         };
         Ok(s.client()
             .ack(request)

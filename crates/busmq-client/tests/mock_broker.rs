@@ -34,6 +34,7 @@ fn msg(id: u64) -> pb::Message {
     pb::Message {
         id,
         payload: format!("m{id}").into(),
+        attempt: 0,
     }
 }
 
@@ -189,6 +190,13 @@ impl Queues for Mock {
         Ok(Response::new(pb::AckResponse { removed: id }))
     }
 
+    async fn nack(
+        &self,
+        _: Request<pb::NackRequest>,
+    ) -> Result<Response<pb::NackResponse>, Status> {
+        Err(Status::not_found("no such lease"))
+    }
+
     async fn close(
         &self,
         _: Request<pb::CloseRequest>,
@@ -220,6 +228,8 @@ impl Queues for Mock {
             pushed: 8,
             consumed: 3,
             reliable_consumer: true,
+            leased: 0,
+            max_deliveries: 0,
         }))
     }
 

@@ -52,6 +52,29 @@ pub enum Error {
     ReliableConsumerActive(String),
     #[error("the reliable consumer lock of queue {0:?} was lost")]
     ReliableLockLost(String),
+    #[error(
+        "queue {0:?} has messages leased to lease-mode consumers; a reliable consumer \
+         can start once they are settled or expire"
+    )]
+    LeaseConsumersActive(String),
+    #[error(
+        "no lease on message {id} (attempt {attempt}) of queue {queue:?}: never delivered, \
+         already acked, or dead-lettered"
+    )]
+    UnknownLease {
+        queue: String,
+        id: u64,
+        attempt: u32,
+    },
+    #[error(
+        "the lease on message {id} (attempt {attempt}) of queue {queue:?} has expired or \
+         was released; the message is back in the queue for redelivery"
+    )]
+    LeaseExpired {
+        queue: String,
+        id: u64,
+        attempt: u32,
+    },
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     #[error("store unavailable: {0}")]
@@ -70,10 +93,14 @@ impl Error {
             Error::InvalidName { .. } | Error::EmptyBatch | Error::InvalidArgument(_) => {
                 ErrorCode::InvalidArgument
             }
-            Error::QueueNotFound(_) | Error::UnknownAck { .. } => ErrorCode::NotFound,
-            Error::ReliableConsumerActive(_) | Error::ReliableLockLost(_) => {
-                ErrorCode::FailedPrecondition
+            Error::QueueNotFound(_) | Error::UnknownAck { .. } | Error::UnknownLease { .. } => {
+                ErrorCode::NotFound
             }
+            // A late ack is a valid request the current state refuses.
+            Error::ReliableConsumerActive(_)
+            | Error::ReliableLockLost(_)
+            | Error::LeaseConsumersActive(_)
+            | Error::LeaseExpired { .. } => ErrorCode::FailedPrecondition,
             Error::MessageTooLarge { .. } | Error::BatchTooLarge { .. } => {
                 ErrorCode::ResourceExhausted
             }
@@ -101,5 +128,17 @@ mod tests {
             Error::ReliableConsumerActive("q".into()).code(),
             ErrorCode::FailedPrecondition
         );
+        let late = Error::LeaseExpired {
+            queue: "q".into(),
+            id: 1,
+            attempt: 1,
+        };
+        assert_eq!(late.code().http_status(), 409);
+        let unknown = Error::UnknownLease {
+            queue: "q".into(),
+            id: 1,
+            attempt: 1,
+        };
+        assert_eq!(unknown.code().http_status(), 404);
     }
 }

@@ -4,6 +4,9 @@ use std::fmt;
 
 use crate::{Error, Limits, Result};
 
+/// Appended to a queue's name to name its dead-letter queue.
+pub const DEAD_LETTER_SUFFIX: &str = ".dlq";
+
 /// A valid queue name: 1..=`max_name_len` bytes of `[A-Za-z0-9._:-]`.
 ///
 /// The character set keeps names safe as store keys, URL path segments and
@@ -33,6 +36,13 @@ impl QueueName {
             return invalid("only A-Z a-z 0-9 . _ : - are allowed");
         }
         Ok(QueueName(name.to_owned()))
+    }
+
+    /// The queue that receives this queue's dead letters: the name with
+    /// [`DEAD_LETTER_SUFFIX`] appended. Derived, so not checked against a
+    /// length limit; callers that let users name it check it themselves.
+    pub fn dead_letters(&self) -> QueueName {
+        QueueName(format!("{}{DEAD_LETTER_SUFFIX}", self.0))
     }
 
     /// The name as a string.
@@ -66,5 +76,7 @@ mod tests {
         assert!(QueueName::parse("ü", &l).is_err());
         assert!(QueueName::parse(&"x".repeat(201), &l).is_err());
         assert!(QueueName::parse(&"x".repeat(200), &l).is_ok());
+        let q = QueueName::parse("jobs", &l).unwrap();
+        assert_eq!(q.dead_letters().as_str(), "jobs.dlq");
     }
 }

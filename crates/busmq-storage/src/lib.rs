@@ -19,6 +19,7 @@ pub mod backend;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod embedded;
+pub mod leases;
 pub mod memory;
 pub mod queue_state;
 pub mod redis;
@@ -61,6 +62,93 @@ pub struct ReliableLock {
     pub lease: Duration,
 }
 
+/// Which delivery of which message a lease-mode ack or nack is about: the
+/// message id and its delivery attempt (1 for the first delivery). A
+/// token whose message was redelivered since (a higher attempt) no longer
+/// settles anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LeaseToken {
+    pub id: u64,
+    pub attempt: u32,
+}
+
+impl LeaseToken {
+    /// Refuses a token no delivery can have: ids and attempts start at 1.
+    pub fn check(self) -> Result<()> {
+        if self.id == 0 || self.attempt == 0 {
+            return Err(Error::InvalidArgument(
+                "a lease token has a message id and an attempt, both from 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Longest lease owner (bytes) a store accepts.
+pub const MAX_LEASE_OWNER_BYTES: usize = 256;
+
+/// Refuses a lease owner that is empty or longer than
+/// [`MAX_LEASE_OWNER_BYTES`].
+pub fn check_lease_owner(owner: &str) -> Result<()> {
+    if owner.is_empty() || owner.len() > MAX_LEASE_OWNER_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "a lease owner has 1..={MAX_LEASE_OWNER_BYTES} bytes, not {}",
+            owner.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A message delivered in lease mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeasedMessage {
+    pub message: Message,
+    /// How many times the message has been delivered, this time included.
+    pub attempt: u32,
+}
+
+impl LeasedMessage {
+    /// The token that acks or nacks this delivery.
+    pub fn token(&self) -> LeaseToken {
+        LeaseToken {
+            id: self.message.id,
+            attempt: self.attempt,
+        }
+    }
+}
+
+/// Result of [`Storage::lease`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Leases {
+    /// The messages leased by this call, in id order.
+    pub messages: Vec<LeasedMessage>,
+    /// Time until the earliest lease of the queue (anyone's) runs out;
+    /// `None` when no lease is outstanding. A consumer with nothing to do
+    /// calls again then, which reclaims the expired lease.
+    pub next_expiry: Option<Duration>,
+}
+
+/// What [`Storage::settle`] does with a leased message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    /// Done: remove the message.
+    Ack,
+    /// Not done: put the message back at the front of the queue now (or
+    /// dead-letter it when it used up its deliveries).
+    Nack,
+}
+
+/// What became of a settled (or released) message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Removed for good.
+    Acked,
+    /// Back at the front of the queue, to be delivered again.
+    Requeued,
+    /// Moved to the dead-letter queue: it was delivered max-deliveries times.
+    DeadLettered,
+}
+
 /// State of one queue.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct QueueInfo {
@@ -79,6 +167,11 @@ pub struct QueueInfo {
     pub consumed: u64,
     /// A reliable consumer holds the queue.
     pub reliable_consumer: bool,
+    /// Messages leased in lease mode and not settled.
+    pub leased: u64,
+    /// Deliveries after which a message goes to the dead-letter queue
+    /// instead of back to the queue; 0 is unlimited.
+    pub max_deliveries: u32,
 }
 
 /// A change that may concern a waiting consumer.
@@ -130,7 +223,10 @@ pub trait Storage: Send + Sync + 'static {
     /// Makes `lock.owner` the queue's one reliable consumer, unless another
     /// owner holds an unexpired lock ([`Error::ReliableConsumerActive`]).
     /// Discards every stored message with id <= `last`, then puts pending
-    /// messages back at the front; returns how many were put back.
+    /// messages back at the front; returns how many were put back. Pending
+    /// messages that used up their deliveries go to the dead-letter queue
+    /// instead and are not counted. Fails with
+    /// [`Error::LeaseConsumersActive`] while unexpired leases exist.
     async fn begin_reliable(
         &self,
         queue: &QueueName,
@@ -146,6 +242,47 @@ pub trait Storage: Send + Sync + 'static {
     /// in flight from the departing consumer must land, and the next
     /// [`Storage::begin_reliable`] puts whatever is left back at the front.
     async fn end_reliable(&self, queue: &QueueName, lock: &ReliableLock) -> Result<bool>;
+
+    /// Leases up to `max` messages from the front of the queue to `owner`
+    /// (see [`check_lease_owner`]) for `visibility` (see
+    /// [`busmq_core::check_visibility`]). First puts back every lease of the queue that ran
+    /// out (at the front, in id order; dead-lettered instead when it used up
+    /// its deliveries), so expiry needs no reaper. Fails with
+    /// [`Error::ReliableConsumerActive`] while a reliable consumer holds the
+    /// queue, since the two modes would disagree about what is pending.
+    async fn lease(
+        &self,
+        queue: &QueueName,
+        owner: &str,
+        max: u32,
+        visibility: Duration,
+    ) -> Result<Leases>;
+
+    /// Acks or nacks one delivery. The token must name the message's
+    /// current lease: a lease that ran out, or whose message was
+    /// redelivered since, is [`Error::LeaseExpired`]; a message not stored
+    /// any more (or never delivered) is [`Error::UnknownLease`].
+    async fn settle(
+        &self,
+        queue: &QueueName,
+        token: LeaseToken,
+        settlement: Settlement,
+    ) -> Result<Settled>;
+
+    /// Puts back every lease `owner` holds on the queue at once, as a nack
+    /// of each (so each counts as a delivery): its consumer went away.
+    /// Returns how many; a missing queue yields 0.
+    async fn release_leases(&self, queue: &QueueName, owner: &str) -> Result<u64>;
+
+    /// Sets how many deliveries a message of the queue gets before it moves
+    /// to the dead-letter queue ([`QueueName::dead_letters`]) instead of
+    /// going back to the queue; 0 is unlimited (the default). Counts lease
+    /// deliveries and, in reliable mode, deliveries put back by
+    /// [`Storage::begin_reliable`]. The dead-letter queue is an ordinary
+    /// queue, created unattached when its first dead letter arrives with a
+    /// ttl of [`busmq_core::DEAD_LETTER_TTL_SECS`] counted from its latest
+    /// dead letter.
+    async fn set_max_deliveries(&self, queue: &QueueName, max: u32) -> Result<()>;
 
     /// Destroys the queue and its messages; false when it did not exist.
     async fn close(&self, queue: &QueueName) -> Result<bool>;

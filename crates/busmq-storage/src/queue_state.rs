@@ -9,7 +9,7 @@
 //! request), so the journal sees changes in exactly the order they were
 //! applied. Replaying the changes onto an empty state rebuilds the state.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -21,11 +21,13 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_stream::wrappers::BroadcastStream;
 
-use busmq_core::DEFAULT_TTL_SECS;
+use busmq_core::{DEAD_LETTER_TTL_SECS, DEFAULT_TTL_SECS};
+
+use crate::leases::{Delivery, Lease};
 
 use crate::{
-    Attached, Error, IdRange, Message, Notification, Notifications, QueueInfo, QueueName,
-    ReliableLock, Result, Storage, TakeMode,
+    Attached, Error, IdRange, LeaseToken, Leases, Message, Notification, Notifications, QueueInfo,
+    QueueName, ReliableLock, Result, Settled, Settlement, Storage, TakeMode,
 };
 
 /// Notifications buffered per watcher before it is told it lagged.
@@ -35,7 +37,10 @@ const NOTIFY_CAPACITY: usize = 4096;
 /// every pending id is below every ready id (pending messages came from the
 /// front of `ready`, and go back to its front as a whole). So the pending
 /// messages are exactly the stored messages with id <= [`Queue::pending_hi`],
-/// which is how a journal can record them.
+/// which is how a journal can record them. Leased messages are in neither:
+/// a lease taken from the front of `ready` goes back into `ready` at its
+/// id's place, which keeps `ready` sorted (see [`crate::leases`]); leases
+/// and a reliable consumer never coexist, so pending messages stay below.
 #[derive(Debug)]
 pub struct Queue {
     pub(crate) ready: VecDeque<Message>,
@@ -51,6 +56,13 @@ pub struct Queue {
     pub(crate) pushed: u64,
     pub(crate) consumed: u64,
     pub(crate) metadata: HashMap<String, String>,
+    /// Messages leased in lease mode, by id.
+    pub(crate) leases: BTreeMap<u64, Lease>,
+    /// Deliveries so far of stored messages that were delivered and put
+    /// back (nack, expiry, reliable requeue); absent means none.
+    pub(crate) returns: HashMap<u64, u32>,
+    /// Deliveries before a message is dead-lettered; 0 is unlimited.
+    pub(crate) max_deliveries: u32,
 }
 
 impl Queue {
@@ -67,14 +79,17 @@ impl Queue {
             pushed: 0,
             consumed: 0,
             metadata: HashMap::new(),
+            leases: BTreeMap::new(),
+            returns: HashMap::new(),
+            max_deliveries: 0,
         }
     }
 
-    fn expired(&self, now: Instant) -> bool {
+    pub(crate) fn expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|at| at <= now)
     }
 
-    fn lock_holder(&self, now: Instant) -> Option<&str> {
+    pub(crate) fn lock_holder(&self, now: Instant) -> Option<&str> {
         match &self.reliable {
             Some((owner, until)) if *until > now => Some(owner),
             _ => None,
@@ -86,17 +101,35 @@ impl Queue {
         self.pending.back().map_or(0, |m| m.id)
     }
 
-    /// Moves every pending message back to the front of `ready`.
-    fn requeue_pending(&mut self) -> u64 {
-        let n = self.pending.len() as u64;
+    /// Moves every pending message back to the front of `ready`, or to
+    /// `dead` when it used up its deliveries; returns how many went back.
+    fn requeue_pending(
+        &mut self,
+        name: &QueueName,
+        rec: &mut Recorder,
+        dead: &mut Vec<Message>,
+    ) -> u64 {
+        let mut n = 0;
+        let mut dead_here = Vec::new();
         while let Some(m) = self.pending.pop_back() {
+            let delivered = self.returns.get(&m.id).copied().unwrap_or(0) + 1;
+            if self.max_deliveries > 0 && delivered >= self.max_deliveries {
+                self.returns.remove(&m.id);
+                rec.remove(name, m.id, m.id);
+                dead_here.push(m);
+                continue;
+            }
+            self.returns.insert(m.id, delivered);
+            rec.delivery(name, m.id, Some(Delivery::returned(delivered)));
             self.ready.push_front(m);
+            n += 1;
         }
+        dead.extend(dead_here.into_iter().rev());
         n
     }
 
     /// Everything about the queue except its messages and metadata.
-    fn meta(&self) -> QueueMeta {
+    pub(crate) fn meta(&self) -> QueueMeta {
         QueueMeta {
             ttl: self.ttl,
             attachments: self.attachments,
@@ -107,24 +140,52 @@ impl Queue {
             pending_hi: self.pending_hi(),
             pushed: self.pushed,
             consumed: self.consumed,
+            max_deliveries: self.max_deliveries,
         }
     }
 
     /// Rebuilds a queue from what a journal recorded: its meta, its stored
-    /// messages in id order, and its metadata.
+    /// messages in id order, the delivery records of its messages, and its
+    /// metadata. Delivery records of messages not stored are ignored.
     pub(crate) fn restore(
         meta: QueueMeta,
         messages: impl IntoIterator<Item = Message>,
+        mut deliveries: HashMap<u64, Delivery>,
         metadata: HashMap<String, String>,
     ) -> Self {
         let mut q = Queue::new(meta.ttl);
         for m in messages {
+            let delivery = deliveries.remove(&m.id);
             if m.id <= meta.pending_hi {
+                if let Some(d) = delivery {
+                    q.returns.insert(m.id, d.attempts);
+                }
                 q.pending.push_back(m);
-            } else {
-                q.ready.push_back(m);
+                continue;
+            }
+            match delivery {
+                Some(Delivery {
+                    attempts,
+                    lease: Some((owner, until)),
+                }) => {
+                    q.leases.insert(
+                        m.id,
+                        Lease {
+                            message: m,
+                            attempt: attempts,
+                            owner,
+                            until,
+                        },
+                    );
+                }
+                Some(d) => {
+                    q.returns.insert(m.id, d.attempts);
+                    q.ready.push_back(m);
+                }
+                None => q.ready.push_back(m),
             }
         }
+        q.max_deliveries = meta.max_deliveries;
         q.next_id = meta.next_id;
         q.delivered_hi = meta.delivered_hi;
         q.attachments = meta.attachments;
@@ -159,6 +220,7 @@ pub struct QueueMeta {
     pub pending_hi: u64,
     pub pushed: u64,
     pub consumed: u64,
+    pub max_deliveries: u32,
 }
 
 /// The effect of one mutation on one queue, as a journal records it.
@@ -178,6 +240,13 @@ pub enum Change {
         queue: QueueName,
         from: u64,
         to: u64,
+    },
+    /// The delivery record of one stored message is now this (`None`:
+    /// it has none). Removing a message removes its record too.
+    Delivery {
+        queue: QueueName,
+        id: u64,
+        delivery: Option<Delivery>,
     },
     /// One metadata value was written.
     Metadata {
@@ -227,8 +296,8 @@ impl Journal for Volatile {
 }
 
 /// The changes one operation makes, built only when the journal records.
-struct Recorder {
-    on: bool,
+pub(crate) struct Recorder {
+    pub(crate) on: bool,
     changes: Vec<Change>,
 }
 
@@ -246,11 +315,41 @@ impl Recorder {
         }
     }
 
-    fn meta(&mut self, name: &QueueName, q: &Queue) {
+    pub(crate) fn meta(&mut self, name: &QueueName, q: &Queue) {
         self.record(|| Change::Meta(name.clone(), q.meta()));
     }
 
-    fn remove(&mut self, name: &QueueName, from: u64, to: u64) {
+    pub(crate) fn delivery(&mut self, name: &QueueName, id: u64, delivery: Option<Delivery>) {
+        self.record(|| Change::Delivery {
+            queue: name.clone(),
+            id,
+            delivery,
+        });
+    }
+
+    /// Removes exactly the given ids (sorted), as few ranges as possible:
+    /// a range must not cover a leased message lying between them.
+    pub(crate) fn remove_ids(&mut self, name: &QueueName, ids: impl IntoIterator<Item = u64>) {
+        if !self.on {
+            return;
+        }
+        let mut run: Option<(u64, u64)> = None;
+        for id in ids {
+            run = match run {
+                Some((from, to)) if to + 1 == id => Some((from, id)),
+                Some((from, to)) => {
+                    self.remove(name, from, to);
+                    Some((id, id))
+                }
+                None => Some((id, id)),
+            };
+        }
+        if let Some((from, to)) = run {
+            self.remove(name, from, to);
+        }
+    }
+
+    pub(crate) fn remove(&mut self, name: &QueueName, from: u64, to: u64) {
         if from <= to {
             self.record(|| Change::Remove {
                 queue: name.clone(),
@@ -258,6 +357,63 @@ impl Recorder {
                 to,
             });
         }
+    }
+}
+
+/// Where [`dead_letter`] put the dead letters.
+struct DeadLetterQueue {
+    name: QueueName,
+    /// Its new expiry deadline, when it has no attachments.
+    expires_at: Option<Instant>,
+    /// An expired queue of that name was replaced.
+    replaced_expired: bool,
+}
+
+/// Appends `dead` (in id order) to the dead-letter queue of `source`,
+/// creating it unattached with [`DEAD_LETTER_TTL_SECS`] if needed. An
+/// unattached one lives its ttl from now: from its latest dead letter.
+fn dead_letter(
+    queues: &mut HashMap<QueueName, Queue>,
+    source: &QueueName,
+    dead: Vec<Message>,
+    now: Instant,
+    rec: &mut Recorder,
+) -> DeadLetterQueue {
+    let name = source.dead_letters();
+    let replaced_expired = queues.get(&name).is_some_and(|q| q.expired(now));
+    if replaced_expired {
+        queues.remove(&name);
+        rec.record(|| Change::Drop(name.clone()));
+    }
+    let q = queues.entry(name.clone()).or_insert_with(|| {
+        let q = Queue::new(Duration::from_secs(DEAD_LETTER_TTL_SECS));
+        // A journal records a queue's meta before anything else about it.
+        rec.meta(&name, &q);
+        q
+    });
+    let first = q.next_id;
+    let n = dead.len() as u64;
+    rec.record(|| Change::Append {
+        queue: name.clone(),
+        first,
+        payloads: dead.iter().map(|m| m.payload.clone()).collect(),
+    });
+    for (id, m) in (first..).zip(dead) {
+        q.ready.push_back(Message {
+            id,
+            payload: m.payload,
+        });
+    }
+    q.next_id += n;
+    q.pushed += n;
+    if q.attachments == 0 {
+        q.expires_at = Some(deadline(now, q.ttl));
+    }
+    rec.meta(&name, q);
+    DeadLetterQueue {
+        expires_at: q.expires_at,
+        name,
+        replaced_expired,
     }
 }
 
@@ -342,28 +498,57 @@ impl<J: Journal> QueueStore<J> {
         name: &QueueName,
         f: impl FnOnce(&mut Queue, &mut Recorder) -> T,
     ) -> Result<T> {
+        self.with_queue_dl(name, |q, rec, _| f(q, rec)).await
+    }
+
+    /// [`Self::with_queue`] for operations that may dead-letter: the
+    /// messages `f` leaves in its third argument (removed from the queue,
+    /// in id order) are appended to the queue's dead-letter queue in the
+    /// same atomic step, so a crash never loses nor doubles them.
+    pub(crate) async fn with_queue_dl<T>(
+        &self,
+        name: &QueueName,
+        f: impl FnOnce(&mut Queue, &mut Recorder, &mut Vec<Message>) -> T,
+    ) -> Result<T> {
         let now = Instant::now();
         let mut rec = Recorder::new(J::RECORDS);
-        let (out, ticket, expired) = {
+        let (out, ticket, expired, dlq) = {
             let mut queues = self.queues();
             match queues.get_mut(name) {
                 Some(q) if !q.expired(now) => {
-                    let out = f(q, &mut rec);
-                    (Some(out), self.submit(rec), false)
+                    let mut dead = Vec::new();
+                    let out = f(q, &mut rec, &mut dead);
+                    let dlq = (!dead.is_empty())
+                        .then(|| dead_letter(&mut queues, name, dead, now, &mut rec));
+                    (Some(out), self.submit(rec), false, dlq)
                 }
                 Some(_) => {
                     queues.remove(name);
                     rec.record(|| Change::Drop(name.clone()));
-                    (None, self.submit(rec), true)
+                    (None, self.submit(rec), true, None)
                 }
-                None => (None, self.submit(rec), false),
+                None => (None, self.submit(rec), false, None),
             }
         };
         self.shared.journal.wait(ticket).await?;
         if expired {
             self.notify(Notification::Expired(name.clone()));
         }
+        if let Some(dlq) = dlq {
+            if dlq.replaced_expired {
+                self.notify(Notification::Expired(dlq.name.clone()));
+            }
+            if let Some(at) = dlq.expires_at {
+                self.schedule_expiry(dlq.name.clone(), at);
+            }
+            self.notify(Notification::Data(dlq.name));
+        }
         out.ok_or_else(|| Error::QueueNotFound(name.to_string()))
+    }
+
+    /// Tells waiting consumers that `queue` has messages to take.
+    pub(crate) fn notify_data(&self, queue: &QueueName) {
+        self.notify(Notification::Data(queue.clone()));
     }
 
     /// Removes the queue when its ttl has run out with no attachments. The
@@ -503,8 +688,16 @@ impl<J: Journal> Storage for QueueStore<J> {
                     q.pending.extend(taken.iter().cloned());
                 }
                 // Ready ids are above every pending id, so the range
-                // holds no pending message.
-                TakeMode::Remove => rec.remove(queue, first.id, last.id),
+                // holds no pending message; it may hold leased ones, which
+                // `remove_ids` leaves out.
+                TakeMode::Remove if q.leases.is_empty() => {
+                    rec.remove(queue, first.id, last.id);
+                    q.forget_returns(taken.iter().map(|m| m.id));
+                }
+                TakeMode::Remove => {
+                    rec.remove_ids(queue, taken.iter().map(|m| m.id));
+                    q.forget_returns(taken.iter().map(|m| m.id));
+                }
             }
             rec.meta(queue, q);
             taken
@@ -517,12 +710,17 @@ impl<J: Journal> Storage for QueueStore<J> {
             let max = max as usize;
             let p = q.pending.partition_point(|m| m.id < from);
             let r = q.ready.partition_point(|m| m.id < from);
-            q.pending
-                .range(p..)
-                .chain(q.ready.range(r..))
-                .take(max)
-                .cloned()
-                .collect()
+            let stored = q.pending.range(p..).chain(q.ready.range(r..)).take(max);
+            if q.leases.is_empty() {
+                return stored.cloned().collect();
+            }
+            // Leased messages lie between ready ones: merge the first
+            // `max` of each.
+            let leased = q.leases.range(from..).take(max).map(|(_, l)| &l.message);
+            let mut out: Vec<Message> = stored.chain(leased).cloned().collect();
+            out.sort_unstable_by_key(|m| m.id);
+            out.truncate(max);
+            out
         })
         .await
     }
@@ -541,6 +739,10 @@ impl<J: Journal> Storage for QueueStore<J> {
             let n = q.pending.partition_point(|m| m.id <= id);
             if let Some(last) = n.checked_sub(1).map(|i| q.pending[i].id) {
                 q.pending.drain(..n);
+                if !q.returns.is_empty() {
+                    // Pending ids are below every other stored id.
+                    q.returns.retain(|&id, _| id > last);
+                }
                 // Every stored id up to a pending one is pending.
                 rec.remove(queue, 0, last);
                 rec.meta(queue, q);
@@ -558,9 +760,13 @@ impl<J: Journal> Storage for QueueStore<J> {
     ) -> Result<u64> {
         let now = Instant::now();
         let requeued = self
-            .with_queue(queue, |q, rec| {
+            .with_queue_dl(queue, |q, rec, dead| {
                 if q.lock_holder(now).is_some_and(|o| o != lock.owner) {
                     return Err(Error::ReliableConsumerActive(queue.to_string()));
+                }
+                q.reclaim_expired(queue, now, rec, dead);
+                if !q.leases.is_empty() {
+                    return Err(Error::LeaseConsumersActive(queue.to_string()));
                 }
                 q.reliable = Some((lock.owner.clone(), deadline(now, lock.lease)));
                 if last > 0 {
@@ -568,10 +774,13 @@ impl<J: Journal> Storage for QueueStore<J> {
                     q.pending.drain(..p);
                     let r = q.ready.partition_point(|m| m.id <= last);
                     q.ready.drain(..r);
+                    if !q.returns.is_empty() {
+                        q.returns.retain(|&id, _| id > last);
+                    }
                     q.delivered_hi = q.delivered_hi.max(last.min(q.next_id - 1));
                     rec.remove(queue, 0, last);
                 }
-                let requeued = q.requeue_pending();
+                let requeued = q.requeue_pending(queue, rec, dead);
                 rec.meta(queue, q);
                 Ok(requeued)
             })
@@ -613,6 +822,38 @@ impl<J: Journal> Storage for QueueStore<J> {
         Self::or_missing(ended, false)
     }
 
+    async fn lease(
+        &self,
+        queue: &QueueName,
+        owner: &str,
+        max: u32,
+        visibility: Duration,
+    ) -> Result<Leases> {
+        self.lease_messages(queue, owner, max, visibility).await
+    }
+
+    async fn settle(
+        &self,
+        queue: &QueueName,
+        token: LeaseToken,
+        settlement: Settlement,
+    ) -> Result<Settled> {
+        self.settle_lease(queue, token, settlement).await
+    }
+
+    async fn release_leases(&self, queue: &QueueName, owner: &str) -> Result<u64> {
+        Self::or_missing(self.release_owner(queue, owner).await, 0)
+    }
+
+    async fn set_max_deliveries(&self, queue: &QueueName, max: u32) -> Result<()> {
+        busmq_core::check_max_deliveries(max)?;
+        self.with_queue(queue, |q, rec| {
+            q.max_deliveries = max;
+            rec.meta(queue, q);
+        })
+        .await
+    }
+
     async fn close(&self, queue: &QueueName) -> Result<bool> {
         let now = Instant::now();
         let mut rec = Recorder::new(J::RECORDS);
@@ -634,10 +875,12 @@ impl<J: Journal> Storage for QueueStore<J> {
 
     async fn flush(&self, queue: &QueueName) -> Result<u64> {
         self.with_queue(queue, |q, rec| {
-            let n = (q.ready.len() + q.pending.len()) as u64;
+            let n = (q.ready.len() + q.pending.len() + q.leases.len()) as u64;
             if n > 0 {
                 q.ready.clear();
                 q.pending.clear();
+                q.leases.clear();
+                q.returns.clear();
                 rec.remove(queue, 0, u64::MAX);
                 rec.meta(queue, q);
             }
@@ -650,7 +893,7 @@ impl<J: Journal> Storage for QueueStore<J> {
         let now = Instant::now();
         let info = self
             .with_queue(queue, |q, _| QueueInfo {
-                count: (q.ready.len() + q.pending.len()) as u64,
+                count: (q.ready.len() + q.pending.len() + q.leases.len()) as u64,
                 ttl: q.ttl,
                 attachments: q.attachments,
                 pending: q.pending.len() as u64,
@@ -658,6 +901,8 @@ impl<J: Journal> Storage for QueueStore<J> {
                 pushed: q.pushed,
                 consumed: q.consumed,
                 reliable_consumer: q.lock_holder(now).is_some(),
+                leased: q.leases.len() as u64,
+                max_deliveries: q.max_deliveries,
             })
             .await;
         Self::or_missing(info.map(Some), None)

@@ -17,8 +17,9 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Status, Streaming};
 
 use crate::{
-    Attached, Error, IdRange, Message, Notification, Notifications, QueueInfo, QueueName,
-    ReliableLock, Result, Storage, TakeMode,
+    Attached, Error, IdRange, LeaseToken, LeasedMessage, Leases, Message, Notification,
+    Notifications, QueueInfo, QueueName, ReliableLock, Result, Settled, Settlement, Storage,
+    TakeMode,
 };
 
 /// Largest message the client sends or accepts: generous, so the server's
@@ -133,7 +134,14 @@ fn queue_request(queue: &QueueName) -> pb::QueueRequest {
 
 /// Milliseconds of a lease, saturating.
 fn lease_ms(lock: &ReliableLock) -> u64 {
-    u64::try_from(lock.lease.as_millis()).unwrap_or(u64::MAX)
+    millis(lock.lease)
+}
+
+/// Milliseconds of a duration, rounded up so a short one never becomes
+/// zero, saturating.
+fn millis(d: Duration) -> u64 {
+    let ms = d.as_millis() + u128::from(!d.subsec_nanos().is_multiple_of(1_000_000));
+    u64::try_from(ms).unwrap_or(u64::MAX)
 }
 
 /// Whole seconds of a ttl, rounded up so a short ttl never becomes zero.
@@ -345,6 +353,95 @@ impl Storage for RemoteStorage {
         Ok(r.into_inner().released)
     }
 
+    async fn lease(
+        &self,
+        queue: &QueueName,
+        owner: &str,
+        max: u32,
+        visibility: Duration,
+    ) -> Result<Leases> {
+        let r = self
+            .client()
+            .lease(pb::LeaseRequest {
+                queue: queue.to_string(),
+                owner: owner.to_owned(),
+                max,
+                visibility_ms: millis(visibility),
+            })
+            .await
+            .map_err(|s| self.error(s))?
+            .into_inner();
+        Ok(Leases {
+            messages: r
+                .messages
+                .into_iter()
+                .map(|m| LeasedMessage {
+                    message: Message {
+                        id: m.id,
+                        payload: m.payload,
+                    },
+                    attempt: m.attempt,
+                })
+                .collect(),
+            next_expiry: r.next_expiry_ms.map(Duration::from_millis),
+        })
+    }
+
+    async fn settle(
+        &self,
+        queue: &QueueName,
+        token: LeaseToken,
+        settlement: Settlement,
+    ) -> Result<Settled> {
+        let settlement = match settlement {
+            Settlement::Ack => pb::Settlement::Ack,
+            Settlement::Nack => pb::Settlement::Nack,
+        };
+        let r = self
+            .client()
+            .settle(pb::SettleRequest {
+                queue: queue.to_string(),
+                id: token.id,
+                attempt: token.attempt,
+                settlement: settlement as i32,
+            })
+            .await
+            .map_err(|s| self.error(s))?
+            .into_inner();
+        match pb::Settled::try_from(r.settled) {
+            Ok(pb::Settled::Acked) => Ok(Settled::Acked),
+            Ok(pb::Settled::Requeued) => Ok(Settled::Requeued),
+            Ok(pb::Settled::DeadLettered) => Ok(Settled::DeadLettered),
+            _ => Err(Error::Internal(format!(
+                "storage answered a settle with an unknown outcome {}",
+                r.settled
+            ))),
+        }
+    }
+
+    async fn release_leases(&self, queue: &QueueName, owner: &str) -> Result<u64> {
+        let r = self
+            .client()
+            .release_leases(pb::ReleaseLeasesRequest {
+                queue: queue.to_string(),
+                owner: owner.to_owned(),
+            })
+            .await
+            .map_err(|s| self.error(s))?;
+        Ok(r.into_inner().released)
+    }
+
+    async fn set_max_deliveries(&self, queue: &QueueName, max: u32) -> Result<()> {
+        self.client()
+            .set_max_deliveries(pb::SetMaxDeliveriesRequest {
+                queue: queue.to_string(),
+                max_deliveries: max,
+            })
+            .await
+            .map_err(|s| self.error(s))?;
+        Ok(())
+    }
+
     async fn close(&self, queue: &QueueName) -> Result<bool> {
         let r = self
             .client()
@@ -379,6 +476,8 @@ impl Storage for RemoteStorage {
             pushed: i.pushed,
             consumed: i.consumed,
             reliable_consumer: i.reliable_consumer,
+            leased: i.leased,
+            max_deliveries: i.max_deliveries,
         }))
     }
 

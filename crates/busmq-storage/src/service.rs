@@ -19,7 +19,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::{Error, Notification, QueueName, ReliableLock, Storage, TakeMode};
+use crate::{
+    Error, LeaseToken, Notification, QueueName, ReliableLock, Settled, Settlement, Storage,
+    TakeMode,
+};
 
 /// Notifications buffered per watcher before it is sent a LAGGED
 /// notification instead of the ones it could not keep up with.
@@ -303,6 +306,93 @@ impl StorageRpc for StorageService {
         Ok(Response::new(pb::EndReliableResponse { released }))
     }
 
+    async fn lease(
+        &self,
+        request: Request<pb::LeaseRequest>,
+    ) -> Result<Response<pb::LeaseResponse>, Status> {
+        let req = request.into_inner();
+        let queue = self.name(&req.queue)?;
+        let visibility = Duration::from_millis(req.visibility_ms);
+        busmq_core::check_visibility(visibility).map_err(to_status)?;
+        crate::check_lease_owner(&req.owner).map_err(to_status)?;
+        let leases = self
+            .storage
+            .lease(&queue, &req.owner, self.cap(req.max), visibility)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::LeaseResponse {
+            messages: leases
+                .messages
+                .into_iter()
+                .map(|m| pb::LeasedMessage {
+                    id: m.message.id,
+                    payload: m.message.payload,
+                    attempt: m.attempt,
+                })
+                .collect(),
+            next_expiry_ms: leases
+                .next_expiry
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        }))
+    }
+
+    async fn settle(
+        &self,
+        request: Request<pb::SettleRequest>,
+    ) -> Result<Response<pb::SettleResponse>, Status> {
+        let req = request.into_inner();
+        let queue = self.name(&req.queue)?;
+        let settlement = match pb::Settlement::try_from(req.settlement) {
+            Ok(pb::Settlement::Ack) => Settlement::Ack,
+            Ok(pb::Settlement::Nack) => Settlement::Nack,
+            _ => return Err(invalid(format!("unknown settlement {}", req.settlement))),
+        };
+        let token = LeaseToken {
+            id: req.id,
+            attempt: req.attempt,
+        };
+        let settled = self
+            .storage
+            .settle(&queue, token, settlement)
+            .await
+            .map_err(to_status)?;
+        let settled = match settled {
+            Settled::Acked => pb::Settled::Acked,
+            Settled::Requeued => pb::Settled::Requeued,
+            Settled::DeadLettered => pb::Settled::DeadLettered,
+        };
+        Ok(Response::new(pb::SettleResponse {
+            settled: settled as i32,
+        }))
+    }
+
+    async fn release_leases(
+        &self,
+        request: Request<pb::ReleaseLeasesRequest>,
+    ) -> Result<Response<pb::ReleaseLeasesResponse>, Status> {
+        let req = request.into_inner();
+        let queue = self.name(&req.queue)?;
+        let released = self
+            .storage
+            .release_leases(&queue, &req.owner)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::ReleaseLeasesResponse { released }))
+    }
+
+    async fn set_max_deliveries(
+        &self,
+        request: Request<pb::SetMaxDeliveriesRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let req = request.into_inner();
+        let queue = self.name(&req.queue)?;
+        self.storage
+            .set_max_deliveries(&queue, req.max_deliveries)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
     async fn close(
         &self,
         request: Request<pb::QueueRequest>,
@@ -339,6 +429,8 @@ impl StorageRpc for StorageService {
                 pushed: i.pushed,
                 consumed: i.consumed,
                 reliable_consumer: i.reliable_consumer,
+                leased: i.leased,
+                max_deliveries: i.max_deliveries,
             },
         };
         Ok(Response::new(reply))

@@ -9,8 +9,8 @@ use bytes::Bytes;
 
 use busmq_storage::embedded::EmbeddedStorage;
 use busmq_storage::{
-    Attached, IdRange, Message, Notifications, QueueInfo, QueueName, ReliableLock, Result, Storage,
-    TakeMode,
+    Attached, IdRange, LeaseToken, Leases, Message, Notifications, QueueInfo, QueueName,
+    ReliableLock, Result, Settled, Settlement, Storage, TakeMode,
 };
 
 /// A store in a fresh directory that lives as long as the store: the
@@ -54,6 +54,24 @@ impl Storage for InTempDir {
     }
     async fn end_reliable(&self, q: &QueueName, lock: &ReliableLock) -> Result<bool> {
         self.store.end_reliable(q, lock).await
+    }
+    async fn lease(
+        &self,
+        q: &QueueName,
+        owner: &str,
+        max: u32,
+        visibility: Duration,
+    ) -> Result<Leases> {
+        self.store.lease(q, owner, max, visibility).await
+    }
+    async fn settle(&self, q: &QueueName, token: LeaseToken, s: Settlement) -> Result<Settled> {
+        self.store.settle(q, token, s).await
+    }
+    async fn release_leases(&self, q: &QueueName, owner: &str) -> Result<u64> {
+        self.store.release_leases(q, owner).await
+    }
+    async fn set_max_deliveries(&self, q: &QueueName, max: u32) -> Result<()> {
+        self.store.set_max_deliveries(q, max).await
     }
     async fn close(&self, q: &QueueName) -> Result<bool> {
         self.store.close(q).await

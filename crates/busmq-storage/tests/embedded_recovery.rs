@@ -327,3 +327,52 @@ fn opening_outside_a_runtime_is_an_error_not_a_panic() {
         .expect("no runtime to run expiry timers on");
     assert_eq!(err.code(), ErrorCode::Internal, "{err}");
 }
+
+#[tokio::test]
+async fn reopen_keeps_leases_delivery_counts_and_dead_letters() {
+    use busmq_storage::{LeaseToken, Settled, Settlement};
+    let dir = tempfile::tempdir().unwrap();
+    let q = queue("jobs");
+    let token = |id, attempt| LeaseToken { id, attempt };
+    {
+        let s = open(&dir);
+        s.attach(&q, Some(TTL)).await.unwrap();
+        s.set_max_deliveries(&q, 3).await.unwrap();
+        s.push(&q, payloads(1..=4)).await.unwrap();
+        let got = s.lease(&q, "a", 3, TTL).await.unwrap();
+        assert_eq!(got.messages.len(), 3);
+        // 1: nacked twice (two deliveries counted), 2: still leased,
+        // 3: acked.
+        s.settle(&q, token(1, 1), Settlement::Nack).await.unwrap();
+        let again = s.lease(&q, "a", 1, TTL).await.unwrap();
+        assert_eq!(again.messages[0].token(), token(1, 2));
+        s.settle(&q, token(1, 2), Settlement::Nack).await.unwrap();
+        s.settle(&q, token(3, 1), Settlement::Ack).await.unwrap();
+    }
+    let s = open(&dir);
+    let info = s.info(&q).await.unwrap().unwrap();
+    assert_eq!(
+        (info.count, info.leased, info.max_deliveries),
+        (3, 1, 3),
+        "1 and 4 waiting, 2 leased"
+    );
+    // The lease survived: its token still settles.
+    assert_eq!(
+        s.settle(&q, token(2, 1), Settlement::Ack).await.unwrap(),
+        Settled::Acked
+    );
+    // The delivery count survived: this is attempt 3, the last.
+    let got = s.lease(&q, "b", 10, TTL).await.unwrap();
+    let tokens: Vec<LeaseToken> = got.messages.iter().map(|m| m.token()).collect();
+    assert_eq!(tokens, [token(1, 3), token(4, 1)]);
+    assert_eq!(
+        s.settle(&q, token(1, 3), Settlement::Nack).await.unwrap(),
+        Settled::DeadLettered
+    );
+    drop(s);
+    let s = open(&dir);
+    let dead = s.read(&q.dead_letters(), 1, 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].payload, Bytes::from_static(b"m1"));
+    assert_eq!(s.info(&q).await.unwrap().unwrap().count, 1);
+}

@@ -4,13 +4,17 @@
 //! ```text
 //! queues   (qid PK, name UNIQUE, ttl_ms, attachments, expires_at_ms,
 //!           lock_owner, lock_until_ms, next_id, delivered_hi, pending_hi,
-//!           pushed, consumed)
+//!           pushed, consumed, max_deliveries)
 //! messages (qid, id, payload)  PRIMARY KEY (qid, id), WITHOUT ROWID
 //! metadata (qid, key, value)   PRIMARY KEY (qid, key), WITHOUT ROWID
+//! deliveries (qid, id, attempts, lease_owner, lease_until_ms)
+//!                              PRIMARY KEY (qid, id), WITHOUT ROWID
 //! ```
 //!
 //! A queue's stored messages are its `messages` rows; those with an id up
-//! to `pending_hi` are pending (see [`crate::queue_state::Queue`]). Times
+//! to `pending_hi` are pending (see [`crate::queue_state::Queue`]). A
+//! `deliveries` row counts the deliveries of a stored message delivered
+//! before; with a lease owner, the message is leased until `lease_until_ms`. Times
 //! are wall-clock milliseconds since the Unix epoch, so deadlines mean the
 //! same after a restart. Ids and counters are u64 stored bit for bit in
 //! SQLite's i64.
@@ -25,6 +29,7 @@ use tokio::time::Instant;
 
 use busmq_core::Limits;
 
+use crate::leases::Delivery;
 use crate::queue_state::{Change, Queue, QueueMeta, deadline};
 use crate::{Message, QueueName};
 
@@ -32,7 +37,7 @@ use crate::{Message, QueueName};
 pub const DB_FILE: &str = "busmq.sqlite3";
 
 /// Version of the schema below, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS queues (
@@ -47,7 +52,8 @@ CREATE TABLE IF NOT EXISTS queues (
     delivered_hi INTEGER NOT NULL,
     pending_hi INTEGER NOT NULL,
     pushed INTEGER NOT NULL,
-    consumed INTEGER NOT NULL
+    consumed INTEGER NOT NULL,
+    max_deliveries INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS messages (
     qid INTEGER NOT NULL,
@@ -61,7 +67,19 @@ CREATE TABLE IF NOT EXISTS metadata (
     value TEXT NOT NULL,
     PRIMARY KEY (qid, key)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS deliveries (
+    qid INTEGER NOT NULL,
+    id INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    lease_owner TEXT,
+    lease_until_ms INTEGER,
+    PRIMARY KEY (qid, id)
+) WITHOUT ROWID;
 ";
+
+/// Brings a version 1 database (no lease mode) to version 2.
+const MIGRATE_1_TO_2: &str =
+    "ALTER TABLE queues ADD COLUMN max_deliveries INTEGER NOT NULL DEFAULT 0;";
 
 /// A point in time as the journal stores it.
 #[derive(Debug, Clone, Copy)]
@@ -144,7 +162,46 @@ pub enum Record {
         key: String,
         value: String,
     },
+    /// A `deliveries` row to write, or to delete when `None`.
+    Delivery {
+        queue: QueueName,
+        id: u64,
+        row: Option<DeliveryRow>,
+    },
     Drop(QueueName),
+}
+
+/// A `deliveries` row without its qid and id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryRow {
+    attempts: i64,
+    lease_owner: Option<String>,
+    lease_until_ms: Option<i64>,
+}
+
+impl DeliveryRow {
+    fn new(d: Delivery, clock: Clock) -> Self {
+        let (lease_owner, lease_until_ms) = match d.lease {
+            Some((owner, until)) => (Some(owner), Some(clock.to_wall(until))),
+            None => (None, None),
+        };
+        DeliveryRow {
+            attempts: i64::from(d.attempts),
+            lease_owner,
+            lease_until_ms,
+        }
+    }
+
+    fn delivery(&self, clock: Clock) -> Delivery {
+        let lease = match (&self.lease_owner, self.lease_until_ms) {
+            (Some(owner), Some(until)) => Some((owner.clone(), clock.from_wall(until))),
+            _ => None,
+        };
+        Delivery {
+            attempts: u32::try_from(self.attempts).unwrap_or(u32::MAX),
+            lease,
+        }
+    }
 }
 
 /// A `queues` row without its name and qid.
@@ -160,6 +217,7 @@ pub struct MetaRow {
     pending_hi: i64,
     pushed: i64,
     consumed: i64,
+    max_deliveries: i64,
 }
 
 impl MetaRow {
@@ -179,6 +237,7 @@ impl MetaRow {
             pending_hi: int(meta.pending_hi),
             pushed: int(meta.pushed),
             consumed: int(meta.consumed),
+            max_deliveries: i64::from(meta.max_deliveries),
         }
     }
 
@@ -197,6 +256,7 @@ impl MetaRow {
             pending_hi: uint(self.pending_hi),
             pushed: uint(self.pushed),
             consumed: uint(self.consumed),
+            max_deliveries: u32::try_from(self.max_deliveries).unwrap_or(0),
         }
     }
 }
@@ -217,6 +277,15 @@ impl Record {
             },
             Change::Remove { queue, from, to } => Record::Remove { queue, from, to },
             Change::Metadata { queue, key, value } => Record::Metadata { queue, key, value },
+            Change::Delivery {
+                queue,
+                id,
+                delivery,
+            } => Record::Delivery {
+                queue,
+                id,
+                row: delivery.map(|d| DeliveryRow::new(d, clock)),
+            },
             Change::Drop(queue) => Record::Drop(queue),
         }
     }
@@ -251,6 +320,9 @@ impl Db {
                 path.display()
             )));
         }
+        if version == 1 {
+            conn.execute_batch(MIGRATE_1_TO_2)?;
+        }
         conn.execute_batch(SCHEMA)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
 
@@ -276,8 +348,8 @@ impl Db {
         {
             let mut stmt = self.conn.prepare(
                 "SELECT qid, name, ttl_ms, attachments, expires_at_ms, lock_owner, \
-                 lock_until_ms, next_id, delivered_hi, pending_hi, pushed, consumed \
-                 FROM queues",
+                 lock_until_ms, next_id, delivered_hi, pending_hi, pushed, consumed, \
+                 max_deliveries FROM queues",
             )?;
             let mut q = stmt.query([])?;
             while let Some(r) = q.next()? {
@@ -294,6 +366,7 @@ impl Db {
                     pending_hi: r.get(9)?,
                     pushed: r.get(10)?,
                     consumed: r.get(11)?,
+                    max_deliveries: r.get(12)?,
                 };
                 self.next_qid = self.next_qid.max(qid + 1);
                 match QueueName::parse(&name, &limits) {
@@ -336,6 +409,32 @@ impl Db {
                 });
             }
         }
+        // A message appended, leased and removed within one commit leaves
+        // its deliveries row behind (the removal was cut to what was on
+        // disk): drop such rows.
+        self.conn.execute(
+            "DELETE FROM deliveries WHERE NOT EXISTS (SELECT 1 FROM messages m \
+             WHERE m.qid = deliveries.qid AND m.id = deliveries.id)",
+            [],
+        )?;
+        let mut deliveries: HashMap<i64, HashMap<u64, Delivery>> = HashMap::new();
+        {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT qid, id, attempts, lease_owner, lease_until_ms FROM deliveries")?;
+            let mut q = stmt.query([])?;
+            while let Some(r) = q.next()? {
+                let row = DeliveryRow {
+                    attempts: r.get(2)?,
+                    lease_owner: r.get(3)?,
+                    lease_until_ms: r.get(4)?,
+                };
+                deliveries
+                    .entry(r.get(0)?)
+                    .or_default()
+                    .insert(uint(r.get(1)?), row.delivery(clock));
+            }
+        }
         let mut metadata: HashMap<i64, HashMap<String, String>> = HashMap::new();
         {
             let mut stmt = self.conn.prepare("SELECT qid, key, value FROM metadata")?;
@@ -353,6 +452,7 @@ impl Db {
             let queue = Queue::restore(
                 meta.meta(clock),
                 messages.remove(&qid).unwrap_or_default(),
+                deliveries.remove(&qid).unwrap_or_default(),
                 metadata.remove(&qid).unwrap_or_default(),
             );
             self.qids.insert(name.clone(), qid);
@@ -378,7 +478,7 @@ impl Db {
                             "UPDATE queues SET ttl_ms = ?2, attachments = ?3, \
                              expires_at_ms = ?4, lock_owner = ?5, lock_until_ms = ?6, \
                              next_id = ?7, delivered_hi = ?8, pending_hi = ?9, pushed = ?10, \
-                             consumed = ?11 WHERE qid = ?1",
+                             consumed = ?11, max_deliveries = ?12 WHERE qid = ?1",
                         )?
                         .execute(params![
                             qid,
@@ -391,7 +491,8 @@ impl Db {
                             m.delivered_hi,
                             m.pending_hi,
                             m.pushed,
-                            m.consumed
+                            m.consumed,
+                            m.max_deliveries
                         ])?;
                     }
                     None => {
@@ -399,8 +500,8 @@ impl Db {
                         tx.prepare_cached(
                             "INSERT INTO queues (qid, name, ttl_ms, attachments, \
                              expires_at_ms, lock_owner, lock_until_ms, next_id, delivered_hi, \
-                             pending_hi, pushed, consumed) \
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                             pending_hi, pushed, consumed, max_deliveries) \
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                         )?
                         .execute(params![
                             qid,
@@ -414,7 +515,8 @@ impl Db {
                             m.delivered_hi,
                             m.pending_hi,
                             m.pushed,
-                            m.consumed
+                            m.consumed,
+                            m.max_deliveries
                         ])?;
                         self.next_qid += 1;
                         self.qids.insert(queue.clone(), qid);
@@ -442,6 +544,32 @@ impl Db {
                         "DELETE FROM messages WHERE qid = ?1 AND id >= ?2 AND id <= ?3",
                     )?
                     .execute(params![qid, id_bound(*from), id_bound(*to)])?;
+                    tx.prepare_cached(
+                        "DELETE FROM deliveries WHERE qid = ?1 AND id >= ?2 AND id <= ?3",
+                    )?
+                    .execute(params![qid, id_bound(*from), id_bound(*to)])?;
+                }
+                Record::Delivery { queue, id, row } => {
+                    let qid = self.qid(queue)?;
+                    match row {
+                        Some(d) => {
+                            tx.prepare_cached(
+                                "INSERT OR REPLACE INTO deliveries (qid, id, attempts, \
+                                 lease_owner, lease_until_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                            )?
+                            .execute(params![
+                                qid,
+                                int(*id),
+                                d.attempts,
+                                d.lease_owner,
+                                d.lease_until_ms
+                            ])?;
+                        }
+                        None => {
+                            tx.prepare_cached("DELETE FROM deliveries WHERE qid = ?1 AND id = ?2")?
+                                .execute(params![qid, int(*id)])?;
+                        }
+                    }
                 }
                 Record::Metadata { queue, key, value } => {
                     let qid = self.qid(queue)?;
@@ -535,7 +663,7 @@ fn coalesce(records: &mut [Record]) -> Vec<bool> {
                     *to = (*to).min(written_below.saturating_sub(1));
                 }
             }
-            Record::Metadata { .. } => {}
+            Record::Metadata { .. } | Record::Delivery { .. } => {}
             Record::Drop(queue) => {
                 if let Some(seg) = segments.remove(queue) {
                     for a in seg.appends {
@@ -554,6 +682,8 @@ fn drop_qid(tx: &rusqlite::Transaction<'_>, qid: i64) -> rusqlite::Result<()> {
     tx.prepare_cached("DELETE FROM messages WHERE qid = ?1")?
         .execute([qid])?;
     tx.prepare_cached("DELETE FROM metadata WHERE qid = ?1")?
+        .execute([qid])?;
+    tx.prepare_cached("DELETE FROM deliveries WHERE qid = ?1")?
         .execute([qid])?;
     tx.prepare_cached("DELETE FROM queues WHERE qid = ?1")?
         .execute([qid])?;
@@ -583,6 +713,100 @@ mod tests {
     }
 
     #[test]
+    fn a_version_1_database_migrates_and_keeps_its_queues() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        {
+            // The version 1 schema, as an older busmq left it.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE queues (qid INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, \
+                 ttl_ms INTEGER NOT NULL, attachments INTEGER NOT NULL, expires_at_ms INTEGER, \
+                 lock_owner TEXT, lock_until_ms INTEGER, next_id INTEGER NOT NULL, \
+                 delivered_hi INTEGER NOT NULL, pending_hi INTEGER NOT NULL, \
+                 pushed INTEGER NOT NULL, consumed INTEGER NOT NULL);
+                 CREATE TABLE messages (qid INTEGER NOT NULL, id INTEGER NOT NULL, \
+                 payload BLOB NOT NULL, PRIMARY KEY (qid, id)) WITHOUT ROWID;
+                 CREATE TABLE metadata (qid INTEGER NOT NULL, key TEXT NOT NULL, \
+                 value TEXT NOT NULL, PRIMARY KEY (qid, key)) WITHOUT ROWID;
+                 INSERT INTO queues VALUES (1, 'old', 30000, 1, NULL, NULL, NULL, 2, 0, 0, 1, 0);
+                 INSERT INTO messages VALUES (1, 1, x'6d31');
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let name = QueueName::parse("old", &Limits::default()).unwrap();
+        {
+            let (mut db, queues) = Db::open(&path).unwrap();
+            let q = &queues[&name];
+            assert_eq!((q.ready.len(), q.max_deliveries), (1, 0));
+            let clock = Clock::now();
+            let mut meta = q.meta();
+            meta.max_deliveries = 4;
+            db.commit(&mut [
+                Record::Meta(name.clone(), MetaRow::new(meta, clock)),
+                Record::Delivery {
+                    queue: name.clone(),
+                    id: 1,
+                    row: Some(DeliveryRow::new(Delivery::returned(2), clock)),
+                },
+            ])
+            .unwrap();
+        }
+        let (_db, queues) = Db::open(&path).unwrap();
+        let q = &queues[&name];
+        assert_eq!(q.max_deliveries, 4);
+        assert_eq!(q.returns.get(&1), Some(&2));
+        let version: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn a_message_leased_and_acked_within_one_commit_leaves_no_delivery_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let q = QueueName::parse("q", &Limits::default()).unwrap();
+        let clock = Clock::now();
+        let leased = Delivery {
+            attempts: 1,
+            lease: Some(("a".into(), clock.now + Duration::from_secs(30))),
+        };
+        {
+            let (mut db, _) = Db::open(&path).unwrap();
+            // Appended, leased and acked before the writer got to it: the
+            // removal is cut to what is on disk (nothing), the lease row
+            // is written.
+            db.commit(&mut [
+                Record::Meta(q.clone(), MetaRow::new(meta(1), clock)),
+                append(&q, 1, 2),
+                Record::Delivery {
+                    queue: q.clone(),
+                    id: 1,
+                    row: Some(DeliveryRow::new(leased, clock)),
+                },
+                Record::Remove {
+                    queue: q.clone(),
+                    from: 1,
+                    to: 1,
+                },
+                Record::Meta(q.clone(), MetaRow::new(meta(3), clock)),
+            ])
+            .unwrap();
+        }
+        let (db, queues) = Db::open(&path).unwrap();
+        assert_eq!(stored(&queues, &q), [2]);
+        assert!(queues[&q].leases.is_empty());
+        let rows: i64 = db
+            .conn
+            .query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 0, "the orphan row was dropped at open");
+    }
+
+    #[test]
     fn records_and_recovers_queues() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(DB_FILE);
@@ -598,6 +822,7 @@ mod tests {
             pending_hi: 1,
             pushed: 3,
             consumed: 1,
+            max_deliveries: 0,
         };
         {
             let (mut db, queues) = Db::open(&path).unwrap();
@@ -656,6 +881,7 @@ mod tests {
             pending_hi: 0,
             pushed: next_id - 1,
             consumed: 0,
+            max_deliveries: 0,
         }
     }
 

@@ -137,7 +137,7 @@ use std::time::Duration;
 use ::redis::aio::{PubSubSink, PubSubStream};
 use ::redis::{Script, ScriptInvocation, Value};
 use async_trait::async_trait;
-use busmq_core::{DEFAULT_TTL_SECS, Limits};
+use busmq_core::{DEAD_LETTER_SUFFIX, DEAD_LETTER_TTL_SECS, DEFAULT_TTL_SECS, Limits};
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::runtime::Handle;
@@ -151,8 +151,9 @@ use conn::{Connector, Node};
 use scripts::Scripts;
 
 use crate::{
-    Attached, Error, IdRange, Message, Notification, Notifications, QueueInfo, QueueName,
-    ReliableLock, Result, Storage, TakeMode,
+    Attached, Error, IdRange, LeaseToken, LeasedMessage, Leases, Message, Notification,
+    Notifications, QueueInfo, QueueName, ReliableLock, Result, Settled, Settlement, Storage,
+    TakeMode,
 };
 
 /// Prefix of every key busmq writes.
@@ -218,6 +219,9 @@ enum Outcome {
     Missing,
     UnknownAck,
     Locked,
+    LeaseExpired,
+    UnknownLease,
+    LeasesActive,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -228,14 +232,36 @@ fn ms(d: Duration) -> u64 {
     d.as_millis().min(MAX_MS) as u64
 }
 
-fn keys(queue: &QueueName) -> [String; 5] {
-    let base = format!("{KEY_PREFIX}:{{{queue}}}");
+/// What decides where a queue lives (hash slot and shard): its name
+/// without any dead-letter suffix, so a queue and its dead-letter queue
+/// (and that one's) share a slot and a shard, and a script moves a message
+/// between them atomically.
+fn placement(queue: &QueueName) -> &str {
+    let mut name = queue.as_str();
+    while let Some(base) = name.strip_suffix(DEAD_LETTER_SUFFIX)
+        && !base.is_empty()
+    {
+        name = base;
+    }
+    name
+}
+
+fn keys(queue: &QueueName) -> [String; 8] {
+    let place = placement(queue);
+    let base = if place == queue.as_str() {
+        format!("{KEY_PREFIX}:{{{queue}}}")
+    } else {
+        format!("{KEY_PREFIX}:{{{place}}}:{queue}")
+    };
     [
         format!("{base}:meta"),
         format!("{base}:ready"),
         format!("{base}:pending"),
         format!("{base}:md"),
         format!("{base}:lock"),
+        format!("{base}:leases"),
+        format!("{base}:deadlines"),
+        format!("{base}:counts"),
     ]
 }
 
@@ -258,6 +284,32 @@ fn int(v: Option<&Value>, what: &str) -> Result<i64> {
 fn uint(v: Option<&Value>, what: &str) -> Result<u64> {
     let i = int(v, what)?;
     u64::try_from(i).map_err(|_| unexpected(what, &i))
+}
+
+/// The default ttl of a dead-letter queue, in ms, as scripts take it.
+fn dead_letter_ttl_ms() -> u64 {
+    DEAD_LETTER_TTL_SECS * 1000
+}
+
+/// Decodes a lease script's flat `{member, attempt, ...}` array.
+fn leased_members(v: Option<Value>) -> Result<Vec<LeasedMessage>> {
+    let items = match v {
+        Some(Value::Array(items)) => items,
+        other => return Err(unexpected("lease", &other)),
+    };
+    let mut out = Vec::with_capacity(items.len() / 2);
+    let mut items = items.into_iter();
+    while let Some(member) = items.next() {
+        let attempt = int(items.next().as_ref(), "a lease attempt")?;
+        let message = members(Some(Value::Array(vec![member])), "lease")?
+            .pop()
+            .ok_or_else(|| unexpected("lease", &"an empty member"))?;
+        out.push(LeasedMessage {
+            message,
+            attempt: u32::try_from(attempt).map_err(|_| unexpected("lease", &attempt))?,
+        });
+    }
+    Ok(out)
 }
 
 fn members(v: Option<Value>, what: &str) -> Result<Vec<Message>> {
@@ -364,7 +416,7 @@ impl RedisStorage {
     /// The index of the shard (in the configured list) where a new queue
     /// named `queue` is created: the first of its rendezvous order.
     pub fn home_shard(&self, queue: &QueueName) -> usize {
-        shard::order(&self.inner.shard_ids, queue.as_str())
+        shard::order(&self.inner.shard_ids, placement(queue))
             .first()
             .copied()
             .unwrap_or(0)
@@ -395,6 +447,11 @@ impl Inner {
         let mut invocation = script.prepare_invoke();
         for key in keys(queue) {
             invocation.key(key);
+        }
+        if self.scripts.dead_letters(script) {
+            for key in keys(&queue.dead_letters()) {
+                invocation.key(key);
+            }
         }
         args(&mut invocation);
         let reply = tokio::time::timeout(
@@ -432,6 +489,9 @@ impl Inner {
             scripts::MISSING => Ok(Outcome::Missing),
             scripts::UNKNOWN_ACK => Ok(Outcome::UnknownAck),
             scripts::LOCKED => Ok(Outcome::Locked),
+            scripts::LEASE_EXPIRED => Ok(Outcome::LeaseExpired),
+            scripts::UNKNOWN_LEASE => Ok(Outcome::UnknownLease),
+            scripts::LEASES_ACTIVE => Ok(Outcome::LeasesActive),
             other => Err(unexpected("a script status", &other)),
         }
     }
@@ -548,7 +608,7 @@ impl Inner {
         if !fresh && let Some(&shard) = lock(&self.locations).get(queue) {
             return Ok((shard, true));
         }
-        let order = shard::order(&self.shard_ids, queue.as_str());
+        let order = shard::order(&self.shard_ids, placement(queue));
         let found =
             futures::future::join_all(order.iter().map(|&shard| self.exists(shard, queue))).await;
         for (&shard, found) in order.iter().zip(found) {
@@ -582,6 +642,23 @@ impl Inner {
             }
         }
         Ok((shard, outcome))
+    }
+
+    /// Arms the expiry of `queue`'s dead-letter queue when a script just
+    /// gave it dead letters while unattached (`pttl` >= 0).
+    fn arm_dead_letters(
+        self: &Arc<Self>,
+        shard: usize,
+        queue: &QueueName,
+        pttl: Option<&Value>,
+    ) -> Result<()> {
+        let pttl = int(pttl, "a dead-letter ttl")?;
+        if let Ok(pttl) = u64::try_from(pttl) {
+            let dlq = queue.dead_letters();
+            self.remember(&dlq, shard);
+            self.arm_expiry(shard, dlq, Duration::from_millis(pttl));
+        }
+        Ok(())
     }
 
     /// Looks again when a countdown started here should be over, and
@@ -898,20 +975,28 @@ impl Storage for RedisStorage {
         let inner = &self.inner;
         let q = queue.as_str();
         let lease = ms(lock.lease);
+        let dlq = queue.dead_letters();
+        let dlq_ttl = dead_letter_ttl_ms();
         let args = |inv: &mut ScriptInvocation<'_>| {
             inv.arg(&lock.owner)
                 .arg(lease)
                 .arg(last)
                 .arg(CHANNEL)
-                .arg(q);
+                .arg(q)
+                .arg(dlq.as_str())
+                .arg(dlq_ttl);
         };
         match inner
             .exec(queue, &inner.scripts.begin_reliable, &args, false)
             .await?
         {
-            (_, Outcome::Ok(v)) => uint(v.first(), "begin_reliable"),
+            (shard, Outcome::Ok(v)) => {
+                inner.arm_dead_letters(shard, queue, v.get(1))?;
+                uint(v.first(), "begin_reliable")
+            }
             (_, Outcome::Missing) => Err(queue_not_found(queue)),
             (_, Outcome::Locked) => Err(Error::ReliableConsumerActive(queue.to_string())),
+            (_, Outcome::LeasesActive) => Err(Error::LeaseConsumersActive(queue.to_string())),
             _ => Err(unexpected("begin_reliable", &"a status")),
         }
     }
@@ -944,6 +1029,142 @@ impl Storage for RedisStorage {
             (_, Outcome::Ok(v)) => Ok(int(v.first(), "end_reliable")? == 1),
             (_, Outcome::Missing) => Ok(false),
             _ => Err(unexpected("end_reliable", &"a status")),
+        }
+    }
+
+    async fn lease(
+        &self,
+        queue: &QueueName,
+        owner: &str,
+        max: u32,
+        visibility: Duration,
+    ) -> Result<Leases> {
+        busmq_core::check_visibility(visibility)?;
+        crate::check_lease_owner(owner)?;
+        let inner = &self.inner;
+        let q = queue.as_str();
+        let dlq = queue.dead_letters();
+        let dlq_ttl = dead_letter_ttl_ms();
+        let visibility = ms(visibility).max(1);
+        let args = |inv: &mut ScriptInvocation<'_>| {
+            inv.arg(owner)
+                .arg(max)
+                .arg(visibility)
+                .arg(CHANNEL)
+                .arg(q)
+                .arg(dlq.as_str())
+                .arg(dlq_ttl);
+        };
+        match inner
+            .exec(queue, &inner.scripts.lease, &args, false)
+            .await?
+        {
+            (shard, Outcome::Ok(v)) => {
+                inner.arm_dead_letters(shard, queue, v.get(2))?;
+                let next = int(v.get(1), "lease")?;
+                let messages = leased_members(v.into_iter().next())?;
+                Ok(Leases {
+                    messages,
+                    next_expiry: u64::try_from(next).ok().map(Duration::from_millis),
+                })
+            }
+            (_, Outcome::Missing) => Err(queue_not_found(queue)),
+            (_, Outcome::Locked) => Err(Error::ReliableConsumerActive(queue.to_string())),
+            _ => Err(unexpected("lease", &"a status")),
+        }
+    }
+
+    async fn settle(
+        &self,
+        queue: &QueueName,
+        token: LeaseToken,
+        settlement: Settlement,
+    ) -> Result<Settled> {
+        token.check()?;
+        let inner = &self.inner;
+        let q = queue.as_str();
+        let dlq = queue.dead_letters();
+        let dlq_ttl = dead_letter_ttl_ms();
+        let kind = match settlement {
+            Settlement::Ack => "a",
+            Settlement::Nack => "n",
+        };
+        let args = |inv: &mut ScriptInvocation<'_>| {
+            inv.arg(token.id)
+                .arg(token.attempt)
+                .arg(kind)
+                .arg(CHANNEL)
+                .arg(q)
+                .arg(dlq.as_str())
+                .arg(dlq_ttl);
+        };
+        let (queue_s, id, attempt) = (queue.to_string(), token.id, token.attempt);
+        match inner
+            .exec(queue, &inner.scripts.settle, &args, false)
+            .await?
+        {
+            (shard, Outcome::Ok(v)) => {
+                inner.arm_dead_letters(shard, queue, v.get(1))?;
+                match int(v.first(), "settle")? {
+                    1 => Ok(Settled::Acked),
+                    2 => Ok(Settled::Requeued),
+                    3 => Ok(Settled::DeadLettered),
+                    other => Err(unexpected("settle", &other)),
+                }
+            }
+            (_, Outcome::Missing) => Err(queue_not_found(queue)),
+            (_, Outcome::LeaseExpired) => Err(Error::LeaseExpired {
+                queue: queue_s,
+                id,
+                attempt,
+            }),
+            (_, Outcome::UnknownLease) => Err(Error::UnknownLease {
+                queue: queue_s,
+                id,
+                attempt,
+            }),
+            _ => Err(unexpected("settle", &"a status")),
+        }
+    }
+
+    async fn release_leases(&self, queue: &QueueName, owner: &str) -> Result<u64> {
+        let inner = &self.inner;
+        let q = queue.as_str();
+        let dlq = queue.dead_letters();
+        let dlq_ttl = dead_letter_ttl_ms();
+        let args = |inv: &mut ScriptInvocation<'_>| {
+            inv.arg(owner)
+                .arg(CHANNEL)
+                .arg(q)
+                .arg(dlq.as_str())
+                .arg(dlq_ttl);
+        };
+        match inner
+            .exec(queue, &inner.scripts.release_leases, &args, false)
+            .await?
+        {
+            (shard, Outcome::Ok(v)) => {
+                inner.arm_dead_letters(shard, queue, v.get(1))?;
+                uint(v.first(), "release_leases")
+            }
+            (_, Outcome::Missing) => Ok(0),
+            _ => Err(unexpected("release_leases", &"a status")),
+        }
+    }
+
+    async fn set_max_deliveries(&self, queue: &QueueName, max: u32) -> Result<()> {
+        busmq_core::check_max_deliveries(max)?;
+        let inner = &self.inner;
+        let args = |inv: &mut ScriptInvocation<'_>| {
+            inv.arg(max);
+        };
+        match inner
+            .exec(queue, &inner.scripts.set_max_deliveries, &args, false)
+            .await?
+        {
+            (_, Outcome::Ok(_)) => Ok(()),
+            (_, Outcome::Missing) => Err(queue_not_found(queue)),
+            _ => Err(unexpected("set_max_deliveries", &"a status")),
         }
     }
 
@@ -992,6 +1213,8 @@ impl Storage for RedisStorage {
                     pushed: field(5)?,
                     consumed: field(6)?,
                     reliable_consumer: field(7)? == 1,
+                    leased: field(8)?,
+                    max_deliveries: u32::try_from(field(9)?).unwrap_or(u32::MAX),
                 }))
             }
             (_, Outcome::Missing) => Ok(None),
@@ -1060,6 +1283,10 @@ mod tests {
         let k = keys(&q);
         assert_eq!(k[0], "busmq:{orders.eu:1}:meta");
         assert!(k.iter().all(|k| k.contains("{orders.eu:1}")));
+        let dlq = keys(&q.dead_letters().dead_letters());
+        assert_eq!(dlq[0], "busmq:{orders.eu:1}:orders.eu:1.dlq.dlq:meta");
+        let odd = QueueName::parse(".dlq", &Limits::default()).unwrap();
+        assert_eq!(placement(&odd), ".dlq");
     }
 
     #[test]

@@ -32,6 +32,9 @@ use crate::{
     TakeMode,
 };
 
+mod leases;
+pub use leases::*;
+
 /// Expands to one `#[tokio::test]` per conformance check, each running the
 /// check on the `Arc<dyn Storage>` that `$factory.await` yields. See the
 /// [module docs](crate::conformance).
@@ -62,6 +65,16 @@ macro_rules! conformance_tests {
             expiry_after_detach,
             reattach_cancels_expiry,
             concurrent_takers_each_message_once,
+            lease_delivers_and_ack_removes,
+            nack_returns_to_front_in_id_order,
+            expired_lease_returns_and_late_ack_is_rejected,
+            release_returns_only_the_owners_leases,
+            competing_leases_get_distinct_messages,
+            max_deliveries_dead_letters_leases,
+            max_deliveries_dead_letters_reliable,
+            lease_and_reliable_exclude_each_other,
+            take_read_and_flush_with_leases,
+            lease_rejects_bad_input,
         );
     };
     (@each $factory:expr; $($check:ident),+ $(,)?) => {

@@ -1,0 +1,39 @@
+//! What the cross-process tests share: a storage process, a broker in
+//! front of it, and an SDK client.
+
+// Each test binary uses a part of it.
+#![allow(dead_code)]
+
+use busmq_client::Bus;
+use busmq_testkit::Process;
+
+/// A storage process, a broker process in front of it, and an SDK client.
+pub struct Cluster {
+    pub bus: Bus,
+    pub broker: Process,
+    pub storage: Process,
+}
+
+/// Starts a storage (memory backend) and a broker, and connects to it.
+pub async fn cluster() -> Cluster {
+    let storage = busmq_testkit::storage().await;
+    let broker = busmq_testkit::broker(storage.addr()).await;
+    let bus = Bus::connect(broker.url()).await.expect("connect to broker");
+    Cluster {
+        bus,
+        broker,
+        storage,
+    }
+}
+
+/// Starts `busmq-storage` on the Redis at `redis_url` and waits until it
+/// serves.
+pub async fn storage_on(redis_url: &str) -> Process {
+    let builder = Process::builder("busmq-storage");
+    let addr = builder.listen_addr();
+    let p = builder
+        .args(["--listen", &addr.to_string(), "--backend", redis_url])
+        .spawn();
+    p.wait_ready().await;
+    p
+}
