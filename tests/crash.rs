@@ -2,28 +2,16 @@
 //! producer pushes and a reliable consumer consumes. After the restarts
 //! every push that was acknowledged is delivered, in order.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use busmq_client::{AttachOptions, Bus, ConsumeOptions};
+use busmq_client::{AttachOptions, Bus, ConsumeOptions, Reconnect};
 use busmq_testkit::Process;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
-
-/// A broker whose reliable locks lapse quickly after it dies, so the test's
-/// consumer gets the queue back soon after the broker restarts.
-async fn broker(storage: &Process) -> Process {
-    let builder = Process::builder("busmq-broker");
-    let addr = builder.listen_addr();
-    let p = builder
-        .args(["--listen", &addr.to_string()])
-        .args(["--storage", &storage.url()])
-        .args(["--reliable-lease-ms", "1000"])
-        .spawn();
-    p.wait_ready().await;
-    p
-}
 
 async fn storage(backend: &str) -> Process {
     let builder = Process::builder("busmq-storage");
@@ -86,8 +74,14 @@ async fn consume(bus: Bus, stop: CancellationToken) -> Vec<Vec<u64>> {
 
 async fn kill9_storage_then_broker(backend: &str) {
     let storage = storage(backend).await;
-    let broker = broker(&storage).await;
-    let bus = Bus::connect(broker.url()).await.unwrap();
+    let broker = common::broker_with_short_lock_lease(&storage).await;
+    // The consumer below re-consumes by hand after every failure, to see
+    // each session's order; the SDK's own reconnection has its own test
+    // (tests/reconnect.rs).
+    let bus = Bus::connect(broker.url())
+        .await
+        .unwrap()
+        .reconnect(Reconnect::disabled());
     bus.queue("crash")
         .attach(AttachOptions::ttl(Duration::from_secs(600)))
         .await

@@ -37,3 +37,18 @@ pub async fn storage_on(redis_url: &str) -> Process {
     p.wait_ready().await;
     p
 }
+
+/// A broker in front of `storage` whose reliable locks lapse 1 s after it
+/// dies (5 s by default), so a consumer gets its queue back soon after the
+/// broker restarts.
+pub async fn broker_with_short_lock_lease(storage: &Process) -> Process {
+    let builder = Process::builder("busmq-broker");
+    let addr = builder.listen_addr();
+    let p = builder
+        .args(["--listen", &addr.to_string()])
+        .args(["--storage", &storage.url()])
+        .args(["--reliable-lease-ms", "1000"])
+        .spawn();
+    p.wait_ready().await;
+    p
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 use busmq_proto::v1::queues_client::QueuesClient;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::{Error, Queue, Result};
+use crate::{Error, Queue, Reconnect, Result};
 
 /// The default broker address (`busmq serve` listens there).
 pub const DEFAULT_URL: &str = "http://127.0.0.1:50051";
@@ -33,11 +33,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Bus {
     client: QueuesClient<Channel>,
     url: Arc<str>,
+    reconnect: Reconnect,
 }
 
 impl fmt::Debug for Bus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Bus").field("url", &self.url).finish()
+        f.debug_struct("Bus")
+            .field("url", &self.url)
+            .field("reconnect", &self.reconnect)
+            .finish()
     }
 }
 
@@ -75,7 +79,30 @@ impl Bus {
         Bus {
             client: QueuesClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES),
             url: url.into(),
+            reconnect: Reconnect::default(),
         }
+    }
+
+    /// How consumers of queues made from this bus (from now on) recover
+    /// from a broken stream; reconnection is on by default, giving up after
+    /// 60 s. See [`Reconnect`].
+    ///
+    /// ```
+    /// # fn demo() -> Result<(), busmq_client::Error> {
+    /// use std::time::Duration;
+    /// use busmq_client::{Bus, Reconnect};
+    ///
+    /// # let rt = tokio::runtime::Runtime::new().unwrap();
+    /// # let _guard = rt.enter();
+    /// let bus = Bus::connect_lazy("http://127.0.0.1:50051")?.reconnect(Reconnect {
+    ///     enabled: true,
+    ///     give_up_after: Duration::from_secs(300),
+    /// });
+    /// # Ok(()) }
+    /// ```
+    pub fn reconnect(mut self, policy: Reconnect) -> Bus {
+        self.reconnect = policy;
+        self
     }
 
     /// The broker address this bus talks to.
@@ -89,7 +116,7 @@ impl Bus {
     /// consuming. The name is checked by the server (1..=200 characters of
     /// `[A-Za-z0-9._:-]` by default), so a bad one fails on first use.
     pub fn queue(&self, name: impl Into<String>) -> Queue {
-        Queue::new(self.client.clone(), name.into())
+        Queue::new(self.client.clone(), name.into(), self.reconnect)
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
@@ -9,11 +10,13 @@ use busmq_proto::v1 as pb;
 use busmq_proto::v1::consume_event::Event;
 use bytes::Bytes;
 use futures::Stream;
+use futures::future::BoxFuture;
 use futures::stream::FusedStream;
 use tonic::codec::Streaming;
 
 use std::time::Duration;
 
+use crate::reconnect::{Reopened, is_transient, reopen};
 use crate::{Error, LeaseToken, Queue, QueueEvent, Result};
 
 /// How a consumer takes messages, derived from [`ConsumeOptions`].
@@ -264,14 +267,26 @@ pub enum ClosedReason {
 /// [`Queue::consume`].
 ///
 /// The stream ends after `max` messages, when the queue is closed or
-/// expires (see [`closed`](Self::closed)), or after the first error (which
-/// it yields first; consume again to resume — in reliable mode the
-/// un-acked messages come back). Dropping the consumer or calling
+/// expires (see [`closed`](Self::closed)), or after the first error it
+/// yields. A stream broken on the way to the broker (a broker restart, a
+/// dropped connection) is opened again by itself, as the bus's
+/// [`Reconnect`](crate::Reconnect) policy says; only when that gives up
+/// does the error reach the stream. Dropping the consumer or calling
 /// [`stop`](Self::stop) stops consuming (node-busmq's `queue.stop()`).
 pub struct Consumer {
     queue: Queue,
     mode: ConsumeMode,
+    /// What was asked of the server, repeated (adjusted) on a reconnect.
+    request: pb::ConsumeRequest,
+    /// Messages received from the server so far, and the last one's id.
+    received: u64,
+    last_id: Option<u64>,
     stream: Option<Streaming<pb::ConsumeEvent>>,
+    /// A reconnect in progress after the stream broke. In a mutex only to
+    /// keep the consumer `Sync`; it is polled through `&mut self`, never
+    /// locked.
+    reopening: Option<std::sync::Mutex<BoxFuture<'static, Result<Reopened>>>>,
+    reconnects: u64,
     buffer: VecDeque<pb::Message>,
     redelivered: u64,
     closed: Option<ClosedReason>,
@@ -309,7 +324,12 @@ impl Consumer {
         let mut consumer = Consumer {
             queue: queue.clone(),
             mode,
+            request: options.request(&s.name)?,
+            received: 0,
+            last_id: None,
             stream: Some(stream),
+            reopening: None,
+            reconnects: 0,
             buffer: VecDeque::new(),
             redelivered: 0,
             closed: None,
@@ -330,6 +350,12 @@ impl Consumer {
     /// The queue this consumer reads.
     pub fn queue(&self) -> &Queue {
         &self.queue
+    }
+
+    /// How many times the stream broke and was opened again (see
+    /// [`Reconnect`](crate::Reconnect)).
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects
     }
 
     /// Reliable mode: how many un-acked messages of an earlier consumer the
@@ -376,7 +402,13 @@ impl Consumer {
 
     fn handle(&mut self, event: pb::ConsumeEvent) {
         match event.event {
-            Some(Event::Messages(batch)) => self.buffer.extend(batch.messages),
+            Some(Event::Messages(batch)) => {
+                self.received += batch.messages.len() as u64;
+                if let Some(last) = batch.messages.last() {
+                    self.last_id = Some(last.id);
+                }
+                self.buffer.extend(batch.messages);
+            }
             Some(Event::Consuming(c)) => self.redelivered += c.redelivered,
             Some(Event::Closed(c)) => {
                 self.closed = Some(match pb::ClosedReason::try_from(c.reason) {
@@ -392,9 +424,52 @@ impl Consumer {
         }
     }
 
+    /// The request that resumes this consumer where its broken stream
+    /// stopped; `None` when `max` is already reached.
+    fn resume_request(&self) -> Option<pb::ConsumeRequest> {
+        let mut request = self.request.clone();
+        if let Some(max) = request.max {
+            let left = max.saturating_sub(self.received);
+            if left == 0 {
+                return None;
+            }
+            request.max = Some(left);
+        }
+        if self.mode == ConsumeMode::Persistent
+            && let Some(last) = self.last_id
+        {
+            request.index = Some(last + 1);
+        }
+        Some(request)
+    }
+
+    /// Starts reopening the stream after `status` broke it, when the bus
+    /// reconnects and the failure was on the way to the broker; false when
+    /// the consumer must end with the error instead.
+    fn try_reconnect(&mut self, status: &tonic::Status) -> bool {
+        let shared = &self.queue.shared;
+        if !self.running || !shared.reconnect.enabled || !is_transient(status) {
+            return false;
+        }
+        let Some(request) = self.resume_request() else {
+            return false;
+        };
+        self.stream = None;
+        shared.emit(QueueEvent::Reconnecting(
+            Error::from(status.clone()).to_string(),
+        ));
+        self.reopening = Some(std::sync::Mutex::new(Box::pin(reopen(
+            Arc::clone(shared),
+            request,
+            shared.reconnect,
+        ))));
+        true
+    }
+
     /// Ends the call (if still open) and reports the stop once.
     fn finish(&mut self) {
         self.stream = None;
+        self.reopening = None;
         if self.running {
             self.running = false;
             let s = &self.queue.shared;
@@ -420,6 +495,28 @@ impl Stream for Consumer {
                     attempt: message.attempt,
                 })));
             }
+            if let Some(reopening) = this.reopening.as_mut() {
+                let reopening = reopening.get_mut().unwrap_or_else(|p| p.into_inner());
+                match reopening.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok((stream, first))) => {
+                        this.reopening = None;
+                        this.stream = Some(stream);
+                        this.reconnects += 1;
+                        this.queue.shared.emit(QueueEvent::Reconnected);
+                        match first {
+                            Some(event) => this.handle(event),
+                            None => this.finish(),
+                        }
+                        continue;
+                    }
+                    Poll::Ready(Err(err)) => {
+                        let err = this.queue.shared.failed(err);
+                        this.finish();
+                        return Poll::Ready(Some(Err(err)));
+                    }
+                }
+            }
             let Some(stream) = this.stream.as_mut() else {
                 return Poll::Ready(None);
             };
@@ -427,6 +524,9 @@ impl Stream for Consumer {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(event))) => this.handle(event),
                 Poll::Ready(Some(Err(status))) => {
+                    if this.try_reconnect(&status) {
+                        continue;
+                    }
                     let err = this.queue.shared.failed(status);
                     this.finish();
                     return Poll::Ready(Some(Err(err)));
@@ -437,7 +537,7 @@ impl Stream for Consumer {
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let upper = if self.stream.is_none() {
+        let upper = if self.stream.is_none() && self.reopening.is_none() {
             Some(self.buffer.len())
         } else {
             None
@@ -448,7 +548,7 @@ impl Stream for Consumer {
 
 impl FusedStream for Consumer {
     fn is_terminated(&self) -> bool {
-        self.stream.is_none() && self.buffer.is_empty()
+        self.stream.is_none() && self.reopening.is_none() && self.buffer.is_empty()
     }
 }
 

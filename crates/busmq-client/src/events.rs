@@ -45,6 +45,11 @@ pub enum QueueEvent {
     /// A call on this handle or one of its consumers failed; the error was
     /// also returned to the caller.
     Error(String),
+    /// A consumer's stream broke on the way to the broker (the error); the
+    /// consumer is opening it again (see [`Reconnect`](crate::Reconnect)).
+    Reconnecting(String),
+    /// A consumer's stream is open again after [`QueueEvent::Reconnecting`].
+    Reconnected,
 }
 
 /// The stream of [`QueueEvent`]s of a queue handle, from

@@ -89,6 +89,7 @@ impl Queue {
         Queue::new(
             self.shared.client(),
             format!("{}{}", self.shared.name, busmq_core::DEAD_LETTER_SUFFIX),
+            self.shared.reconnect,
         )
     }
 }

@@ -51,6 +51,7 @@ mod events;
 mod lease;
 mod pusher;
 mod queue;
+mod reconnect;
 
 pub use bus::{Bus, DEFAULT_URL};
 pub use consume::{ClosedReason, ConsumeMode, ConsumeOptions, Consumer, Delivery};
@@ -59,6 +60,7 @@ pub use events::{QueueEvent, QueueEvents};
 pub use lease::{LeaseToken, Nacked};
 pub use pusher::{PushTicket, Pusher, PusherOptions};
 pub use queue::{AttachOptions, IdRange, Queue, QueueInfo};
+pub use reconnect::Reconnect;
 
 /// The payload type of messages: cheap to clone and slice.
 pub use bytes::Bytes;

@@ -12,6 +12,7 @@ use tokio::sync::broadcast;
 use tonic::transport::Channel;
 
 use crate::events::EVENT_CAPACITY;
+use crate::reconnect::Reconnect;
 use crate::{
     ConsumeOptions, Consumer, Error, Pusher, PusherOptions, QueueEvent, QueueEvents, Result,
 };
@@ -145,10 +146,21 @@ impl From<pb::QueueInfo> for QueueInfo {
     }
 }
 
+/// The attachments one queue handle made.
+#[derive(Default)]
+struct Attachment {
+    count: u64,
+    request: Option<pb::AttachRequest>,
+}
+
 /// State shared by a queue handle, its clones, consumers and pushers.
 pub(crate) struct Shared {
     pub(crate) name: String,
     pub(crate) client: QueuesClient<Channel>,
+    pub(crate) reconnect: Reconnect,
+    /// The last attach this handle made, while it holds attachments: what a
+    /// reconnecting consumer repeats when the queue went away.
+    attached: std::sync::Mutex<Attachment>,
     pub(crate) pushed: AtomicU64,
     pub(crate) consumed: AtomicU64,
     pub(crate) consumers: AtomicUsize,
@@ -159,6 +171,26 @@ impl Shared {
     /// A client for one call (clones share the connection).
     pub(crate) fn client(&self) -> QueuesClient<Channel> {
         self.client.clone()
+    }
+
+    /// The attach to repeat if the queue went away, when this handle holds
+    /// attachments.
+    pub(crate) fn attach_request(&self) -> Option<pb::AttachRequest> {
+        let attached = self.attached.lock().unwrap_or_else(|p| p.into_inner());
+        (attached.count > 0)
+            .then(|| attached.request.clone())
+            .flatten()
+    }
+
+    fn record_attach(&self, request: pb::AttachRequest) {
+        let mut attached = self.attached.lock().unwrap_or_else(|p| p.into_inner());
+        attached.count += 1;
+        attached.request = Some(request);
+    }
+
+    fn record_detach(&self) {
+        let mut attached = self.attached.lock().unwrap_or_else(|p| p.into_inner());
+        attached.count = attached.count.saturating_sub(1);
     }
 
     /// Tells the event listeners, if any.
@@ -215,12 +247,14 @@ impl fmt::Debug for Queue {
 }
 
 impl Queue {
-    pub(crate) fn new(client: QueuesClient<Channel>, name: String) -> Queue {
+    pub(crate) fn new(client: QueuesClient<Channel>, name: String, reconnect: Reconnect) -> Queue {
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         Queue {
             shared: Arc::new(Shared {
                 name,
                 client,
+                reconnect,
+                attached: std::sync::Mutex::default(),
                 pushed: AtomicU64::new(0),
                 consumed: AtomicU64::new(0),
                 consumers: AtomicUsize::new(0),
@@ -248,11 +282,12 @@ impl Queue {
         };
         let existed = s
             .client()
-            .attach(request)
+            .attach(request.clone())
             .await
             .map_err(|e| s.failed(e))?
             .into_inner()
             .existed;
+        s.record_attach(request);
         s.emit(QueueEvent::Attached { existed });
         Ok(existed)
     }
@@ -273,6 +308,7 @@ impl Queue {
             .map_err(|e| s.failed(e))?
             .into_inner()
             .attachments;
+        s.record_detach();
         s.emit(QueueEvent::Detached);
         Ok(left)
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use busmq_client::{
     AttachOptions, Bus, ClosedReason, ConsumeMode, ConsumeOptions, Error, ErrorCode, PusherOptions,
-    QueueEvent,
+    QueueEvent, Reconnect,
 };
 use busmq_proto::v1 as pb;
 use busmq_proto::v1::queues_server::{Queues, QueuesServer};
@@ -435,7 +435,7 @@ async fn refusal_is_reported_by_consume() {
 #[tokio::test]
 async fn stream_error_is_yielded_once_then_the_consumer_ends() {
     let (bus, _mock) = start().await;
-    let q = bus.queue("broken");
+    let q = bus.reconnect(Reconnect::disabled()).queue("broken");
     let mut consumer = q.consume(ConsumeOptions::default()).await.unwrap();
     assert_eq!(consumer.next().await.unwrap().unwrap().id, 1);
     let err = consumer.next().await.unwrap().unwrap_err();
@@ -443,6 +443,31 @@ async fn stream_error_is_yielded_once_then_the_consumer_ends() {
     assert!(consumer.next().await.is_none());
     // Unreliable consumers ignore acks, as in node-busmq.
     assert_eq!(consumer.ack(1).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_broken_stream_is_opened_again() {
+    let (bus, _mock) = start().await;
+    let q = bus.queue("broken");
+    let mut events = q.events();
+    let mut consumer = q.consume(ConsumeOptions::default()).await.unwrap();
+    assert_eq!(consumer.next().await.unwrap().unwrap().id, 1);
+    // The mock breaks the stream with UNAVAILABLE after one message; the
+    // second stream starts over with the same message.
+    assert_eq!(consumer.next().await.unwrap().unwrap().id, 1);
+    assert_eq!(consumer.reconnects(), 1);
+    let mut seen = Vec::new();
+    while let Ok(Some(event)) =
+        tokio::time::timeout(Duration::from_millis(200), events.next()).await
+    {
+        seen.push(event);
+    }
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, QueueEvent::Reconnecting(_)))
+            && seen.contains(&QueueEvent::Reconnected),
+        "{seen:?}"
+    );
 }
 
 #[tokio::test]

@@ -1,0 +1,158 @@
+//! Riding through a broker restart: a consumer whose stream broke opens it
+//! again (re-attaching its queue if the queue went away meanwhile), so
+//! applications do not write raintank-queue's "connect, then join again"
+//! loop themselves.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use busmq_proto::v1 as pb;
+use tokio::time::Instant;
+use tonic::codec::Streaming;
+
+use crate::queue::Shared;
+use crate::{Error, ErrorCode, Result};
+
+/// How consumers of a [`Bus`](crate::Bus) recover from a broken stream
+/// (broker restarted or unreachable, connection dropped), set with
+/// [`Bus::reconnect`](crate::Bus::reconnect).
+///
+/// While reconnecting, a consumer retries with a backoff from 50 ms
+/// doubling to 1 s; after [`give_up_after`](Self::give_up_after) without
+/// success it yields the last error and ends. Messages it already received
+/// stay in its buffer and are yielded first.
+///
+/// What a reconnected consumer sees, by mode:
+/// - reliable: messages not acked before the break are delivered again
+///   (at least once); while the old consumer's lock lapses (the broker's
+///   `--reliable-lease-ms`, 5 s by default, when the broker was killed) the
+///   queue reports another reliable consumer, and the consumer keeps
+///   retrying.
+/// - persistent: reading resumes after the last message received, with no
+///   gap and no duplicate.
+/// - unreliable: messages on the way to the consumer when the stream broke
+///   are lost, as always in that mode.
+/// - lease: the old leases go back to the queue (at once, or when their
+///   visibility timeout ends if the broker died) and are delivered again.
+/// - `max`: the new stream asks only for what is still missing.
+///
+/// Pushes are not retried by the SDK: a push whose answer was lost may have
+/// been stored, so only the caller can decide whether to send it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reconnect {
+    /// Whether consumers reconnect at all. `false`: a broken stream yields
+    /// its error and ends.
+    pub enabled: bool,
+    /// How long one outage may last before the consumer gives up.
+    pub give_up_after: Duration,
+}
+
+impl Default for Reconnect {
+    /// Enabled, giving up after 60 seconds.
+    fn default() -> Self {
+        Reconnect {
+            enabled: true,
+            give_up_after: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Reconnect {
+    /// No reconnection: a broken stream ends the consumer with its error.
+    pub fn disabled() -> Self {
+        Reconnect {
+            enabled: false,
+            ..Reconnect::default()
+        }
+    }
+}
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// A failure of the path to the broker rather than an answer of the
+/// broker: worth a reconnect.
+///
+/// Statuses a busmq server sends are decoded from trailers and carry no
+/// source; a status built by the local transport (connection reset, broken
+/// pipe, GOAWAY) keeps the transport error as its source, whatever code it
+/// was mapped to.
+pub(crate) fn is_transient(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded
+    ) || (matches!(status.code(), Code::Unknown | Code::Internal)
+        && std::error::Error::source(status).is_some())
+}
+
+/// What a reconnect produces: the new stream and its first event (the
+/// server's `consuming` confirmation).
+pub(crate) type Reopened = (Streaming<pb::ConsumeEvent>, Option<pb::ConsumeEvent>);
+
+/// Opens the consume stream `request` again, retrying transient failures
+/// with backoff until `policy.give_up_after`. A queue that went away is
+/// attached again when this handle had attached it; a reliable or lease
+/// queue still held by the broken stream's lock is waited for.
+pub(crate) async fn reopen(
+    shared: Arc<Shared>,
+    request: pb::ConsumeRequest,
+    policy: Reconnect,
+) -> Result<Reopened> {
+    let deadline = Instant::now() + policy.give_up_after;
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+        let status = match open(&shared, request.clone()).await {
+            Ok(reopened) => return Ok(reopened),
+            Err(status) => status,
+        };
+        let err = Error::from(status.clone());
+        let retry = if is_transient(&status) {
+            true
+        } else {
+            match err.code() {
+                // The broken stream's lock or leases are lapsing.
+                ErrorCode::FailedPrecondition => true,
+                // The queue expired or was lost with a memory store: attach
+                // it again as this handle did (a failure shows in the next
+                // attempt).
+                ErrorCode::NotFound => match shared.attach_request() {
+                    Some(attach) => {
+                        let _ = shared.client().attach(attach).await;
+                        true
+                    }
+                    None => false,
+                },
+                _ => false,
+            }
+        };
+        if !retry || Instant::now() >= deadline {
+            return Err(err);
+        }
+    }
+}
+
+async fn open(shared: &Shared, request: pb::ConsumeRequest) -> Result<Reopened, tonic::Status> {
+    let mut stream = shared.client().consume(request).await?.into_inner();
+    let first = stream.message().await?;
+    Ok((stream, first))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_answers_are_not_transient_but_transport_failures_are() {
+        use tonic::{Code, Status};
+        assert!(is_transient(&Status::unavailable("broker shutting down")));
+        assert!(!is_transient(&Status::not_found("no such queue")));
+        assert!(!is_transient(&Status::internal("a bug")));
+        let io = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "broken pipe");
+        let mut reset = Status::new(Code::Unknown, "h2 protocol error");
+        reset.set_source(Arc::new(io));
+        assert!(is_transient(&reset));
+    }
+}
