@@ -17,8 +17,9 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Status, Streaming};
 
 use crate::{
-    Attached, Error, IdRange, Message, Notification, Notifications, QueueInfo, QueueName,
-    ReliableLock, Result, Storage, TakeMode,
+    Attached, ChannelEvent, ChannelName, Error, IdRange, Message, Notification, Notifications,
+    ObjectFields, ObjectName, QueueInfo, QueueName, ReliableLock, Result, Storage, Subscription,
+    TakeMode,
 };
 
 /// Largest message the client sends or accepts: generous, so the server's
@@ -134,6 +135,22 @@ fn queue_request(queue: &QueueName) -> pb::QueueRequest {
 /// Milliseconds of a lease, saturating.
 fn lease_ms(lock: &ReliableLock) -> u64 {
     u64::try_from(lock.lease.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Milliseconds of an object ttl, rounded up so a short ttl never becomes
+/// zero, and saturating.
+fn ttl_ms(ttl: Duration) -> u64 {
+    let ms = ttl.as_millis() + u128::from(ttl.subsec_nanos() % 1_000_000 > 0);
+    u64::try_from(ms).unwrap_or(u64::MAX)
+}
+
+/// The event a wire subscription event stands for; `None` for an empty
+/// one (a newer server's event this client does not know).
+fn channel_event_from_proto(e: pb::ChannelEvent) -> Option<ChannelEvent> {
+    match e.event? {
+        pb::channel_event::Event::Message(m) => Some(ChannelEvent::Message(m)),
+        pb::channel_event::Event::Missed(n) => Some(ChannelEvent::Missed(n)),
+    }
 }
 
 /// Whole seconds of a ttl, rounded up so a short ttl never becomes zero.
@@ -421,6 +438,110 @@ impl Storage for RemoteStorage {
             backoff: Duration::ZERO,
         };
         futures::stream::unfold(state, WatchState::next).boxed()
+    }
+
+    async fn publish(&self, channel: &ChannelName, message: Bytes) -> Result<u64> {
+        let r = self
+            .client()
+            .publish(pb::PublishRequest {
+                channel: channel.to_string(),
+                message,
+            })
+            .await
+            .map_err(|s| self.error(s))?;
+        Ok(r.into_inner().receivers)
+    }
+
+    /// Opens one `Subscribe` stream per subscription (streams share the
+    /// HTTP/2 connection), so the storage counts every subscriber. Returns
+    /// once the storage has registered it. When the stream breaks (storage
+    /// restarted), the subscription ends with an UNAVAILABLE error rather
+    /// than resubscribing by itself: what was published meanwhile is lost,
+    /// and the subscriber must know.
+    async fn subscribe(&self, channel: &ChannelName) -> Result<Subscription> {
+        let stream = self
+            .client()
+            .subscribe(pb::SubscribeRequest {
+                channel: channel.to_string(),
+            })
+            .await
+            .map_err(|s| self.error(s))?
+            .into_inner();
+        let this = self.clone();
+        let channel = channel.clone();
+        Ok(futures::stream::unfold(Some(stream), move |state| {
+            let this = this.clone();
+            let channel = channel.clone();
+            async move {
+                let mut stream = state?;
+                loop {
+                    match stream.message().await {
+                        Ok(Some(e)) => match channel_event_from_proto(e) {
+                            Some(e) => return Some((Ok(e), Some(stream))),
+                            None => continue,
+                        },
+                        Ok(None) => {
+                            let err = Error::Unavailable(format!(
+                                "storage at {} ended the subscription to {channel}",
+                                this.url
+                            ));
+                            return Some((Err(err), None));
+                        }
+                        Err(status) => return Some((Err(this.error(status)), None)),
+                    }
+                }
+            }
+        })
+        .boxed())
+    }
+
+    async fn object_save(
+        &self,
+        object: &ObjectName,
+        fields: Vec<(String, String)>,
+        ttl: Option<Duration>,
+    ) -> Result<()> {
+        self.client()
+            .object_save(pb::ObjectSaveRequest {
+                object: object.to_string(),
+                fields: fields
+                    .into_iter()
+                    .map(|(name, value)| pb::ObjectField { name, value })
+                    .collect(),
+                ttl_ms: ttl.map(ttl_ms),
+            })
+            .await
+            .map_err(|s| self.error(s))?;
+        Ok(())
+    }
+
+    async fn object_load(&self, object: &ObjectName) -> Result<Option<ObjectFields>> {
+        let r = self
+            .client()
+            .object_load(pb::ObjectRequest {
+                object: object.to_string(),
+            })
+            .await
+            .map_err(|s| self.error(s))?
+            .into_inner();
+        Ok(r.exists.then(|| {
+            r.fields
+                .into_iter()
+                .map(|f| (f.name, f.value))
+                .collect::<ObjectFields>()
+        }))
+    }
+
+    async fn object_touch(&self, object: &ObjectName, ttl: Duration) -> Result<bool> {
+        let r = self
+            .client()
+            .object_touch(pb::ObjectTouchRequest {
+                object: object.to_string(),
+                ttl_ms: ttl_ms(ttl),
+            })
+            .await
+            .map_err(|s| self.error(s))?;
+        Ok(r.into_inner().exists)
     }
 }
 

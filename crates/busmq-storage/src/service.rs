@@ -19,7 +19,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::{Error, Notification, QueueName, ReliableLock, Storage, TakeMode};
+use crate::{
+    ChannelEvent, Error, Notification, ObjectName, QueueName, ReliableLock, Storage, TakeMode,
+};
 
 /// Notifications buffered per watcher before it is sent a LAGGED
 /// notification instead of the ones it could not keep up with.
@@ -64,6 +66,10 @@ impl StorageService {
         QueueName::parse(name, &self.limits).map_err(to_status)
     }
 
+    fn object(&self, name: &str) -> Result<ObjectName, Status> {
+        ObjectName::parse(name, &self.limits).map_err(to_status)
+    }
+
     /// Most messages one take or read returns: a batch, as for a push.
     fn cap(&self, max: u32) -> u32 {
         u32::try_from(self.limits.max_batch_len)
@@ -85,6 +91,29 @@ fn ttl(seconds: u64) -> Result<Duration, Status> {
         )));
     }
     Ok(ttl)
+}
+
+/// An object ttl: more than zero (zero would expire it at once, never what a
+/// caller means) and at most [`MAX_TTL`].
+fn object_ttl(ms: u64) -> Result<Duration, Status> {
+    let ttl = Duration::from_millis(ms);
+    if ttl.is_zero() || ttl > MAX_TTL {
+        return Err(invalid(format!(
+            "object ttl must be 1..={} ms, got {ms}",
+            MAX_TTL.as_millis()
+        )));
+    }
+    Ok(ttl)
+}
+
+/// The wire form of a subscription event.
+pub fn channel_event_to_proto(event: ChannelEvent) -> pb::ChannelEvent {
+    pb::ChannelEvent {
+        event: Some(match event {
+            ChannelEvent::Message(m) => pb::channel_event::Event::Message(m),
+            ChannelEvent::Missed(n) => pb::channel_event::Event::Missed(n),
+        }),
+    }
 }
 
 fn lock(owner: String, lease_ms: u64) -> Result<ReliableLock, Status> {
@@ -168,6 +197,9 @@ async fn forward_notifications(
         }
     }
 }
+
+/// The stream type of `Subscribe` responses.
+pub type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::ChannelEvent, Status>> + Send>>;
 
 /// The stream type of `Watch` responses.
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::Notification, Status>> + Send>>;
@@ -383,6 +415,86 @@ impl StorageRpc for StorageService {
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         tokio::spawn(forward_notifications(source, tx, self.shutdown.clone()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn publish(
+        &self,
+        request: Request<pb::PublishRequest>,
+    ) -> Result<Response<pb::PublishResponse>, Status> {
+        let req = request.into_inner();
+        let receivers =
+            crate::pubsub::publish_checked(&*self.storage, &self.limits, &req.channel, req.message)
+                .await
+                .map_err(to_status)?;
+        Ok(Response::new(pb::PublishResponse { receivers }))
+    }
+
+    type SubscribeStream = SubscribeStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let stream = crate::pubsub::subscribe_checked(
+            &*self.storage,
+            &self.limits,
+            &request.into_inner().channel,
+            None,
+            |e| Ok(channel_event_to_proto(e)),
+            |e| Err(to_status(e)),
+            self.shutdown.clone(),
+        )
+        .await
+        .map_err(to_status)?;
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn object_save(
+        &self,
+        request: Request<pb::ObjectSaveRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let req = request.into_inner();
+        let object = self.object(&req.object)?;
+        let fields: Vec<(String, String)> =
+            req.fields.into_iter().map(|f| (f.name, f.value)).collect();
+        busmq_core::object::check_fields(&object, &fields, &self.limits).map_err(to_status)?;
+        let ttl = req.ttl_ms.map(object_ttl).transpose()?;
+        self.storage
+            .object_save(&object, fields, ttl)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn object_load(
+        &self,
+        request: Request<pb::ObjectRequest>,
+    ) -> Result<Response<pb::ObjectLoadResponse>, Status> {
+        let object = self.object(&request.into_inner().object)?;
+        let fields = self.storage.object_load(&object).await.map_err(to_status)?;
+        Ok(Response::new(pb::ObjectLoadResponse {
+            exists: fields.is_some(),
+            fields: fields
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(name, value)| pb::ObjectField { name, value })
+                .collect(),
+        }))
+    }
+
+    async fn object_touch(
+        &self,
+        request: Request<pb::ObjectTouchRequest>,
+    ) -> Result<Response<pb::ObjectTouchResponse>, Status> {
+        let req = request.into_inner();
+        let object = self.object(&req.object)?;
+        let ttl = object_ttl(req.ttl_ms)?;
+        let exists = self
+            .storage
+            .object_touch(&object, ttl)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::ObjectTouchResponse { exists }))
     }
 }
 

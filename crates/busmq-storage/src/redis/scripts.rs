@@ -286,6 +286,18 @@ if attached() then return {0, -1} end
 return {0, redis.call('PTTL', meta)}
 "#;
 
+/// A persistable object's save, over one key (the object's hash), without
+/// the queue prelude. ARGV: ttl_ms or '', then field, value pairs. Reply: 0.
+const OBJECT_SAVE: &str = r#"
+local key = KEYS[1]
+-- In chunks: unpack of every argument at once could overflow Lua's stack.
+for i = 2, #ARGV, 1000 do
+  redis.call('HSET', key, unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+if ARGV[1] ~= '' then redis.call('PEXPIRE', key, ARGV[1]) end
+return 0
+"#;
+
 /// Every script, compiled once (each knows its SHA1 for EVALSHA and
 /// reloads itself on NOSCRIPT).
 pub struct Scripts {
@@ -304,6 +316,7 @@ pub struct Scripts {
     pub get_metadata: Script,
     pub set_metadata: Script,
     pub expire_check: Script,
+    pub object_save: Script,
 }
 
 fn script(body: &str) -> Script {
@@ -328,6 +341,7 @@ impl Scripts {
             get_metadata: script(GET_METADATA),
             set_metadata: script(SET_METADATA),
             expire_check: script(EXPIRE_CHECK),
+            object_save: Script::new(OBJECT_SAVE),
         }
     }
 }
