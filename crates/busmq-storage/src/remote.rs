@@ -140,7 +140,7 @@ fn lease_ms(lock: &ReliableLock) -> u64 {
 /// Milliseconds of an object ttl, rounded up so a short ttl never becomes
 /// zero, and saturating.
 fn ttl_ms(ttl: Duration) -> u64 {
-    let ms = ttl.as_millis() + u128::from(ttl.subsec_nanos() % 1_000_000 > 0);
+    let ms = ttl.as_millis() + u128::from(!ttl.subsec_nanos().is_multiple_of(1_000_000));
     u64::try_from(ms).unwrap_or(u64::MAX)
 }
 
