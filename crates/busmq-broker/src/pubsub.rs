@@ -14,9 +14,9 @@ use std::sync::Arc;
 use busmq_core::Limits;
 use busmq_proto::to_status;
 use busmq_proto::v1::{self, pub_sub_server::PubSub};
-use busmq_storage::pubsub::{publish_checked, subscribe_checked};
-use busmq_storage::{ChannelEvent, Storage};
-use futures::Stream;
+use busmq_storage::Storage;
+use busmq_storage::pubsub::{Batch, publish_checked, subscribe_checked};
+use futures::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -43,11 +43,13 @@ fn event(event: v1::pub_sub_event::Event) -> v1::PubSubEvent {
     v1::PubSubEvent { event: Some(event) }
 }
 
-/// The wire form of what a store subscription yields.
-fn to_wire(e: ChannelEvent) -> Result<v1::PubSubEvent, Status> {
-    Ok(event(match e {
-        ChannelEvent::Message(m) => v1::pub_sub_event::Event::Message(m),
-        ChannelEvent::Missed(n) => v1::pub_sub_event::Event::Missed(n),
+/// The wire form of a subscription batch.
+fn to_wire(batch: Batch) -> Result<v1::PubSubEvent, Status> {
+    use v1::pub_sub_event::Event;
+    Ok(event(match batch {
+        Batch::Messages(messages) => Event::Messages(v1::PublishedMessages { messages }),
+        Batch::Missed(n) => Event::Missed(n),
+        Batch::Failed(e) => return Err(to_status(e)),
     }))
 }
 
@@ -73,18 +75,16 @@ impl PubSub for PubSubService {
         &self,
         request: Request<v1::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let subscribed = event(v1::pub_sub_event::Event::Subscribed(v1::Subscribed {}));
-        let stream = subscribe_checked(
+        let batches = subscribe_checked(
             &*self.storage,
             &self.limits,
             &request.into_inner().channel,
-            Some(Ok(subscribed)),
-            to_wire,
-            |e| Err(to_status(e)),
             self.shutdown.clone(),
         )
         .await
         .map_err(to_status)?;
+        let subscribed = event(v1::pub_sub_event::Event::Subscribed(v1::Subscribed {}));
+        let stream = futures::stream::once(async { Ok(subscribed) }).chain(batches.map(to_wire));
         Ok(Response::new(Box::pin(stream)))
     }
 }

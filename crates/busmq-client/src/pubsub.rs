@@ -305,14 +305,17 @@ async fn read(
 ) {
     let error = loop {
         match stream.message().await {
-            Ok(Some(pb::PubSubEvent { event: Some(event) })) => {
-                let event = match event {
-                    pb::pub_sub_event::Event::Message(m) => PubSubEvent::Message(m),
-                    pb::pub_sub_event::Event::Missed(n) => PubSubEvent::Missed(n),
-                    pb::pub_sub_event::Event::Subscribed(_) => continue,
-                };
-                let _ = events.send(event);
-            }
+            Ok(Some(pb::PubSubEvent { event: Some(event) })) => match event {
+                pb::pub_sub_event::Event::Messages(batch) => {
+                    for message in batch.messages {
+                        let _ = events.send(PubSubEvent::Message(message));
+                    }
+                }
+                pb::pub_sub_event::Event::Missed(n) => {
+                    let _ = events.send(PubSubEvent::Missed(n));
+                }
+                pb::pub_sub_event::Event::Subscribed(_) => {}
+            },
             // An event of a newer broker this client does not know.
             Ok(Some(_)) => {}
             Ok(None) => {

@@ -193,7 +193,12 @@ pub trait Storage: Send + Sync + 'static {
     /// Sends `message` to every current subscriber of `channel` and returns
     /// how many received it. Nothing is stored: with no subscriber the
     /// message is gone. A subscriber whose buffer is full does not receive
-    /// it (and is told it missed one); it is not counted.
+    /// it (and is told it missed one); it is not counted. Every later hop
+    /// (storage service, broker) drains its source at once and drops with
+    /// the same notice when its own buffer is full, so a message counted
+    /// here may still be dropped for a subscriber far behind: the count is
+    /// of subscribers the store handed the message to, as with Redis
+    /// `PUBLISH`.
     async fn publish(&self, channel: &ChannelName, message: Bytes) -> Result<u64>;
 
     /// Subscribes to `channel`. Once this returns, every later

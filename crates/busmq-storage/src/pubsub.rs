@@ -156,32 +156,94 @@ pub async fn publish_checked(
     storage.publish(&channel, message).await
 }
 
+/// Most messages sent in one wire event of a subscription.
+pub const MAX_BATCH_MESSAGES: usize = 256;
+
+/// Most payload bytes in one wire event of a subscription (a single larger
+/// message still goes alone).
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
+
+/// What one wire event of a subscription carries: the edges turn each into
+/// their own message type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Batch {
+    /// Messages in publish order.
+    Messages(Vec<Bytes>),
+    /// Messages dropped for this subscriber (see [`ChannelEvent::Missed`]).
+    Missed(u64),
+    /// The subscription ended with this error.
+    Failed(Error),
+}
+
+/// The stream a gRPC edge serves for one subscription.
+pub type Batches = futures::stream::BoxStream<'static, Batch>;
+
+/// Groups the events that are ready at once into [`Batch`]es. Sending
+/// messages one per frame would cost a DATA frame each, and a client that
+/// buffers many small frames unread is cut off by its own HTTP/2 library
+/// (h2 answers a flood of small frames with GOAWAY); batches keep frames
+/// few and large when a subscriber is behind, and cost nothing when it is
+/// not (a batch is whatever is ready, never a wait).
+fn batches(items: ReceiverStream<Result<ChannelEvent>>) -> Batches {
+    items
+        .ready_chunks(MAX_BATCH_MESSAGES)
+        .flat_map(|chunk| futures::stream::iter(group(chunk)))
+        .boxed()
+}
+
+/// Consecutive messages of `chunk` grouped up to [`MAX_BATCH_BYTES`].
+fn group(chunk: Vec<Result<ChannelEvent>>) -> Vec<Batch> {
+    let mut out = Vec::new();
+    let mut messages: Vec<Bytes> = Vec::new();
+    let mut bytes = 0;
+    for item in chunk {
+        match item {
+            Ok(ChannelEvent::Message(m)) => {
+                if !messages.is_empty() && bytes + m.len() > MAX_BATCH_BYTES {
+                    out.push(Batch::Messages(std::mem::take(&mut messages)));
+                    bytes = 0;
+                }
+                bytes += m.len();
+                messages.push(m);
+            }
+            other => {
+                if !messages.is_empty() {
+                    out.push(Batch::Messages(std::mem::take(&mut messages)));
+                    bytes = 0;
+                }
+                out.push(match other {
+                    Ok(ChannelEvent::Missed(n)) => Batch::Missed(n),
+                    Err(e) => Batch::Failed(e),
+                    Ok(ChannelEvent::Message(_)) => unreachable!("handled above"),
+                });
+            }
+        }
+    }
+    if !messages.is_empty() {
+        out.push(Batch::Messages(messages));
+    }
+    out
+}
+
 /// A subscription arriving at a gRPC edge: checks the channel name,
 /// subscribes (so the subscription counts once this returns) and forwards
-/// it into a bounded stream of `wrap`ped events, `first` leading, until the
-/// subscriber goes away or `shutdown` fires (see [`forward`]).
-pub async fn subscribe_checked<T: Send + 'static>(
+/// it through a bounded buffer (see [`forward`]) until the subscriber goes
+/// away or `shutdown` fires, served as [`Batch`]es.
+pub async fn subscribe_checked(
     storage: &dyn Storage,
     limits: &Limits,
     channel: &str,
-    first: Option<T>,
-    wrap: fn(ChannelEvent) -> T,
-    fail: fn(Error) -> T,
     shutdown: CancellationToken,
-) -> Result<ReceiverStream<T>> {
+) -> Result<Batches> {
     let channel = ChannelName::parse(channel, limits)?;
     if shutdown.is_cancelled() {
         return Err(Error::Unavailable("the server is shutting down".into()));
     }
     let source = storage.subscribe(&channel).await?;
     let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
-    if let Some(first) = first {
-        // The channel is empty: the first item always fits.
-        let _ = tx.try_send(first);
-    }
     tracing::debug!(%channel, "subscribed");
-    tokio::spawn(forward(source, Outbox::new(tx), wrap, fail, shutdown));
-    Ok(ReceiverStream::new(rx))
+    tokio::spawn(forward(source, Outbox::new(tx), Ok, Err, shutdown));
+    Ok(batches(ReceiverStream::new(rx)))
 }
 
 struct Subscriber {
@@ -356,6 +418,32 @@ mod tests {
         assert_eq!(
             slow.next().await.unwrap().unwrap(),
             ChannelEvent::Message(Bytes::from_static(b"next"))
+        );
+    }
+
+    #[test]
+    fn ready_events_group_into_batches() {
+        let m = |s: &'static str| Ok(ChannelEvent::Message(Bytes::from_static(s.as_bytes())));
+        let big = Bytes::from(vec![b'x'; MAX_BATCH_BYTES]);
+        let got = group(vec![
+            m("a"),
+            m("b"),
+            Ok(ChannelEvent::Missed(2)),
+            m("c"),
+            Ok(ChannelEvent::Message(big.clone())),
+            m("d"),
+            Err(Error::Unavailable("gone".into())),
+        ]);
+        assert_eq!(
+            got,
+            vec![
+                Batch::Messages(vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]),
+                Batch::Missed(2),
+                Batch::Messages(vec![Bytes::from_static(b"c")]),
+                Batch::Messages(vec![big]),
+                Batch::Messages(vec![Bytes::from_static(b"d")]),
+                Batch::Failed(Error::Unavailable("gone".into())),
+            ]
         );
     }
 

@@ -144,12 +144,48 @@ fn ttl_ms(ttl: Duration) -> u64 {
     u64::try_from(ms).unwrap_or(u64::MAX)
 }
 
-/// The event a wire subscription event stands for; `None` for an empty
-/// one (a newer server's event this client does not know).
-fn channel_event_from_proto(e: pb::ChannelEvent) -> Option<ChannelEvent> {
-    match e.event? {
-        pb::channel_event::Event::Message(m) => Some(ChannelEvent::Message(m)),
-        pb::channel_event::Event::Missed(n) => Some(ChannelEvent::Missed(n)),
+/// The events a wire subscription event stands for; none for an empty one
+/// (a newer server's event this client does not know).
+fn channel_events_from_proto(e: pb::ChannelEvent) -> Vec<ChannelEvent> {
+    match e.event {
+        Some(pb::channel_event::Event::Messages(batch)) => batch
+            .messages
+            .into_iter()
+            .map(ChannelEvent::Message)
+            .collect(),
+        Some(pb::channel_event::Event::Missed(n)) => vec![ChannelEvent::Missed(n)],
+        None => Vec::new(),
+    }
+}
+
+/// State of one remote subscription: its stream, and the events of the
+/// last batch not yet yielded.
+struct RemoteSubscription {
+    storage: RemoteStorage,
+    channel: ChannelName,
+    stream: Streaming<pb::ChannelEvent>,
+    ready: std::collections::VecDeque<ChannelEvent>,
+}
+
+impl RemoteSubscription {
+    /// The next event; after an error, nothing (the unfold state is gone).
+    async fn next(mut self) -> Option<(Result<ChannelEvent>, Option<Self>)> {
+        loop {
+            if let Some(event) = self.ready.pop_front() {
+                return Some((Ok(event), Some(self)));
+            }
+            match self.stream.message().await {
+                Ok(Some(e)) => self.ready.extend(channel_events_from_proto(e)),
+                Ok(None) => {
+                    let err = Error::Unavailable(format!(
+                        "storage at {} ended the subscription to {}",
+                        self.storage.url, self.channel
+                    ));
+                    return Some((Err(err), None));
+                }
+                Err(status) => return Some((Err(self.storage.error(status)), None)),
+            }
+        }
     }
 }
 
@@ -467,32 +503,16 @@ impl Storage for RemoteStorage {
             .await
             .map_err(|s| self.error(s))?
             .into_inner();
-        let this = self.clone();
-        let channel = channel.clone();
-        Ok(futures::stream::unfold(Some(stream), move |state| {
-            let this = this.clone();
-            let channel = channel.clone();
-            async move {
-                let mut stream = state?;
-                loop {
-                    match stream.message().await {
-                        Ok(Some(e)) => match channel_event_from_proto(e) {
-                            Some(e) => return Some((Ok(e), Some(stream))),
-                            None => continue,
-                        },
-                        Ok(None) => {
-                            let err = Error::Unavailable(format!(
-                                "storage at {} ended the subscription to {channel}",
-                                this.url
-                            ));
-                            return Some((Err(err), None));
-                        }
-                        Err(status) => return Some((Err(this.error(status)), None)),
-                    }
-                }
-            }
-        })
-        .boxed())
+        let state = RemoteSubscription {
+            storage: self.clone(),
+            channel: channel.clone(),
+            stream,
+            ready: std::collections::VecDeque::new(),
+        };
+        Ok(
+            futures::stream::unfold(Some(state), |state| async move { state?.next().await })
+                .boxed(),
+        )
     }
 
     async fn object_save(

@@ -19,9 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::{
-    ChannelEvent, Error, Notification, ObjectName, QueueName, ReliableLock, Storage, TakeMode,
-};
+use crate::{Error, Notification, ObjectName, QueueName, ReliableLock, Storage, TakeMode};
 
 /// Notifications buffered per watcher before it is sent a LAGGED
 /// notification instead of the ones it could not keep up with.
@@ -106,14 +104,16 @@ fn object_ttl(ms: u64) -> Result<Duration, Status> {
     Ok(ttl)
 }
 
-/// The wire form of a subscription event.
-pub fn channel_event_to_proto(event: ChannelEvent) -> pb::ChannelEvent {
-    pb::ChannelEvent {
-        event: Some(match event {
-            ChannelEvent::Message(m) => pb::channel_event::Event::Message(m),
-            ChannelEvent::Missed(n) => pb::channel_event::Event::Missed(n),
-        }),
-    }
+/// The wire form of a subscription batch.
+pub fn batch_to_proto(batch: crate::pubsub::Batch) -> Result<pb::ChannelEvent, Status> {
+    use crate::pubsub::Batch;
+    use pb::channel_event::Event;
+    let event = match batch {
+        Batch::Messages(messages) => Event::Messages(pb::ChannelMessages { messages }),
+        Batch::Missed(n) => Event::Missed(n),
+        Batch::Failed(e) => return Err(to_status(e)),
+    };
+    Ok(pb::ChannelEvent { event: Some(event) })
 }
 
 fn lock(owner: String, lease_ms: u64) -> Result<ReliableLock, Status> {
@@ -435,17 +435,15 @@ impl StorageRpc for StorageService {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let stream = crate::pubsub::subscribe_checked(
+        let batches = crate::pubsub::subscribe_checked(
             &*self.storage,
             &self.limits,
             &request.into_inner().channel,
-            None,
-            |e| Ok(channel_event_to_proto(e)),
-            |e| Err(to_status(e)),
             self.shutdown.clone(),
         )
         .await
         .map_err(to_status)?;
+        let stream = batches.map(batch_to_proto);
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -581,6 +579,64 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(missing.code(), tonic::Code::NotFound);
+    }
+
+    #[tokio::test]
+    async fn rejects_bad_pubsub_and_object_input_with_codes() {
+        let svc = service();
+        let bad_channel = svc
+            .publish(Request::new(pb::PublishRequest {
+                channel: "no spaces".into(),
+                message: bytes::Bytes::from_static(b"x"),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(bad_channel.code(), tonic::Code::InvalidArgument);
+        assert!(bad_channel.message().contains("invalid channel name"));
+        let big = svc
+            .publish(Request::new(pb::PublishRequest {
+                channel: "c".into(),
+                message: vec![0u8; (1 << 20) + 1].into(),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(big.code(), tonic::Code::ResourceExhausted);
+        let Err(bad_subscribe) = svc
+            .subscribe(Request::new(pb::SubscribeRequest {
+                channel: String::new(),
+            }))
+            .await
+        else {
+            panic!("an empty channel name must be refused");
+        };
+        assert_eq!(bad_subscribe.code(), tonic::Code::InvalidArgument);
+
+        let save = |object: &str, value: &str, ttl_ms| {
+            svc.object_save(Request::new(pb::ObjectSaveRequest {
+                object: object.into(),
+                fields: vec![pb::ObjectField {
+                    name: "f".into(),
+                    value: value.into(),
+                }],
+                ttl_ms,
+            }))
+        };
+        let not_json = save("o", "plain", None).await.unwrap_err();
+        assert_eq!(not_json.code(), tonic::Code::InvalidArgument);
+        assert!(not_json.message().contains("not JSON"), "{not_json}");
+        let zero_ttl = save("o", "1", Some(0)).await.unwrap_err();
+        assert_eq!(zero_ttl.code(), tonic::Code::InvalidArgument);
+        let bad_name = save("o o", "1", None).await.unwrap_err();
+        assert_eq!(bad_name.code(), tonic::Code::InvalidArgument);
+        save("o", "1", None).await.unwrap();
+        let zero_touch = svc
+            .object_touch(Request::new(pb::ObjectTouchRequest {
+                object: "o".into(),
+                ttl_ms: 0,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(zero_touch.code(), tonic::Code::InvalidArgument);
     }
 
     #[tokio::test]
