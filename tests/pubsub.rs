@@ -153,20 +153,48 @@ async fn messages_are_not_stored_and_bad_names_are_refused() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_going_away_ends_its_subscriptions_with_an_error() {
-    let storage = busmq_testkit::storage().await;
-    let broker = busmq_testkit::broker(storage.addr()).await;
-    let bus = Bus::connect(broker.url()).await.unwrap();
+/// Subscribes through `bus`, kills and restarts `process` (the broker or
+/// the storage behind it), and checks the subscription comes back: the SDK
+/// reports the loss, stays subscribed, subscribes again once `process` is
+/// back, and messages flow again. What was published meanwhile is lost
+/// (pub/sub stores nothing).
+async fn subscription_survives_restart_of(bus: &Bus, process: &Process) -> (PubSub, PubSubEvents) {
     let s = bus.pubsub("fragile");
     let mut events = subscribed(&s).await;
-    broker.kill9();
+    process.kill9();
     assert!(matches!(
         next_event(&mut events).await,
         PubSubEvent::Error(_)
     ));
+    assert!(s.is_subscribed(), "still subscribed: renewing");
+    process.restart().await;
+    assert_eq!(next_event(&mut events).await, PubSubEvent::Subscribed);
+    assert!(s.is_subscribed());
+    assert_eq!(bus.pubsub("fragile").publish("back").await.unwrap(), 1);
+    expect_message(&mut events, "back").await;
+    (s, events)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_comes_back_after_a_broker_restart() {
+    let storage = busmq_testkit::storage().await;
+    let broker = busmq_testkit::broker(storage.addr()).await;
+    let bus = Bus::connect(broker.url()).await.unwrap();
+    let (s, mut events) = subscription_survives_restart_of(&bus, &broker).await;
+    // Unsubscribing ends it for good.
+    s.unsubscribe();
     assert_eq!(next_event(&mut events).await, PubSubEvent::Unsubscribed);
-    assert!(!s.is_subscribed());
+    publish_until(&bus.pubsub("fragile"), "gone", 0).await;
+}
+
+/// The broker's own subscription to the store breaks when the storage
+/// process restarts; the SDK hears of it through the broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_comes_back_after_a_storage_restart() {
+    let storage = busmq_testkit::storage().await;
+    let broker = busmq_testkit::broker(storage.addr()).await;
+    let bus = Bus::connect(broker.url()).await.unwrap();
+    subscription_survives_restart_of(&bus, &storage).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

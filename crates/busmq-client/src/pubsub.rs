@@ -17,7 +17,14 @@ use tonic::Streaming;
 use tonic::transport::Channel;
 
 use crate::events::EVENT_CAPACITY;
-use crate::{Error, Result};
+use crate::{Error, ErrorCode, Result};
+
+/// First wait before subscribing again after a lost subscription; doubles
+/// per failed attempt.
+const RESUBSCRIBE_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Longest wait between two attempts to subscribe again.
+const RESUBSCRIBE_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Something that happened on a [`PubSub`] handle: node-busmq's pubsub
 /// events, plus `Missed` for what a slow subscriber did not get.
@@ -33,10 +40,13 @@ pub enum PubSubEvent {
     /// is not stored: they are gone.
     Missed(u64),
     /// The subscription ended: [`PubSub::unsubscribe`] was called, or it
-    /// was lost (then an [`Error`](PubSubEvent::Error) comes first).
+    /// was lost for good (then an [`Error`](PubSubEvent::Error) comes
+    /// first).
     Unsubscribed,
-    /// The subscription failed or was lost (broker or store gone); it is
-    /// not renewed by itself.
+    /// The subscription failed or was lost. When the broker or the store
+    /// went away, the handle subscribes again by itself (with backoff) and
+    /// emits [`Subscribed`](PubSubEvent::Subscribed) once it is back: what
+    /// was published meanwhile is gone, as pub/sub stores nothing.
     Error(String),
 }
 
@@ -117,8 +127,10 @@ impl Drop for Shared {
 /// Messages are not stored: [`publish`](PubSub::publish) reaches the
 /// subscribers of the moment, on every broker of the bus, and says how
 /// many. Subscribe with [`subscribe`](PubSub::subscribe) and read messages
-/// from [`events`](PubSub::events). Cloning is cheap; clones share the
-/// subscription. Dropping every clone unsubscribes.
+/// from [`events`](PubSub::events). A subscription lost because the broker
+/// (or its store) went away is renewed by itself, as node-busmq's was when
+/// Redis came back. Cloning is cheap; clones share the subscription.
+/// Dropping every clone unsubscribes.
 ///
 /// ```no_run
 /// use busmq_client::{Bus, PubSubEvent};
@@ -237,6 +249,8 @@ impl PubSub {
                 let reader = tokio::spawn(read(
                     stream,
                     Arc::downgrade(shared),
+                    shared.client.clone(),
+                    shared.name.clone(),
                     shared.events.clone(),
                     generation,
                 ))
@@ -295,15 +309,67 @@ async fn open(mut client: PubSubClient<Channel>, name: &str) -> Result<Streaming
     }
 }
 
-/// Emits every message of the stream until it ends; then, unless the handle
-/// unsubscribed meanwhile, reports why and marks it unsubscribed.
+/// Whether a lost subscription may come back by subscribing again: the
+/// broker or the store was away, not the request at fault.
+fn transient(e: &Error) -> bool {
+    matches!(e.code(), ErrorCode::Unavailable | ErrorCode::Internal)
+}
+
+/// Emits every message of the stream; when the stream breaks for a reason
+/// that may pass, reports it and subscribes again (with backoff) until it
+/// works. Otherwise, unless the handle unsubscribed meanwhile, reports why
+/// and marks it unsubscribed.
 async fn read(
     mut stream: Streaming<pb::PubSubEvent>,
     shared: Weak<Shared>,
+    client: PubSubClient<Channel>,
+    name: String,
     events: broadcast::Sender<PubSubEvent>,
     generation: u64,
 ) {
     let error = loop {
+        let lost = drain(&mut stream, &events).await;
+        if !transient(&lost) {
+            break lost;
+        }
+        let _ = events.send(PubSubEvent::Error(lost.to_string()));
+        let mut backoff = RESUBSCRIBE_BACKOFF_MIN;
+        let renewed = loop {
+            tokio::time::sleep(backoff).await;
+            match open(client.clone(), &name).await {
+                Ok(renewed) => break Ok(renewed),
+                Err(e) if transient(&e) => {
+                    tracing::debug!(channel = %name, "subscribing again failed: {e}");
+                    backoff = (backoff * 2).min(RESUBSCRIBE_BACKOFF_MAX);
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        match renewed {
+            Ok(renewed) => {
+                stream = renewed;
+                let _ = events.send(PubSubEvent::Subscribed);
+            }
+            Err(e) => break e,
+        }
+    };
+    let Some(shared) = shared.upgrade() else {
+        return;
+    };
+    let mut state = shared.state();
+    if matches!(*state, State::Subscribed { generation: g, .. } if g == generation) {
+        *state = State::Unsubscribed;
+        shared.emit(PubSubEvent::Error(error.to_string()));
+        shared.emit(PubSubEvent::Unsubscribed);
+    }
+}
+
+/// Emits every message of `stream` until it breaks; returns why.
+async fn drain(
+    stream: &mut Streaming<pb::PubSubEvent>,
+    events: &broadcast::Sender<PubSubEvent>,
+) -> Error {
+    loop {
         match stream.message().await {
             Ok(Some(pb::PubSubEvent { event: Some(event) })) => match event {
                 pb::pub_sub_event::Event::Messages(batch) => {
@@ -318,19 +384,14 @@ async fn read(
             },
             // An event of a newer broker this client does not know.
             Ok(Some(_)) => {}
+            // A broker ends a healthy subscription only with an error
+            // status; a bare end means the connection went away.
             Ok(None) => {
-                break Error::Protocol("the broker ended the subscription".into());
+                return Error::Bus(busmq_core::Error::Unavailable(
+                    "the broker ended the subscription".into(),
+                ));
             }
-            Err(status) => break Error::from(status),
+            Err(status) => return Error::from(status),
         }
-    };
-    let Some(shared) = shared.upgrade() else {
-        return;
-    };
-    let mut state = shared.state();
-    if matches!(*state, State::Subscribed { generation: g, .. } if g == generation) {
-        *state = State::Unsubscribed;
-        shared.emit(PubSubEvent::Error(error.to_string()));
-        shared.emit(PubSubEvent::Unsubscribed);
     }
 }
