@@ -98,20 +98,23 @@
 //! in node-busmq: a channel then never moves when shards are added at the
 //! end of the list. On a Cluster, classic pub/sub reaches every node, but
 //! `PUBLISH` counts only the subscribers connected to the node that took
-//! it: so subscriptions and publishes all go to the first reachable seed
-//! node (publishes over a connection of their own), which makes the count
-//! cover everyone as long as every process reaches that same seed.
-//! node-busmq counted per node. A subscription whose
-//! connection breaks ends with an UNAVAILABLE error; a subscriber that
-//! falls behind has messages dropped with a notice (see
-//! [`crate::pubsub`]), so Redis never buffers for it.
+//! it (node-busmq counted per node): so subscriptions and publishes all go
+//! to the first reachable seed node (publishes over a connection of their
+//! own), which makes the count cover everyone as long as every process
+//! reaches that same seed. A subscription whose connection breaks ends
+//! with an UNAVAILABLE error; a subscriber that falls behind has messages
+//! dropped with a notice (see [`crate::pubsub`]), so Redis never buffers
+//! for it.
 //!
 //! # Persistable objects
 //!
 //! An object is the hash `busmq:obj:{<name>}` (field to JSON text) on the
 //! first shard of its name's rendezvous order. A save is one script
 //! (`HSET`, plus `PEXPIRE` when it sets a ttl); a touch is `PEXPIRE`, so
-//! Redis itself expires an object nobody touches.
+//! Redis itself expires an object nobody touches. An object saved without
+//! a ttl and never touched has no expiry: it lives until deleted by hand,
+//! as in node-busmq: objects are the one exception to the rule under
+//! Expiry above.
 //!
 //! # Sharding
 //!
