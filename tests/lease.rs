@@ -11,7 +11,8 @@ use futures::StreamExt;
 
 mod common;
 
-use common::{cluster, storage_on};
+use busmq_testkit::storage_on;
+use common::cluster;
 
 /// Longer than any test: leases that must not run out.
 const LONG: Duration = Duration::from_secs(120);

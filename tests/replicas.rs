@@ -9,15 +9,11 @@ use std::time::Duration;
 use busmq_client::{AttachOptions, Bus, ConsumeOptions, ErrorCode};
 use futures::StreamExt;
 
-mod common;
-
-use common::storage_on;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_brokers_on_two_storage_services_on_one_redis() {
     let redis = busmq_testkit::redis::redis_server().await;
-    let storage_a = storage_on(&redis.url()).await;
-    let storage_b = storage_on(&redis.url()).await;
+    let storage_a = busmq_testkit::storage_on(&redis.url()).await;
+    let storage_b = busmq_testkit::storage_on(&redis.url()).await;
     let brokers = [
         busmq_testkit::broker(storage_a.addr()).await,
         busmq_testkit::broker(storage_a.addr()).await,

@@ -26,18 +26,6 @@ pub async fn cluster() -> Cluster {
     }
 }
 
-/// Starts `busmq-storage` on the Redis at `redis_url` and waits until it
-/// serves.
-pub async fn storage_on(redis_url: &str) -> Process {
-    let builder = Process::builder("busmq-storage");
-    let addr = builder.listen_addr();
-    let p = builder
-        .args(["--listen", &addr.to_string(), "--backend", redis_url])
-        .spawn();
-    p.wait_ready().await;
-    p
-}
-
 /// A broker in front of `storage` whose reliable locks lapse 1 s after it
 /// dies (5 s by default), so a consumer gets its queue back soon after the
 /// broker restarts.

@@ -1,5 +1,5 @@
-//! The busmq broker: queue semantics over any [`Storage`], served as the
-//! `busmq.v1` gRPC API.
+//! The busmq broker: queue, pub/sub and persistable object semantics over
+//! any [`Storage`], served as the `busmq.v1` gRPC API.
 //!
 //! A broker keeps no state of its own beyond its running consumers: every
 //! queue lives in the store, so any number of brokers can serve one bus.
@@ -7,6 +7,8 @@
 
 use std::sync::Arc;
 
+use busmq_proto::v1::objects_server::ObjectsServer;
+use busmq_proto::v1::pub_sub_server::PubSubServer;
 use busmq_proto::v1::queues_server::QueuesServer;
 use busmq_storage::Storage;
 use tokio::net::TcpListener;
@@ -14,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 pub mod config;
 mod consume;
+pub mod objects;
+pub mod pubsub;
 pub mod service;
 pub mod wakeup;
 
@@ -21,6 +25,9 @@ pub use config::BrokerConfig;
 
 /// The gRPC service name the broker reports in `grpc.health.v1`.
 pub const SERVICE_NAME: &str = "busmq.v1.Queues";
+
+/// Every other gRPC service the broker serves, also reported in health.
+pub const OTHER_SERVICES: [&str; 2] = ["busmq.v1.PubSub", "busmq.v1.Objects"];
 
 /// Serves the broker on `listener` until `shutdown` fires, then lets
 /// in-flight calls finish (consumer streams end with UNAVAILABLE so their
@@ -35,6 +42,19 @@ pub async fn serve(
     tokio::spawn(Arc::clone(&wakeups).run(storage.watch(), shutdown.clone()));
 
     let max_bytes = config.limits.max_request_bytes();
+    let pubsub = PubSubServer::new(pubsub::PubSubService::new(
+        Arc::clone(&storage),
+        config.limits,
+        shutdown.clone(),
+    ))
+    .max_decoding_message_size(max_bytes)
+    .max_encoding_message_size(max_bytes);
+    let objects = ObjectsServer::new(objects::ObjectsService::new(
+        Arc::clone(&storage),
+        config.limits,
+    ))
+    .max_decoding_message_size(max_bytes)
+    .max_encoding_message_size(max_bytes);
     let queues = QueuesServer::new(service::QueuesService::new(
         storage,
         wakeups,
@@ -45,12 +65,15 @@ pub async fn serve(
     .max_encoding_message_size(max_bytes);
 
     let (reporter, health) = busmq_runtime::health_reporter();
-    busmq_runtime::report_health(reporter, &[SERVICE_NAME], shutdown.clone()).await;
+    let names = [SERVICE_NAME, OTHER_SERVICES[0], OTHER_SERVICES[1]];
+    busmq_runtime::report_health(reporter, &names, shutdown.clone()).await;
 
     busmq_runtime::grpc_server()
         .add_service(health)
         .add_service(busmq_runtime::reflection())
         .add_service(queues)
+        .add_service(pubsub)
+        .add_service(objects)
         .serve_with_incoming_shutdown(
             busmq_runtime::incoming(listener),
             shutdown.cancelled_owned(),

@@ -1,5 +1,6 @@
 //! `busmq`: run the whole bus in one process (`busmq serve`), or talk to a
-//! running one (`busmq push`, `busmq consume`, `busmq lease`, `busmq stats`).
+//! running one (`busmq push`, `busmq consume`, `busmq lease`, `busmq stats`,
+//! `busmq publish`, `busmq subscribe`, `busmq object get|set`).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -8,7 +9,9 @@ use clap::{Args, Parser, Subcommand};
 
 mod client;
 mod lease;
+mod object;
 mod output;
+mod pubsub;
 mod serve;
 
 /// busmq: a message bus with ordered queues, reliable and persistent
@@ -31,7 +34,88 @@ enum Command {
     Consume(ConsumeArgs),
     Lease(lease::LeaseArgs),
     Stats(StatsArgs),
+    Publish(PublishArgs),
+    Subscribe(SubscribeArgs),
+    #[command(subcommand)]
+    Object(ObjectCommand),
     Bench(busmq_bench::BenchArgs),
+}
+
+/// Publish one message on a pub/sub channel and print how many subscribers
+/// received it.
+///
+/// Pub/sub is not stored: only the subscribers of the moment (on every
+/// broker of the bus) receive the message; with none, it is gone and 0 is
+/// printed.
+#[derive(Debug, Args)]
+struct PublishArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The channel: 1..=200 characters of A-Z a-z 0-9 . _ : -
+    channel: String,
+    /// The message.
+    message: String,
+}
+
+/// Subscribe to a pub/sub channel and print each message on its own line.
+///
+/// Prints "busmq: subscribed to CHANNEL" on standard error once the
+/// subscription is in place (every later publish reaches it), then runs
+/// until --count messages were printed or Ctrl-C. Backslash, newline,
+/// carriage return and tab in a message are printed as \\, \n, \r and \t
+/// (see --raw). Messages dropped because this process did not keep up are
+/// reported on standard error.
+#[derive(Debug, Args)]
+struct SubscribeArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Stop after this many messages.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    count: Option<u64>,
+    /// Print messages exactly as they are, without escaping.
+    #[arg(long)]
+    raw: bool,
+    /// The channel to subscribe to.
+    channel: String,
+}
+
+/// Read or write a persistable object (named fields holding JSON values).
+#[derive(Debug, Subcommand)]
+enum ObjectCommand {
+    Get(ObjectGetArgs),
+    Set(ObjectSetArgs),
+}
+
+/// Print every field of an object as one JSON object.
+///
+/// Fails (exit status 1) when the object does not exist.
+#[derive(Debug, Args)]
+struct ObjectGetArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The object: 1..=200 characters of A-Z a-z 0-9 . _ : -
+    name: String,
+}
+
+/// Set one field of an object to a JSON value, creating the object if
+/// needed; its other fields stay as they are.
+///
+/// The value must be JSON: `42`, `true`, `'{"a":1}'`, and a string in
+/// quotes, `'"text"'`.
+#[derive(Debug, Args)]
+struct ObjectSetArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Make the object expire this many seconds after this save. Unset: its
+    /// expiry stays as it was (a new object never expires).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    ttl: Option<u64>,
+    /// The object.
+    name: String,
+    /// The field.
+    field: String,
+    /// The value, as JSON text.
+    json: String,
 }
 
 /// Run every busmq service in this process: storage and broker.
@@ -194,6 +278,10 @@ async fn main() -> ExitCode {
         Command::Consume(args) => client::consume(args).await,
         Command::Lease(args) => lease::run(args).await,
         Command::Stats(args) => client::stats(args).await,
+        Command::Publish(args) => pubsub::publish(args).await,
+        Command::Subscribe(args) => pubsub::subscribe(args).await,
+        Command::Object(ObjectCommand::Get(args)) => object::get(args).await,
+        Command::Object(ObjectCommand::Set(args)) => object::set(args).await,
         Command::Bench(args) => busmq_bench::run(args).await.map(drop),
     };
     match result {
@@ -272,6 +360,35 @@ mod tests {
         );
         assert!(parse(&["lease", "take", "q", "--visibility-ms", "0"]).is_err());
         assert!(parse(&["lease", "take", "q", "--max", "0"]).is_err());
+    }
+
+    #[test]
+    fn pubsub_and_object_commands() {
+        let Command::Subscribe(args) = parse(&["subscribe", "news", "--count", "3"])
+            .unwrap()
+            .command
+        else {
+            panic!("not subscribe");
+        };
+        assert_eq!((args.channel.as_str(), args.count), ("news", Some(3)));
+        assert!(parse(&["subscribe", "news", "--count", "0"]).is_err());
+        assert!(parse(&["publish", "news", "hello"]).is_ok());
+        assert!(parse(&["publish", "news"]).is_err());
+        let Command::Object(ObjectCommand::Set(args)) =
+            parse(&["object", "set", "obj", "foo", "1", "--ttl", "30"])
+                .unwrap()
+                .command
+        else {
+            panic!("not object set");
+        };
+        assert_eq!(
+            (args.name.as_str(), args.field.as_str(), args.json.as_str()),
+            ("obj", "foo", "1")
+        );
+        assert_eq!(args.ttl, Some(30));
+        assert!(parse(&["object", "set", "obj", "foo", "1", "--ttl", "0"]).is_err());
+        assert!(parse(&["object", "get", "obj"]).is_ok());
+        assert!(parse(&["object", "get"]).is_err());
     }
 
     #[test]

@@ -4,10 +4,12 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use busmq_proto::v1::objects_client::ObjectsClient;
+use busmq_proto::v1::pub_sub_client::PubSubClient;
 use busmq_proto::v1::queues_client::QueuesClient;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::{Error, Queue, Reconnect, Result};
+use crate::{Error, Persistable, PubSub, Queue, Reconnect, Result};
 
 /// The default broker address (`busmq serve` listens there).
 pub const DEFAULT_URL: &str = "http://127.0.0.1:50051";
@@ -32,6 +34,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct Bus {
     client: QueuesClient<Channel>,
+    channel: Channel,
     url: Arc<str>,
     reconnect: Reconnect,
 }
@@ -77,7 +80,9 @@ impl Bus {
 
     fn with_channel(channel: Channel, url: String) -> Bus {
         Bus {
-            client: QueuesClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES),
+            client: QueuesClient::new(channel.clone())
+                .max_decoding_message_size(MAX_RESPONSE_BYTES),
+            channel,
             url: url.into(),
             reconnect: Reconnect::default(),
         }
@@ -117,6 +122,31 @@ impl Bus {
     /// `[A-Za-z0-9._:-]` by default), so a bad one fails on first use.
     pub fn queue(&self, name: impl Into<String>) -> Queue {
         Queue::new(self.client.clone(), name.into(), self.reconnect)
+    }
+
+    /// A handle on the publish/subscribe channel `name`: node-busmq's
+    /// `bus.pubsub(name)`.
+    ///
+    /// Nothing is sent yet. The name follows the rules of queue names and
+    /// is checked by the server on first use.
+    pub fn pubsub(&self, name: impl Into<String>) -> PubSub {
+        PubSub::new(
+            PubSubClient::new(self.channel.clone()).max_decoding_message_size(MAX_RESPONSE_BYTES),
+            name.into(),
+        )
+    }
+
+    /// A persistable object named `name`, with no field yet: node-busmq's
+    /// `bus.persistify(name, object, properties)`. Call
+    /// [`Persistable::load`] to read what the bus has.
+    ///
+    /// Nothing is sent yet. The name follows the rules of queue names and
+    /// is checked by the server on first use.
+    pub fn persistable(&self, name: impl Into<String>) -> Persistable {
+        Persistable::new(
+            ObjectsClient::new(self.channel.clone()).max_decoding_message_size(MAX_RESPONSE_BYTES),
+            name.into(),
+        )
     }
 }
 

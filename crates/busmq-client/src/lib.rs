@@ -12,6 +12,11 @@
 //! ([`Consumer::ack_lease`], [`Consumer::nack`]) with a visibility timeout
 //! and a dead-letter queue ([`Queue::dead_letters`]).
 //!
+//! [`Bus::pubsub`] gives a [`PubSub`] handle (plain publish/subscribe, not
+//! stored, with its [`PubSubEvent`]s as a stream) and [`Bus::persistable`]
+//! a [`Persistable`] object (tracked JSON fields, saved when dirty, kept
+//! alive while persisted).
+//!
 //! ```no_run
 //! use busmq_client::{AttachOptions, Bus, ConsumeOptions};
 //! use futures::StreamExt;
@@ -49,6 +54,8 @@ mod consume;
 mod error;
 mod events;
 mod lease;
+mod persistable;
+mod pubsub;
 mod pusher;
 mod queue;
 mod reconnect;
@@ -58,12 +65,17 @@ pub use consume::{ClosedReason, ConsumeMode, ConsumeOptions, Consumer, Delivery}
 pub use error::{Error, ErrorCode, Result};
 pub use events::{QueueEvent, QueueEvents};
 pub use lease::{LeaseToken, Nacked};
+pub use persistable::{Loaded, Persistable};
+pub use pubsub::{PubSub, PubSubEvent, PubSubEvents};
 pub use pusher::{PushTicket, Pusher, PusherOptions};
 pub use queue::{AttachOptions, IdRange, Queue, QueueInfo};
 pub use reconnect::Reconnect;
 
 /// The payload type of messages: cheap to clone and slice.
 pub use bytes::Bytes;
+
+/// The value type of [`Persistable`] fields.
+pub use serde_json::Value;
 
 /// Compile-time checks: everything can cross tasks and threads.
 #[cfg(test)]
@@ -73,6 +85,18 @@ mod send_sync {
 
     fn send<T: Send>(_: &T) {}
     fn send_sync<T: Send + Sync>(_: &T) {}
+
+    async fn pubsub_futures_are_send(bus: Bus, pubsub: PubSub, mut object: Persistable) {
+        send_sync(&pubsub);
+        send_sync(&object);
+        send(&pubsub.events());
+        send(&pubsub.subscribe());
+        send(&pubsub.publish("x"));
+        send(&bus.persistable("o"));
+        send(&object.save());
+        send(&object.load());
+        send(&object.persist(std::time::Duration::from_secs(1)));
+    }
 
     async fn futures_are_send(bus: Bus, queue: Queue, pusher: Pusher, consumer: Consumer) {
         send_sync(&bus);

@@ -36,8 +36,13 @@ impl ErrorCode {
 /// Every error a busmq service returns.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
-    #[error("invalid queue name {name:?}: {reason}")]
-    InvalidName { name: String, reason: &'static str },
+    #[error("invalid {kind} name {name:?}: {reason}")]
+    InvalidName {
+        /// What the name names: `queue`, `channel` or `object`.
+        kind: &'static str,
+        name: String,
+        reason: &'static str,
+    },
     #[error("queue {0:?} does not exist (attach to it first)")]
     QueueNotFound(String),
     #[error("a push needs at least one message")]
@@ -77,6 +82,13 @@ pub enum Error {
     },
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A persistable object field whose value is not JSON.
+    #[error("field {field:?} of object {object:?} is not JSON: {reason}")]
+    NotJson {
+        object: String,
+        field: String,
+        reason: String,
+    },
     #[error("store unavailable: {0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -90,9 +102,10 @@ impl Error {
     /// The stable code of this error.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Error::InvalidName { .. } | Error::EmptyBatch | Error::InvalidArgument(_) => {
-                ErrorCode::InvalidArgument
-            }
+            Error::InvalidName { .. }
+            | Error::EmptyBatch
+            | Error::InvalidArgument(_)
+            | Error::NotJson { .. } => ErrorCode::InvalidArgument,
             Error::QueueNotFound(_) | Error::UnknownAck { .. } | Error::UnknownLease { .. } => {
                 ErrorCode::NotFound
             }

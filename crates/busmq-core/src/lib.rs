@@ -1,13 +1,14 @@
-//! busmq's shared vocabulary: validated queue names, configurable limits and
+//! busmq's shared vocabulary: validated queue, channel and object names, configurable limits and
 //! the error type every service speaks, with its mapping to status codes.
 
 pub mod error;
 pub mod limits;
 pub mod name;
+pub mod object;
 
 pub use error::{Error, ErrorCode, Result};
 pub use limits::Limits;
-pub use name::{DEAD_LETTER_SUFFIX, QueueName};
+pub use name::{ChannelName, DEAD_LETTER_SUFFIX, ObjectName, QueueName};
 
 /// A message as it is stored: its id in the queue and its body.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,67 +1,102 @@
-//! Queue names: validated once at the edge, then trusted everywhere.
+//! Names of queues, pub/sub channels and persistable objects: validated
+//! once at the edge, then trusted everywhere.
+//!
+//! All three follow the same rules, 1..=`max_name_len` bytes of
+//! `[A-Za-z0-9._:-]`: the character set keeps names safe as store keys, URL
+//! path segments and ZeroMQ topic prefixes without escaping. Each is its own
+//! type, so a channel name cannot be passed where a queue is meant.
 
 use std::fmt;
 
 use crate::{Error, Limits, Result};
 
+/// Checks `name` against the shared naming rules; `kind` names what it
+/// names in the error.
+fn validate(kind: &'static str, name: &str, limits: &Limits) -> Result<()> {
+    let invalid = |reason| {
+        Err(Error::InvalidName {
+            kind,
+            name: name.chars().take(64).collect(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return invalid("empty");
+    }
+    if name.len() > limits.max_name_len {
+        return invalid("too long");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+    {
+        return invalid("only A-Z a-z 0-9 . _ : - are allowed");
+    }
+    Ok(())
+}
+
+macro_rules! name_type {
+    ($(#[$doc:meta])* $ty:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $ty(String);
+
+        impl $ty {
+            /// Validates `name` against `limits`.
+            pub fn parse(name: &str, limits: &Limits) -> Result<Self> {
+                validate($kind, name, limits)?;
+                Ok($ty(name.to_owned()))
+            }
+
+            /// The name as a string.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $ty {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+name_type!(
+    /// A valid queue name: 1..=`max_name_len` bytes of `[A-Za-z0-9._:-]`.
+    QueueName,
+    "queue"
+);
+
 /// Appended to a queue's name to name its dead-letter queue.
 pub const DEAD_LETTER_SUFFIX: &str = ".dlq";
 
-/// A valid queue name: 1..=`max_name_len` bytes of `[A-Za-z0-9._:-]`.
-///
-/// The character set keeps names safe as store keys, URL path segments and
-/// ZeroMQ topic prefixes without escaping.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct QueueName(String);
-
 impl QueueName {
-    /// Validates `name` against `limits`.
-    pub fn parse(name: &str, limits: &Limits) -> Result<Self> {
-        let invalid = |reason| {
-            Err(Error::InvalidName {
-                name: name.chars().take(64).collect(),
-                reason,
-            })
-        };
-        if name.is_empty() {
-            return invalid("empty");
-        }
-        if name.len() > limits.max_name_len {
-            return invalid("too long");
-        }
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-        {
-            return invalid("only A-Z a-z 0-9 . _ : - are allowed");
-        }
-        Ok(QueueName(name.to_owned()))
-    }
-
     /// The queue that receives this queue's dead letters: the name with
     /// [`DEAD_LETTER_SUFFIX`] appended. Derived, so not checked against a
     /// length limit; callers that let users name it check it themselves.
     pub fn dead_letters(&self) -> QueueName {
         QueueName(format!("{}{DEAD_LETTER_SUFFIX}", self.0))
     }
-
-    /// The name as a string.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl fmt::Display for QueueName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+name_type!(
+    /// A valid pub/sub channel name, with the rules of a [`QueueName`].
+    ChannelName,
+    "channel"
+);
 
-impl AsRef<str> for QueueName {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
+name_type!(
+    /// A valid persistable object name, with the rules of a [`QueueName`].
+    ObjectName,
+    "object"
+);
 
 #[cfg(test)]
 mod tests {
@@ -78,5 +113,15 @@ mod tests {
         assert!(QueueName::parse(&"x".repeat(200), &l).is_ok());
         let q = QueueName::parse("jobs", &l).unwrap();
         assert_eq!(q.dead_letters().as_str(), "jobs.dlq");
+    }
+
+    #[test]
+    fn errors_say_what_kind_of_name() {
+        let l = Limits::default();
+        let err = ChannelName::parse("a b", &l).unwrap_err();
+        assert!(err.to_string().starts_with("invalid channel name"), "{err}");
+        let err = ObjectName::parse("", &l).unwrap_err();
+        assert!(err.to_string().starts_with("invalid object name"), "{err}");
+        assert!(ObjectName::parse("user:42", &l).is_ok());
     }
 }

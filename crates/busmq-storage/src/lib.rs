@@ -7,13 +7,14 @@
 //! implementation through [`service::StorageService`]). The broker holds an
 //! `Arc<dyn Storage>` and never knows which one it has.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
-pub use busmq_core::{Error, Message, QueueName, Result};
+pub use busmq_core::{ChannelName, Error, Message, ObjectName, QueueName, Result};
 
 pub mod backend;
 #[cfg(feature = "conformance")]
@@ -21,6 +22,8 @@ pub mod conformance;
 pub mod embedded;
 pub mod leases;
 pub mod memory;
+pub mod object_state;
+pub mod pubsub;
 pub mod queue_state;
 pub mod redis;
 pub mod remote;
@@ -191,6 +194,27 @@ pub enum Notification {
 /// A stream of every [`Notification`] of a store, for every queue.
 pub type Notifications = BoxStream<'static, Notification>;
 
+/// What a pub/sub [`Subscription`] yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelEvent {
+    /// A message published on the channel.
+    Message(Bytes),
+    /// This many messages were dropped because the subscriber did not keep
+    /// up (its buffer of [`pubsub::SUBSCRIPTION_BUFFER`] was full). Comes
+    /// just before the next message that fitted.
+    Missed(u64),
+}
+
+/// The messages published on one channel from the moment
+/// [`Storage::subscribe`] returned, until the stream is dropped (which
+/// unsubscribes). Ends with one `Err` when the store connection carrying it
+/// is lost: pub/sub is not stored, so a subscriber that comes back has
+/// missed what was published meanwhile.
+pub type Subscription = BoxStream<'static, Result<ChannelEvent>>;
+
+/// The fields of a persistable object: field name to JSON text.
+pub type ObjectFields = BTreeMap<String, String>;
+
 /// Everything the broker needs from a store. Every method is atomic in the
 /// store; operations on a queue that does not exist fail with
 /// [`Error::QueueNotFound`] unless documented otherwise.
@@ -302,6 +326,42 @@ pub trait Storage: Send + Sync + 'static {
     /// Every notification from now on. Opened before the first take of a
     /// consumer, so nothing between the take and the wait is missed.
     fn watch(&self) -> Notifications;
+
+    /// Sends `message` to every current subscriber of `channel` and returns
+    /// how many received it. Nothing is stored: with no subscriber the
+    /// message is gone. A subscriber whose buffer is full does not receive
+    /// it (and is told it missed one); it is not counted. Every later hop
+    /// (storage service, broker) drains its source at once and drops with
+    /// the same notice when its own buffer is full, so a message counted
+    /// here may still be dropped for a subscriber far behind: the count is
+    /// of subscribers the store handed the message to, as with Redis
+    /// `PUBLISH`.
+    async fn publish(&self, channel: &ChannelName, message: Bytes) -> Result<u64>;
+
+    /// Subscribes to `channel`. Once this returns, every later
+    /// [`Storage::publish`] on the channel (through any client of the same
+    /// store) counts and reaches the subscription.
+    async fn subscribe(&self, channel: &ChannelName) -> Result<Subscription>;
+
+    /// Writes `fields` (name, JSON text) of the persistable `object`,
+    /// creating it if needed and leaving its other fields alone. `ttl`
+    /// makes the object expire that long from now; `None` leaves its expiry
+    /// as it was (a new object then never expires). An empty `fields` is
+    /// [`Error::InvalidArgument`]. Values are stored as given: the broker
+    /// checks they are JSON.
+    async fn object_save(
+        &self,
+        object: &ObjectName,
+        fields: Vec<(String, String)>,
+        ttl: Option<Duration>,
+    ) -> Result<()>;
+
+    /// Every field of `object`, or `None` when it does not exist (never
+    /// saved, or expired).
+    async fn object_load(&self, object: &ObjectName) -> Result<Option<ObjectFields>>;
+
+    /// Makes `object` expire `ttl` from now; false when it does not exist.
+    async fn object_touch(&self, object: &ObjectName, ttl: Duration) -> Result<bool>;
 
     /// Whether the store can serve now (its connections are up). Stores
     /// that are always ready keep the default. Must answer at once, without

@@ -20,7 +20,7 @@ impl Default for QueueStore<Volatile> {
 impl QueueStore<Volatile> {
     /// An empty store.
     pub fn new() -> Self {
-        QueueStore::with_journal(Volatile, HashMap::new())
+        QueueStore::with_journal(Volatile, HashMap::new(), HashMap::new())
     }
 }
 

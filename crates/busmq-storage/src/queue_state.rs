@@ -25,9 +25,12 @@ use busmq_core::{DEAD_LETTER_TTL_SECS, DEFAULT_TTL_SECS};
 
 use crate::leases::{Delivery, Lease};
 
+use crate::object_state::Objects;
+use crate::pubsub::Hub;
 use crate::{
-    Attached, Error, IdRange, LeaseToken, Leases, Message, Notification, Notifications, QueueInfo,
-    QueueName, ReliableLock, Result, Settled, Settlement, Storage, TakeMode,
+    Attached, ChannelName, Error, IdRange, LeaseToken, Leases, Message, Notification,
+    Notifications, ObjectFields, ObjectName, QueueInfo, QueueName, ReliableLock, Result, Settled,
+    Settlement, Storage, Subscription, TakeMode,
 };
 
 /// Notifications buffered per watcher before it is told it lagged.
@@ -256,6 +259,18 @@ pub enum Change {
     },
     /// The queue is gone, with its messages and metadata.
     Drop(QueueName),
+    /// Fields of a persistable object were written (creating it).
+    ObjectFields {
+        object: ObjectName,
+        fields: Vec<(String, String)>,
+    },
+    /// The expiry deadline of an object is now this.
+    ObjectExpiry {
+        object: ObjectName,
+        expires_at: Option<Instant>,
+    },
+    /// The object is gone, with its fields.
+    ObjectDrop(ObjectName),
 }
 
 /// Where a [`QueueStore`] records its changes.
@@ -298,18 +313,18 @@ impl Journal for Volatile {
 /// The changes one operation makes, built only when the journal records.
 pub(crate) struct Recorder {
     pub(crate) on: bool,
-    changes: Vec<Change>,
+    pub(crate) changes: Vec<Change>,
 }
 
 impl Recorder {
-    fn new(on: bool) -> Self {
+    pub(crate) fn new(on: bool) -> Self {
         Recorder {
             on,
             changes: Vec::new(),
         }
     }
 
-    fn record(&mut self, change: impl FnOnce() -> Change) {
+    pub(crate) fn record(&mut self, change: impl FnOnce() -> Change) {
         if self.on {
             self.changes.push(change());
         }
@@ -421,7 +436,7 @@ fn dead_letter(
 /// in a [`Journal`]. Queues expire on tokio's clock, so tests can drive
 /// expiry with `tokio::time::pause()` and `advance()`.
 pub struct QueueStore<J: Journal> {
-    shared: Arc<Shared<J>>,
+    pub(crate) shared: Arc<Shared<J>>,
 }
 
 impl<J: Journal> Clone for QueueStore<J> {
@@ -432,31 +447,52 @@ impl<J: Journal> Clone for QueueStore<J> {
     }
 }
 
-struct Shared<J> {
+pub(crate) struct Shared<J> {
     queues: Mutex<HashMap<QueueName, Queue>>,
+    /// Persistable objects: a lock of their own, since they never change
+    /// together with a queue.
+    objects: Mutex<Objects>,
     notify: broadcast::Sender<Notification>,
-    journal: J,
+    /// Pub/sub subscribers: nothing of pub/sub is journaled.
+    hub: Hub,
+    pub(crate) journal: J,
 }
 
 impl<J: Journal> QueueStore<J> {
     /// A store holding `queues`, recording into `journal`. Queues waiting
     /// to expire get their timers, so this must run inside a Tokio runtime
     /// when any has a deadline.
-    pub(crate) fn with_journal(journal: J, queues: HashMap<QueueName, Queue>) -> Self {
+    pub(crate) fn with_journal(
+        journal: J,
+        queues: HashMap<QueueName, Queue>,
+        mut objects: Objects,
+    ) -> Self {
         let (notify, _) = broadcast::channel(NOTIFY_CAPACITY);
         let timers: Vec<(QueueName, Instant)> = queues
             .iter()
             .filter_map(|(name, q)| q.expires_at.map(|at| (name.clone(), at)))
             .collect();
+        let object_timers: Vec<(ObjectName, Instant)> = objects
+            .iter_mut()
+            .filter_map(|(name, o)| {
+                o.timer = o.expires_at.is_some();
+                o.expires_at.map(|at| (name.clone(), at))
+            })
+            .collect();
         let store = QueueStore {
             shared: Arc::new(Shared {
                 queues: Mutex::new(queues),
+                objects: Mutex::new(objects),
                 notify,
+                hub: Hub::default(),
                 journal,
             }),
         };
         for (name, at) in timers {
             store.schedule_expiry(name, at);
+        }
+        for (name, at) in object_timers {
+            store.schedule_object_expiry(name, at);
         }
         store
     }
@@ -474,6 +510,14 @@ impl<J: Journal> QueueStore<J> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    pub(crate) fn objects(&self) -> MutexGuard<'_, Objects> {
+        // As for queues: every mutation is a few infallible steps.
+        self.shared
+            .objects
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     fn notify(&self, n: Notification) {
         // No receivers is fine: nobody is waiting.
         let _ = self.shared.notify.send(n);
@@ -483,7 +527,7 @@ impl<J: Journal> QueueStore<J> {
     /// Called under the queue lock, so the journal's order is the order in
     /// which changes were applied. With nothing recorded, the ticket is the
     /// latest one: whatever the caller saw is then durable when it returns.
-    fn submit(&self, rec: Recorder) -> u64 {
+    pub(crate) fn submit(&self, rec: Recorder) -> u64 {
         if rec.changes.is_empty() {
             self.shared.journal.last_ticket()
         } else {
@@ -929,5 +973,30 @@ impl<J: Journal> Storage for QueueStore<J> {
         BroadcastStream::new(self.shared.notify.subscribe())
             .map(|n| n.unwrap_or(Notification::Lagged))
             .boxed()
+    }
+
+    async fn publish(&self, channel: &ChannelName, message: Bytes) -> Result<u64> {
+        Ok(self.shared.hub.publish(channel, message))
+    }
+
+    async fn subscribe(&self, channel: &ChannelName) -> Result<Subscription> {
+        Ok(self.shared.hub.subscribe(channel))
+    }
+
+    async fn object_save(
+        &self,
+        object: &ObjectName,
+        fields: Vec<(String, String)>,
+        ttl: Option<Duration>,
+    ) -> Result<()> {
+        self.save_object(object, fields, ttl).await
+    }
+
+    async fn object_load(&self, object: &ObjectName) -> Result<Option<ObjectFields>> {
+        self.load_object(object).await
+    }
+
+    async fn object_touch(&self, object: &ObjectName, ttl: Duration) -> Result<bool> {
+        self.touch_object(object, ttl).await
     }
 }

@@ -17,9 +17,9 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Status, Streaming};
 
 use crate::{
-    Attached, Error, IdRange, LeaseToken, LeasedMessage, Leases, Message, Notification,
-    Notifications, QueueInfo, QueueName, ReliableLock, Result, Settled, Settlement, Storage,
-    TakeMode,
+    Attached, ChannelEvent, ChannelName, Error, IdRange, LeaseToken, LeasedMessage, Leases,
+    Message, Notification, Notifications, ObjectFields, ObjectName, QueueInfo, QueueName,
+    ReliableLock, Result, Settled, Settlement, Storage, Subscription, TakeMode,
 };
 
 /// Largest message the client sends or accepts: generous, so the server's
@@ -142,6 +142,58 @@ fn lease_ms(lock: &ReliableLock) -> u64 {
 fn millis(d: Duration) -> u64 {
     let ms = d.as_millis() + u128::from(!d.subsec_nanos().is_multiple_of(1_000_000));
     u64::try_from(ms).unwrap_or(u64::MAX)
+}
+
+/// Milliseconds of an object ttl, rounded up so a short ttl never becomes
+/// zero, and saturating.
+fn ttl_ms(ttl: Duration) -> u64 {
+    let ms = ttl.as_millis() + u128::from(!ttl.subsec_nanos().is_multiple_of(1_000_000));
+    u64::try_from(ms).unwrap_or(u64::MAX)
+}
+
+/// The events a wire subscription event stands for; none for an empty one
+/// (a newer server's event this client does not know).
+fn channel_events_from_proto(e: pb::ChannelEvent) -> Vec<ChannelEvent> {
+    match e.event {
+        Some(pb::channel_event::Event::Messages(batch)) => batch
+            .messages
+            .into_iter()
+            .map(ChannelEvent::Message)
+            .collect(),
+        Some(pb::channel_event::Event::Missed(n)) => vec![ChannelEvent::Missed(n)],
+        None => Vec::new(),
+    }
+}
+
+/// State of one remote subscription: its stream, and the events of the
+/// last batch not yet yielded.
+struct RemoteSubscription {
+    storage: RemoteStorage,
+    channel: ChannelName,
+    stream: Streaming<pb::ChannelEvent>,
+    ready: std::collections::VecDeque<ChannelEvent>,
+}
+
+impl RemoteSubscription {
+    /// The next event; after an error, nothing (the unfold state is gone).
+    async fn next(mut self) -> Option<(Result<ChannelEvent>, Option<Self>)> {
+        loop {
+            if let Some(event) = self.ready.pop_front() {
+                return Some((Ok(event), Some(self)));
+            }
+            match self.stream.message().await {
+                Ok(Some(e)) => self.ready.extend(channel_events_from_proto(e)),
+                Ok(None) => {
+                    let err = Error::Unavailable(format!(
+                        "storage at {} ended the subscription to {}",
+                        self.storage.url, self.channel
+                    ));
+                    return Some((Err(err), None));
+                }
+                Err(status) => return Some((Err(self.storage.error(status)), None)),
+            }
+        }
+    }
 }
 
 /// Whole seconds of a ttl, rounded up so a short ttl never becomes zero.
@@ -520,6 +572,94 @@ impl Storage for RemoteStorage {
             backoff: Duration::ZERO,
         };
         futures::stream::unfold(state, WatchState::next).boxed()
+    }
+
+    async fn publish(&self, channel: &ChannelName, message: Bytes) -> Result<u64> {
+        let r = self
+            .client()
+            .publish(pb::PublishRequest {
+                channel: channel.to_string(),
+                message,
+            })
+            .await
+            .map_err(|s| self.error(s))?;
+        Ok(r.into_inner().receivers)
+    }
+
+    /// Opens one `Subscribe` stream per subscription (streams share the
+    /// HTTP/2 connection), so the storage counts every subscriber. Returns
+    /// once the storage has registered it. When the stream breaks (storage
+    /// restarted), the subscription ends with an UNAVAILABLE error rather
+    /// than resubscribing by itself: what was published meanwhile is lost,
+    /// and the subscriber must know.
+    async fn subscribe(&self, channel: &ChannelName) -> Result<Subscription> {
+        let stream = self
+            .client()
+            .subscribe(pb::SubscribeRequest {
+                channel: channel.to_string(),
+            })
+            .await
+            .map_err(|s| self.error(s))?
+            .into_inner();
+        let state = RemoteSubscription {
+            storage: self.clone(),
+            channel: channel.clone(),
+            stream,
+            ready: std::collections::VecDeque::new(),
+        };
+        Ok(
+            futures::stream::unfold(Some(state), |state| async move { state?.next().await })
+                .boxed(),
+        )
+    }
+
+    async fn object_save(
+        &self,
+        object: &ObjectName,
+        fields: Vec<(String, String)>,
+        ttl: Option<Duration>,
+    ) -> Result<()> {
+        self.client()
+            .object_save(pb::ObjectSaveRequest {
+                object: object.to_string(),
+                fields: fields
+                    .into_iter()
+                    .map(|(name, value)| pb::ObjectField { name, value })
+                    .collect(),
+                ttl_ms: ttl.map(ttl_ms),
+            })
+            .await
+            .map_err(|s| self.error(s))?;
+        Ok(())
+    }
+
+    async fn object_load(&self, object: &ObjectName) -> Result<Option<ObjectFields>> {
+        let r = self
+            .client()
+            .object_load(pb::ObjectRequest {
+                object: object.to_string(),
+            })
+            .await
+            .map_err(|s| self.error(s))?
+            .into_inner();
+        Ok(r.exists.then(|| {
+            r.fields
+                .into_iter()
+                .map(|f| (f.name, f.value))
+                .collect::<ObjectFields>()
+        }))
+    }
+
+    async fn object_touch(&self, object: &ObjectName, ttl: Duration) -> Result<bool> {
+        let r = self
+            .client()
+            .object_touch(pb::ObjectTouchRequest {
+                object: object.to_string(),
+                ttl_ms: ttl_ms(ttl),
+            })
+            .await
+            .map_err(|s| self.error(s))?;
+        Ok(r.into_inner().exists)
     }
 }
 

@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    Error, LeaseToken, Notification, QueueName, ReliableLock, Settled, Settlement, Storage,
-    TakeMode,
+    Error, LeaseToken, Notification, ObjectName, QueueName, ReliableLock, Settled, Settlement,
+    Storage, TakeMode,
 };
 
 /// Notifications buffered per watcher before it is sent a LAGGED
@@ -67,6 +67,10 @@ impl StorageService {
         QueueName::parse(name, &self.limits).map_err(to_status)
     }
 
+    fn object(&self, name: &str) -> Result<ObjectName, Status> {
+        ObjectName::parse(name, &self.limits).map_err(to_status)
+    }
+
     /// Most messages one take or read returns: a batch, as for a push.
     fn cap(&self, max: u32) -> u32 {
         u32::try_from(self.limits.max_batch_len)
@@ -88,6 +92,31 @@ fn ttl(seconds: u64) -> Result<Duration, Status> {
         )));
     }
     Ok(ttl)
+}
+
+/// An object ttl: more than zero (zero would expire it at once, never what a
+/// caller means) and at most [`MAX_TTL`].
+fn object_ttl(ms: u64) -> Result<Duration, Status> {
+    let ttl = Duration::from_millis(ms);
+    if ttl.is_zero() || ttl > MAX_TTL {
+        return Err(invalid(format!(
+            "object ttl must be 1..={} ms, got {ms}",
+            MAX_TTL.as_millis()
+        )));
+    }
+    Ok(ttl)
+}
+
+/// The wire form of a subscription batch.
+pub fn batch_to_proto(batch: crate::pubsub::Batch) -> Result<pb::ChannelEvent, Status> {
+    use crate::pubsub::Batch;
+    use pb::channel_event::Event;
+    let event = match batch {
+        Batch::Messages(messages) => Event::Messages(pb::ChannelMessages { messages }),
+        Batch::Missed(n) => Event::Missed(n),
+        Batch::Failed(e) => return Err(to_status(e)),
+    };
+    Ok(pb::ChannelEvent { event: Some(event) })
 }
 
 fn lock(owner: String, lease_ms: u64) -> Result<ReliableLock, Status> {
@@ -171,6 +200,9 @@ async fn forward_notifications(
         }
     }
 }
+
+/// The stream type of `Subscribe` responses.
+pub type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::ChannelEvent, Status>> + Send>>;
 
 /// The stream type of `Watch` responses.
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::Notification, Status>> + Send>>;
@@ -476,6 +508,84 @@ impl StorageRpc for StorageService {
         tokio::spawn(forward_notifications(source, tx, self.shutdown.clone()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+
+    async fn publish(
+        &self,
+        request: Request<pb::PublishRequest>,
+    ) -> Result<Response<pb::PublishResponse>, Status> {
+        let req = request.into_inner();
+        let receivers =
+            crate::pubsub::publish_checked(&*self.storage, &self.limits, &req.channel, req.message)
+                .await
+                .map_err(to_status)?;
+        Ok(Response::new(pb::PublishResponse { receivers }))
+    }
+
+    type SubscribeStream = SubscribeStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let batches = crate::pubsub::subscribe_checked(
+            &*self.storage,
+            &self.limits,
+            &request.into_inner().channel,
+            self.shutdown.clone(),
+        )
+        .await
+        .map_err(to_status)?;
+        let stream = batches.map(batch_to_proto);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn object_save(
+        &self,
+        request: Request<pb::ObjectSaveRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let req = request.into_inner();
+        let object = self.object(&req.object)?;
+        let fields: Vec<(String, String)> =
+            req.fields.into_iter().map(|f| (f.name, f.value)).collect();
+        busmq_core::object::check_fields(&object, &fields, &self.limits).map_err(to_status)?;
+        let ttl = req.ttl_ms.map(object_ttl).transpose()?;
+        self.storage
+            .object_save(&object, fields, ttl)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn object_load(
+        &self,
+        request: Request<pb::ObjectRequest>,
+    ) -> Result<Response<pb::ObjectLoadResponse>, Status> {
+        let object = self.object(&request.into_inner().object)?;
+        let fields = self.storage.object_load(&object).await.map_err(to_status)?;
+        Ok(Response::new(pb::ObjectLoadResponse {
+            exists: fields.is_some(),
+            fields: fields
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(name, value)| pb::ObjectField { name, value })
+                .collect(),
+        }))
+    }
+
+    async fn object_touch(
+        &self,
+        request: Request<pb::ObjectTouchRequest>,
+    ) -> Result<Response<pb::ObjectTouchResponse>, Status> {
+        let req = request.into_inner();
+        let object = self.object(&req.object)?;
+        let ttl = object_ttl(req.ttl_ms)?;
+        let exists = self
+            .storage
+            .object_touch(&object, ttl)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::ObjectTouchResponse { exists }))
+    }
 }
 
 #[cfg(test)]
@@ -561,6 +671,64 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(missing.code(), tonic::Code::NotFound);
+    }
+
+    #[tokio::test]
+    async fn rejects_bad_pubsub_and_object_input_with_codes() {
+        let svc = service();
+        let bad_channel = svc
+            .publish(Request::new(pb::PublishRequest {
+                channel: "no spaces".into(),
+                message: bytes::Bytes::from_static(b"x"),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(bad_channel.code(), tonic::Code::InvalidArgument);
+        assert!(bad_channel.message().contains("invalid channel name"));
+        let big = svc
+            .publish(Request::new(pb::PublishRequest {
+                channel: "c".into(),
+                message: vec![0u8; (1 << 20) + 1].into(),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(big.code(), tonic::Code::ResourceExhausted);
+        let Err(bad_subscribe) = svc
+            .subscribe(Request::new(pb::SubscribeRequest {
+                channel: String::new(),
+            }))
+            .await
+        else {
+            panic!("an empty channel name must be refused");
+        };
+        assert_eq!(bad_subscribe.code(), tonic::Code::InvalidArgument);
+
+        let save = |object: &str, value: &str, ttl_ms| {
+            svc.object_save(Request::new(pb::ObjectSaveRequest {
+                object: object.into(),
+                fields: vec![pb::ObjectField {
+                    name: "f".into(),
+                    value: value.into(),
+                }],
+                ttl_ms,
+            }))
+        };
+        let not_json = save("o", "plain", None).await.unwrap_err();
+        assert_eq!(not_json.code(), tonic::Code::InvalidArgument);
+        assert!(not_json.message().contains("not JSON"), "{not_json}");
+        let zero_ttl = save("o", "1", Some(0)).await.unwrap_err();
+        assert_eq!(zero_ttl.code(), tonic::Code::InvalidArgument);
+        let bad_name = save("o o", "1", None).await.unwrap_err();
+        assert_eq!(bad_name.code(), tonic::Code::InvalidArgument);
+        save("o", "1", None).await.unwrap();
+        let zero_touch = svc
+            .object_touch(Request::new(pb::ObjectTouchRequest {
+                object: "o".into(),
+                ttl_ms: 0,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(zero_touch.code(), tonic::Code::InvalidArgument);
     }
 
     #[tokio::test]

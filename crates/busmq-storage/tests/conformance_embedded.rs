@@ -9,8 +9,9 @@ use bytes::Bytes;
 
 use busmq_storage::embedded::EmbeddedStorage;
 use busmq_storage::{
-    Attached, IdRange, LeaseToken, Leases, Message, Notifications, QueueInfo, QueueName,
-    ReliableLock, Result, Settled, Settlement, Storage, TakeMode,
+    Attached, ChannelName, IdRange, LeaseToken, Leases, Message, Notifications, ObjectFields,
+    ObjectName, QueueInfo, QueueName, ReliableLock, Result, Settled, Settlement, Storage,
+    Subscription, TakeMode,
 };
 
 /// A store in a fresh directory that lives as long as the store: the
@@ -90,6 +91,26 @@ impl Storage for InTempDir {
     }
     fn watch(&self) -> Notifications {
         self.store.watch()
+    }
+    async fn publish(&self, c: &ChannelName, message: Bytes) -> Result<u64> {
+        self.store.publish(c, message).await
+    }
+    async fn subscribe(&self, c: &ChannelName) -> Result<Subscription> {
+        self.store.subscribe(c).await
+    }
+    async fn object_save(
+        &self,
+        o: &ObjectName,
+        fields: Vec<(String, String)>,
+        ttl: Option<Duration>,
+    ) -> Result<()> {
+        self.store.object_save(o, fields, ttl).await
+    }
+    async fn object_load(&self, o: &ObjectName) -> Result<Option<ObjectFields>> {
+        self.store.object_load(o).await
+    }
+    async fn object_touch(&self, o: &ObjectName, ttl: Duration) -> Result<bool> {
+        self.store.object_touch(o, ttl).await
     }
 }
 

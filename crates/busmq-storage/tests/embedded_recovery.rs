@@ -1,7 +1,7 @@
 //! The embedded store keeps everything across a close and reopen of its
 //! directory: queues, messages, ids, pending sets, counters, metadata,
-//! reliable locks and ttl deadlines. (A `kill -9` of a real process is in
-//! the workspace's `tests/` package.)
+//! reliable locks, persistable objects and ttl deadlines. (A `kill -9` of a
+//! real process is in the workspace's `tests/` package.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -375,4 +375,67 @@ async fn reopen_keeps_leases_delivery_counts_and_dead_letters() {
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].payload, Bytes::from_static(b"m1"));
     assert_eq!(s.info(&q).await.unwrap().unwrap().count, 1);
+}
+
+fn object(name: &str) -> busmq_storage::ObjectName {
+    busmq_storage::ObjectName::parse(name, &Limits::default()).unwrap()
+}
+
+fn fields(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn objects_and_their_deadlines_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let kept = object("user:1");
+    let short = object("session:1");
+    {
+        let s = open(&dir);
+        s.object_save(&kept, fields(&[("name", "\"ann\""), ("age", "30")]), None)
+            .await
+            .unwrap();
+        s.object_save(&kept, fields(&[("age", "31")]), Some(TTL))
+            .await
+            .unwrap();
+        s.object_save(&short, fields(&[("token", "\"t\"")]), None)
+            .await
+            .unwrap();
+        assert!(
+            s.object_touch(&short, Duration::from_secs(1))
+                .await
+                .unwrap()
+        );
+    }
+    // Closed for longer than the short object's ttl.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let s = open(&dir);
+    let loaded = s.object_load(&kept).await.unwrap().expect("kept survives");
+    assert_eq!(
+        loaded.into_iter().collect::<Vec<_>>(),
+        fields(&[("age", "31"), ("name", "\"ann\"")])
+    );
+    assert_eq!(
+        s.object_load(&short).await.unwrap(),
+        None,
+        "expired while closed"
+    );
+    // The kept object's deadline came back: a touch still finds it, and a
+    // short one now makes it expire in this run.
+    assert!(
+        s.object_touch(&kept, Duration::from_millis(200))
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(s.object_load(&kept).await.unwrap(), None);
+    drop(s);
+    let s = open(&dir);
+    assert_eq!(
+        s.object_load(&kept).await.unwrap(),
+        None,
+        "expiry is durable"
+    );
 }

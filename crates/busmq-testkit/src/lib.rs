@@ -459,6 +459,18 @@ pub async fn storage() -> Process {
     p
 }
 
+/// Starts `busmq-storage` on `backend` (`memory`, `embedded`, a Redis URL:
+/// its `--backend`) on a free port of 127.0.0.1 and waits until it serves.
+pub async fn storage_on(backend: &str) -> Process {
+    let builder = Process::builder("busmq-storage");
+    let addr = builder.listen_addr();
+    let p = builder
+        .args(["--listen", &addr.to_string(), "--backend", backend])
+        .spawn();
+    p.wait_ready().await;
+    p
+}
+
 /// Starts `busmq-broker` on a free port of 127.0.0.1, using the storage
 /// service at `storage_addr`, and waits until it serves.
 pub async fn broker(storage_addr: SocketAddr) -> Process {

@@ -28,8 +28,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use crate::{
-    Error, IdRange, Message, Notification, Notifications, QueueName, ReliableLock, Storage,
-    TakeMode,
+    ChannelEvent, ChannelName, Error, IdRange, Message, Notification, Notifications, ObjectFields,
+    ObjectName, QueueName, ReliableLock, Storage, Subscription, TakeMode,
 };
 
 mod leases;
@@ -75,6 +75,12 @@ macro_rules! conformance_tests {
             lease_and_reliable_exclude_each_other,
             take_read_and_flush_with_leases,
             lease_rejects_bad_input,
+            publish_counts_and_reaches_every_subscriber,
+            publish_stores_nothing,
+            unsubscribe_stops_counting,
+            objects_save_merge_and_load,
+            object_bad_saves_are_refused,
+            object_touch_keeps_alive_then_expires,
         );
     };
     (@each $factory:expr; $($check:ident),+ $(,)?) => {
@@ -624,29 +630,34 @@ pub async fn empty_push_is_rejected(s: Arc<dyn Storage>) {
     assert_eq!((info.next_id, info.pushed), (1, 0));
 }
 
-/// A push notifies watchers with Data for that queue.
+/// A push notifies watchers with Data for that queue, under its own name.
+/// (Two queues may live on different shards, whose notifications arrive
+/// over different connections: their order is not checked.)
 pub async fn watch_sees_data_for_the_right_queue(s: Arc<dyn Storage>) {
     let mut watch = live_watch(&s).await;
     let q = attached(&s, "watch").await;
     let other = attached(&s, "watch-other").await;
     s.push(&other, payloads(1..=1)).await.unwrap();
     s.push(&q, payloads(1..=2)).await.unwrap();
-    let mut seen_other = false;
+    let (mut seen_q, mut seen_other) = (false, false);
     let found = tokio::time::timeout(WAIT, async {
         while let Some(n) = watch.next().await {
             match n {
-                Notification::Data(name) if name == q => return true,
+                Notification::Data(name) if name == q => seen_q = true,
                 Notification::Data(name) if name == other => seen_other = true,
                 _ => {}
+            }
+            if seen_q && seen_other {
+                return true;
             }
         }
         false
     })
     .await;
-    assert_eq!(found, Ok(true), "Data notification for {q}");
-    assert!(
-        seen_other,
-        "Data for the other queue came first, under its name"
+    assert_eq!(
+        found,
+        Ok(true),
+        "Data notifications for {q} ({seen_q}) and {other} ({seen_other})"
     );
 }
 
@@ -739,4 +750,162 @@ pub async fn concurrent_takers_each_message_once(s: Arc<dyn Storage>) {
         "no message lost"
     );
     assert_eq!(s.info(&q).await.unwrap().unwrap().consumed, TOTAL);
+}
+
+/// A channel name unique to this process and call.
+pub fn unique_channel(prefix: &str) -> ChannelName {
+    ChannelName::parse(unique_queue(prefix).as_str(), &Limits::default())
+        .expect("generated names are valid")
+}
+
+/// An object name unique to this process and call.
+pub fn unique_object(prefix: &str) -> ObjectName {
+    ObjectName::parse(unique_queue(prefix).as_str(), &Limits::default())
+        .expect("generated names are valid")
+}
+
+/// The next message of a subscription, within [`WAIT`].
+async fn next_message(sub: &mut Subscription) -> Bytes {
+    match tokio::time::timeout(WAIT, sub.next()).await {
+        Ok(Some(Ok(ChannelEvent::Message(m)))) => m,
+        Ok(other) => panic!("expected a message, got {other:?}"),
+        Err(_) => panic!("no message within {WAIT:?}"),
+    }
+}
+
+/// Publishes `message` until it reaches `want` subscribers (unsubscribing
+/// is asynchronous in a remote store), within [`WAIT`].
+async fn publish_until(s: &Arc<dyn Storage>, c: &ChannelName, message: &'static [u8], want: u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let got = s.publish(c, Bytes::from_static(message)).await.unwrap();
+        if got == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "publish still reaches {got} subscribers, not {want}, after {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Publish returns how many subscribers received the message, and each of
+/// them gets it, in publish order; other channels are not affected.
+pub async fn publish_counts_and_reaches_every_subscriber(s: Arc<dyn Storage>) {
+    let c = unique_channel("pubsub");
+    let other = unique_channel("pubsub.other");
+    let mut a = s.subscribe(&c).await.unwrap();
+    let mut b = s.subscribe(&c).await.unwrap();
+    let mut o = s.subscribe(&other).await.unwrap();
+    assert_eq!(s.publish(&c, Bytes::from_static(b"one")).await.unwrap(), 2);
+    assert_eq!(s.publish(&c, Bytes::from_static(b"two")).await.unwrap(), 2);
+    for sub in [&mut a, &mut b] {
+        assert_eq!(next_message(sub).await, Bytes::from_static(b"one"));
+        assert_eq!(next_message(sub).await, Bytes::from_static(b"two"));
+    }
+    assert_eq!(
+        s.publish(&other, Bytes::from_static(b"x")).await.unwrap(),
+        1
+    );
+    assert_eq!(next_message(&mut o).await, Bytes::from_static(b"x"));
+}
+
+/// A message published with no subscriber is gone: a later subscriber
+/// gets only what is published after it subscribed.
+pub async fn publish_stores_nothing(s: Arc<dyn Storage>) {
+    let c = unique_channel("pubsub.nostore");
+    assert_eq!(s.publish(&c, Bytes::from_static(b"lost")).await.unwrap(), 0);
+    let mut sub = s.subscribe(&c).await.unwrap();
+    assert_eq!(s.publish(&c, Bytes::from_static(b"kept")).await.unwrap(), 1);
+    assert_eq!(next_message(&mut sub).await, Bytes::from_static(b"kept"));
+}
+
+/// Dropping a subscription unsubscribes: it stops counting.
+pub async fn unsubscribe_stops_counting(s: Arc<dyn Storage>) {
+    let c = unique_channel("pubsub.unsub");
+    let mut stays = s.subscribe(&c).await.unwrap();
+    let leaves = s.subscribe(&c).await.unwrap();
+    assert_eq!(s.publish(&c, Bytes::from_static(b"both")).await.unwrap(), 2);
+    drop(leaves);
+    publish_until(&s, &c, b"one", 1).await;
+    assert_eq!(next_message(&mut stays).await, Bytes::from_static(b"both"));
+    drop(stays);
+    publish_until(&s, &c, b"none", 0).await;
+}
+
+fn fields(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect()
+}
+
+fn object_fields(list: &[(&str, &str)]) -> ObjectFields {
+    fields(list).into_iter().collect()
+}
+
+/// A save writes only the fields it names; load returns every field; a
+/// missing object loads as `None` and cannot be touched.
+pub async fn objects_save_merge_and_load(s: Arc<dyn Storage>) {
+    let o = unique_object("object");
+    assert_eq!(s.object_load(&o).await.unwrap(), None);
+    assert!(!s.object_touch(&o, TTL).await.unwrap());
+    s.object_save(&o, fields(&[("foo", "\"hello\""), ("bar", "1")]), None)
+        .await
+        .unwrap();
+    s.object_save(&o, fields(&[("foo", "\"world\""), ("zoo", "true")]), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.object_load(&o).await.unwrap(),
+        Some(object_fields(&[
+            ("bar", "1"),
+            ("foo", "\"world\""),
+            ("zoo", "true")
+        ]))
+    );
+    assert!(s.object_touch(&o, TTL).await.unwrap());
+    let other = unique_object("object.other");
+    assert_eq!(s.object_load(&other).await.unwrap(), None);
+}
+
+/// A save with no field is an invalid argument and creates nothing.
+pub async fn object_bad_saves_are_refused(s: Arc<dyn Storage>) {
+    let o = unique_object("object.bad");
+    assert_code(
+        s.object_save(&o, Vec::new(), None).await,
+        ErrorCode::InvalidArgument,
+    );
+    assert_eq!(s.object_load(&o).await.unwrap(), None);
+}
+
+/// Touching keeps an object alive past its ttl; once the touching stops, it
+/// expires after the ttl, fields and all.
+pub async fn object_touch_keeps_alive_then_expires(s: Arc<dyn Storage>) {
+    let o = unique_object("object.ttl");
+    let ttl = Duration::from_secs(1);
+    s.object_save(&o, fields(&[("n", "1")]), Some(ttl))
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(2500) {
+        assert!(
+            s.object_touch(&o, ttl).await.unwrap(),
+            "alive while touched"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        s.object_load(&o).await.unwrap(),
+        Some(object_fields(&[("n", "1")]))
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while s.object_load(&o).await.unwrap().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "object with a 1 s ttl still exists after {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!s.object_touch(&o, ttl).await.unwrap(), "expired for good");
 }

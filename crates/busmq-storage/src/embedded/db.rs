@@ -9,6 +9,8 @@
 //! metadata (qid, key, value)   PRIMARY KEY (qid, key), WITHOUT ROWID
 //! deliveries (qid, id, attempts, lease_owner, lease_until_ms)
 //!                              PRIMARY KEY (qid, id), WITHOUT ROWID
+//! objects  (name PK, expires_at_ms)                  WITHOUT ROWID
+//! object_fields (name, field, value) PRIMARY KEY (name, field), WITHOUT ROWID
 //! ```
 //!
 //! A queue's stored messages are its `messages` rows; those with an id up
@@ -30,14 +32,19 @@ use tokio::time::Instant;
 use busmq_core::Limits;
 
 use crate::leases::Delivery;
+use crate::object_state::{Objects, StoredObject};
 use crate::queue_state::{Change, Queue, QueueMeta, deadline};
-use crate::{Message, QueueName};
+use crate::{Message, ObjectName, QueueName};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "busmq.sqlite3";
 
-/// Version of the schema below, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 2;
+/// Version of the schema below, kept in `PRAGMA user_version`. Version 2
+/// added lease mode (the `deliveries` table and `queues.max_deliveries`; a
+/// version 1 database is migrated by [`MIGRATE_1_TO_2`]); version 3 added
+/// the persistable objects tables, which [`SCHEMA`] creates empty in an
+/// older database.
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS queues (
@@ -74,6 +81,16 @@ CREATE TABLE IF NOT EXISTS deliveries (
     lease_owner TEXT,
     lease_until_ms INTEGER,
     PRIMARY KEY (qid, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS objects (
+    name TEXT PRIMARY KEY,
+    expires_at_ms INTEGER
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS object_fields (
+    name TEXT NOT NULL,
+    field TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (name, field)
 ) WITHOUT ROWID;
 ";
 
@@ -169,6 +186,22 @@ pub enum Record {
         row: Option<DeliveryRow>,
     },
     Drop(QueueName),
+    ObjectFields {
+        object: ObjectName,
+        fields: Vec<(String, String)>,
+    },
+    ObjectExpiry {
+        object: ObjectName,
+        expires_at_ms: Option<i64>,
+    },
+    ObjectDrop(ObjectName),
+}
+
+/// Everything a database held when it was opened.
+#[derive(Default)]
+pub struct Recovered {
+    pub queues: HashMap<QueueName, Queue>,
+    pub objects: Objects,
 }
 
 /// A `deliveries` row without its qid and id.
@@ -287,6 +320,12 @@ impl Record {
                 row: delivery.map(|d| DeliveryRow::new(d, clock)),
             },
             Change::Drop(queue) => Record::Drop(queue),
+            Change::ObjectFields { object, fields } => Record::ObjectFields { object, fields },
+            Change::ObjectExpiry { object, expires_at } => Record::ObjectExpiry {
+                object,
+                expires_at_ms: expires_at.map(|at| clock.to_wall(at)),
+            },
+            Change::ObjectDrop(object) => Record::ObjectDrop(object),
         }
     }
 }
@@ -301,7 +340,7 @@ pub struct Db {
 impl Db {
     /// Opens (creating) the database at `path` and reads every queue back,
     /// dropping those whose ttl ran out while nobody had the store open.
-    pub fn open(path: &Path) -> rusqlite::Result<(Db, HashMap<QueueName, Queue>)> {
+    pub fn open(path: &Path) -> rusqlite::Result<(Db, Recovered)> {
         let conn = Connection::open(path)?;
         // WAL: a commit is one append and one fsync of the log. FULL: that
         // fsync happens at every commit, so a commit survives power loss.
@@ -332,7 +371,67 @@ impl Db {
             next_qid: 1,
         };
         let queues = db.recover()?;
-        Ok((db, queues))
+        let objects = db.recover_objects()?;
+        Ok((db, Recovered { queues, objects }))
+    }
+
+    /// Reads every object back, dropping those whose deadline passed while
+    /// nobody had the store open.
+    fn recover_objects(&mut self) -> rusqlite::Result<Objects> {
+        let clock = Clock::now();
+        // As for queues: stored names were valid when written.
+        let limits = Limits {
+            max_name_len: usize::MAX,
+            ..Limits::default()
+        };
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "DELETE FROM object_fields WHERE name IN \
+             (SELECT name FROM objects WHERE expires_at_ms <= ?1)",
+            [clock.wall_ms],
+        )?;
+        tx.execute(
+            "DELETE FROM objects WHERE expires_at_ms <= ?1",
+            [clock.wall_ms],
+        )?;
+        tx.commit()?;
+        let mut objects = Objects::new();
+        {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT name, expires_at_ms FROM objects")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let name: String = r.get(0)?;
+                let expires_at_ms: Option<i64> = r.get(1)?;
+                match ObjectName::parse(&name, &limits) {
+                    Ok(object) => {
+                        objects.insert(
+                            object,
+                            StoredObject {
+                                expires_at: expires_at_ms.map(|at| clock.from_wall(at)),
+                                ..StoredObject::default()
+                            },
+                        );
+                    }
+                    Err(e) => tracing::warn!(name, "ignoring a stored object: {e}"),
+                }
+            }
+        }
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, field, value FROM object_fields")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let name: String = r.get(0)?;
+            let Ok(object) = ObjectName::parse(&name, &limits) else {
+                continue;
+            };
+            if let Some(o) = objects.get_mut(&object) {
+                o.fields.insert(r.get(1)?, r.get(2)?);
+            }
+        }
+        Ok(objects)
     }
 
     fn recover(&mut self) -> rusqlite::Result<HashMap<QueueName, Queue>> {
@@ -583,6 +682,32 @@ impl Db {
                         drop_qid(&tx, qid)?;
                     }
                 }
+                Record::ObjectFields { object, fields } => {
+                    tx.prepare_cached(
+                        "INSERT OR IGNORE INTO objects (name, expires_at_ms) VALUES (?1, NULL)",
+                    )?
+                    .execute([object.as_str()])?;
+                    let mut insert = tx.prepare_cached(
+                        "INSERT OR REPLACE INTO object_fields (name, field, value) \
+                         VALUES (?1, ?2, ?3)",
+                    )?;
+                    for (field, value) in fields {
+                        insert.execute(params![object.as_str(), field, value])?;
+                    }
+                }
+                Record::ObjectExpiry {
+                    object,
+                    expires_at_ms,
+                } => {
+                    tx.prepare_cached("UPDATE objects SET expires_at_ms = ?2 WHERE name = ?1")?
+                        .execute(params![object.as_str(), expires_at_ms])?;
+                }
+                Record::ObjectDrop(object) => {
+                    tx.prepare_cached("DELETE FROM object_fields WHERE name = ?1")?
+                        .execute([object.as_str()])?;
+                    tx.prepare_cached("DELETE FROM objects WHERE name = ?1")?
+                        .execute([object.as_str()])?;
+                }
             }
         }
         tx.commit()
@@ -663,7 +788,12 @@ fn coalesce(records: &mut [Record]) -> Vec<bool> {
                     *to = (*to).min(written_below.saturating_sub(1));
                 }
             }
-            Record::Metadata { .. } | Record::Delivery { .. } => {}
+            // Objects are written as they come: their changes are small.
+            Record::Metadata { .. }
+            | Record::Delivery { .. }
+            | Record::ObjectFields { .. }
+            | Record::ObjectExpiry { .. }
+            | Record::ObjectDrop(_) => {}
             Record::Drop(queue) => {
                 if let Some(seg) = segments.remove(queue) {
                     for a in seg.appends {
@@ -737,7 +867,7 @@ mod tests {
         }
         let name = QueueName::parse("old", &Limits::default()).unwrap();
         {
-            let (mut db, queues) = Db::open(&path).unwrap();
+            let (mut db, Recovered { queues, .. }) = Db::open(&path).unwrap();
             let q = &queues[&name];
             assert_eq!((q.ready.len(), q.max_deliveries), (1, 0));
             let clock = Clock::now();
@@ -753,7 +883,7 @@ mod tests {
             ])
             .unwrap();
         }
-        let (_db, queues) = Db::open(&path).unwrap();
+        let (_db, Recovered { queues, .. }) = Db::open(&path).unwrap();
         let q = &queues[&name];
         assert_eq!(q.max_deliveries, 4);
         assert_eq!(q.returns.get(&1), Some(&2));
@@ -796,7 +926,7 @@ mod tests {
             ])
             .unwrap();
         }
-        let (db, queues) = Db::open(&path).unwrap();
+        let (db, Recovered { queues, .. }) = Db::open(&path).unwrap();
         assert_eq!(stored(&queues, &q), [2]);
         assert!(queues[&q].leases.is_empty());
         let rows: i64 = db
@@ -825,8 +955,8 @@ mod tests {
             max_deliveries: 0,
         };
         {
-            let (mut db, queues) = Db::open(&path).unwrap();
-            assert!(queues.is_empty());
+            let (mut db, recovered) = Db::open(&path).unwrap();
+            assert!(recovered.queues.is_empty());
             db.commit(&mut [
                 Record::Meta(name.clone(), MetaRow::new(meta.clone(), clock)),
                 Record::Append {
@@ -856,8 +986,8 @@ mod tests {
             .unwrap();
             assert_eq!(db.name_of(1).unwrap().as_deref(), Some("q"));
         }
-        let (_db, queues) = Db::open(&path).unwrap();
-        let q = &queues[&name];
+        let (_db, recovered) = Db::open(&path).unwrap();
+        let q = &recovered.queues[&name];
         let ids =
             |v: &std::collections::VecDeque<Message>| v.iter().map(|m| m.id).collect::<Vec<_>>();
         assert_eq!(ids(&q.pending), vec![1]);
@@ -942,7 +1072,8 @@ mod tests {
             ])
             .unwrap();
         }
-        let (_db, queues) = Db::open(&path).unwrap();
+        let (_db, recovered) = Db::open(&path).unwrap();
+        let queues = recovered.queues;
         assert_eq!(stored(&queues, &q), [6]);
         assert_eq!(queues[&q].next_id, 7);
         assert_eq!(stored(&queues, &r), [1]);

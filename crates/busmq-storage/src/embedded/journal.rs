@@ -9,7 +9,6 @@
 //! meanwhile, so under load one fsync serves many concurrent callers, and
 //! an idle store commits a lone change at once.
 
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -19,9 +18,9 @@ use std::thread::JoinHandle;
 
 use tokio::sync::watch;
 
-use super::db::{Clock, DB_FILE, Db, Record};
-use crate::queue_state::{Change, Journal, Queue};
-use crate::{Error, QueueName, Result};
+use super::db::{Clock, DB_FILE, Db, Record, Recovered};
+use crate::queue_state::{Change, Journal};
+use crate::{Error, Result};
 
 /// The lock file that keeps a second process out of the directory.
 pub const LOCK_FILE: &str = "busmq.lock";
@@ -76,7 +75,7 @@ pub struct SqliteJournal {
 impl SqliteJournal {
     /// Opens the store in `dir`: takes its lock, opens the database,
     /// recovers the queues and starts the writer.
-    pub fn open(dir: &Path) -> Result<(Self, HashMap<QueueName, Queue>)> {
+    pub fn open(dir: &Path) -> Result<(Self, Recovered)> {
         let unavailable = |what: &str, e: &dyn std::fmt::Display| {
             Error::Unavailable(format!("embedded store in {}: {what}: {e}", dir.display()))
         };
@@ -103,12 +102,13 @@ impl SqliteJournal {
             }
         }
         let db_path = dir.join(DB_FILE);
-        let (db, queues) =
+        let (db, recovered) =
             Db::open(&db_path).map_err(|e| unavailable("cannot open the database", &e))?;
         tracing::info!(
             dir = %dir.display(),
-            queues = queues.len(),
-            messages = queues.values().map(|q| q.ready.len() + q.pending.len()).sum::<usize>(),
+            queues = recovered.queues.len(),
+            messages = recovered.queues.values().map(|q| q.ready.len() + q.pending.len()).sum::<usize>(),
+            objects = recovered.objects.len(),
             "embedded store opened"
         );
 
@@ -135,7 +135,7 @@ impl SqliteJournal {
                 writer: Some(writer),
                 _lock: lock,
             },
-            queues,
+            recovered,
         ))
     }
 

@@ -8,8 +8,8 @@
 //! something returns only once its change is committed and fsync'd; a call
 //! that only looked returns once everything it may have seen is. Opening
 //! the directory rebuilds the state from the database: queues, messages,
-//! pending sets, ids, counters, metadata, reliable locks and expiry
-//! deadlines (kept as wall-clock time, so a queue whose ttl ran out while
+//! pending sets, ids, counters, metadata, reliable locks, persistable
+//! objects and expiry deadlines (kept as wall-clock time, so a queue whose ttl ran out while
 //! the process was down is gone when it comes back).
 //!
 //! Why SQLite: measured against redb and fjall on this workload, see
@@ -41,8 +41,12 @@ impl QueueStore<SqliteJournal> {
                     .into(),
             ));
         }
-        let (journal, queues) = SqliteJournal::open(dir.as_ref())?;
-        Ok(QueueStore::with_journal(journal, queues))
+        let (journal, recovered) = SqliteJournal::open(dir.as_ref())?;
+        Ok(QueueStore::with_journal(
+            journal,
+            recovered.queues,
+            recovered.objects,
+        ))
     }
 
     /// The directory the store lives in.

@@ -153,7 +153,7 @@ fn connection_config() -> AsyncConnectionConfig {
         .set_response_timeout(Some(RESPONSE_TIMEOUT))
 }
 
-async fn connect_single(e: &Endpoint) -> Result<MultiplexedConnection, String> {
+pub async fn connect_single(e: &Endpoint) -> Result<MultiplexedConnection, String> {
     let client = Client::open(e.info.clone()).map_err(|e| describe(&e))?;
     tokio::time::timeout(
         CONNECT_TIMEOUT + Duration::from_millis(500),
@@ -197,6 +197,19 @@ async fn ask_sentinel(sentinel: &Endpoint, master: &str) -> Result<(String, u16)
         Some(_) => Err("answered an unexpected reply".into()),
         None => Err(format!("does not know a master named {master:?}")),
     }
+}
+
+/// Opens a data connection to the first reachable of `endpoints`: on a
+/// Cluster, the node [`open_pubsub`] picks too.
+pub async fn connect_first(endpoints: &[Endpoint]) -> Result<MultiplexedConnection, String> {
+    let mut errors = Vec::new();
+    for e in endpoints {
+        match connect_single(e).await {
+            Ok(conn) => return Ok(conn),
+            Err(err) => errors.push(format!("{}: {err}", e.redacted())),
+        }
+    }
+    Err(errors.join("; "))
 }
 
 /// Opens a pub/sub connection to the first reachable of `endpoints`.

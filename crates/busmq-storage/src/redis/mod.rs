@@ -87,6 +87,35 @@
 //!
 //! [`watch`]: crate::Storage::watch
 //!
+//! # Pub/sub
+//!
+//! A published message is a `PUBLISH` on `busmq:pubsub:<channel>`; nothing
+//! is stored. Every subscription is its own pub/sub connection (the
+//! connection is the unit Redis counts), so the number `PUBLISH` answers is
+//! the number of subscriptions that received the message, across every
+//! process on the bus. The cost is one Redis connection per subscriber
+//! (mind `maxclients`). Channels all live on the first configured shard, as
+//! in node-busmq: a channel then never moves when shards are added at the
+//! end of the list. On a Cluster, classic pub/sub reaches every node, but
+//! `PUBLISH` counts only the subscribers connected to the node that took
+//! it (node-busmq counted per node): so subscriptions and publishes all go
+//! to the first reachable seed node (publishes over a connection of their
+//! own), which makes the count cover everyone as long as every process
+//! reaches that same seed. A subscription whose connection breaks ends
+//! with an UNAVAILABLE error; a subscriber that falls behind has messages
+//! dropped with a notice (see [`crate::pubsub`]), so Redis never buffers
+//! for it.
+//!
+//! # Persistable objects
+//!
+//! An object is the hash `busmq:obj:{<name>}` (field to JSON text) on the
+//! first shard of its name's rendezvous order. A save is one script
+//! (`HSET`, plus `PEXPIRE` when it sets a ttl); a touch is `PEXPIRE`, so
+//! Redis itself expires an object nobody touches. An object saved without
+//! a ttl and never touched has no expiry: it lives until deleted by hand,
+//! as in node-busmq: objects are the one exception to the rule under
+//! Expiry above.
+//!
 //! # Sharding
 //!
 //! The shard of a queue is chosen by rendezvous hashing of the queue name
@@ -135,25 +164,27 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use ::redis::aio::{PubSubSink, PubSubStream};
-use ::redis::{Script, ScriptInvocation, Value};
+use ::redis::{Cmd, FromRedisValue, RedisResult, Script, ScriptInvocation, Value};
 use async_trait::async_trait;
 use busmq_core::{DEAD_LETTER_SUFFIX, DEAD_LETTER_TTL_SECS, DEFAULT_TTL_SECS, Limits};
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::runtime::Handle;
 use tokio::sync::broadcast;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Endpoint, Layout, RedisConfig, is_redis_spec};
 use conn::{Connector, Node};
 use scripts::Scripts;
 
+use crate::pubsub::{Offer, Outbox, SUBSCRIPTION_BUFFER};
 use crate::{
-    Attached, Error, IdRange, LeaseToken, LeasedMessage, Leases, Message, Notification,
-    Notifications, QueueInfo, QueueName, ReliableLock, Result, Settled, Settlement, Storage,
-    TakeMode,
+    Attached, ChannelName, Error, IdRange, LeaseToken, LeasedMessage, Leases, Message,
+    Notification, Notifications, ObjectFields, ObjectName, QueueInfo, QueueName, ReliableLock,
+    Result, Settled, Settlement, Storage, Subscription, TakeMode,
 };
 
 /// Prefix of every key busmq writes.
@@ -164,6 +195,12 @@ pub const CHANNEL: &str = "busmq:notify";
 
 /// Notifications buffered per watcher before it is told it lagged.
 const NOTIFY_CAPACITY: usize = 4096;
+
+/// Prefix of the Redis channel of a busmq pub/sub channel.
+pub const PUBSUB_PREFIX: &str = "busmq:pubsub:";
+
+/// The shard every pub/sub channel lives on: the first configured.
+const PUBSUB_SHARD: usize = 0;
 
 /// How often an idle subscriber connection is pinged.
 const PING_INTERVAL: Duration = Duration::from_secs(5);
@@ -203,6 +240,9 @@ struct Inner {
     timers: Mutex<HashMap<(usize, QueueName), Instant>>,
     notify: broadcast::Sender<Notification>,
     watching: AtomicBool,
+    /// Cluster only: the connection publishes go over, to the node
+    /// subscriptions use (opened on first publish, dropped when it fails).
+    cluster_publisher: tokio::sync::Mutex<Option<::redis::aio::MultiplexedConnection>>,
     cancel: CancellationToken,
     runtime: Handle,
 }
@@ -263,6 +303,43 @@ fn keys(queue: &QueueName) -> [String; 8] {
         format!("{base}:deadlines"),
         format!("{base}:counts"),
     ]
+}
+
+/// The hash of a persistable object.
+fn object_key(object: &ObjectName) -> String {
+    format!("{KEY_PREFIX}:obj:{{{object}}}")
+}
+
+/// The Redis channel of a pub/sub channel.
+fn pubsub_channel(channel: &ChannelName) -> String {
+    format!("{PUBSUB_PREFIX}{channel}")
+}
+
+/// A reply (or the lack of one in time) from connection `generation` of
+/// `node` as a result: a broken connection is reported to the supervisor.
+fn settle<T>(
+    node: &Node,
+    generation: u64,
+    reply: std::result::Result<RedisResult<T>, tokio::time::error::Elapsed>,
+) -> Result<T> {
+    match reply {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            let c = conn::classify(node.label(), &e);
+            if c.reconnect {
+                node.mark_broken(generation, &config::describe(&e));
+            }
+            Err(c.error)
+        }
+        Err(_) => {
+            let why = format!("no answer within {:?}", conn::CALL_TIMEOUT);
+            node.mark_broken(generation, &why);
+            Err(Error::Unavailable(format!(
+                "Redis at {}: {why}",
+                node.label()
+            )))
+        }
+    }
 }
 
 fn unexpected(what: &str, v: &impl std::fmt::Debug) -> Error {
@@ -387,6 +464,7 @@ impl RedisStorage {
                 timers: Mutex::new(HashMap::new()),
                 notify,
                 watching: AtomicBool::new(false),
+                cluster_publisher: tokio::sync::Mutex::new(None),
                 cancel,
                 runtime,
             }),
@@ -442,45 +520,14 @@ impl Inner {
         args: Args<'_>,
         durable: bool,
     ) -> Result<Outcome> {
-        let node = &self.nodes[shard];
-        let (generation, mut conn) = node.conn().await?;
-        let mut invocation = script.prepare_invoke();
-        for key in keys(queue) {
-            invocation.key(key);
-        }
+        let mut all_keys = keys(queue).to_vec();
         if self.scripts.dead_letters(script) {
-            for key in keys(&queue.dead_letters()) {
-                invocation.key(key);
-            }
+            all_keys.extend(keys(&queue.dead_letters()));
         }
-        args(&mut invocation);
-        let reply = tokio::time::timeout(
-            conn::CALL_TIMEOUT,
-            invocation.invoke_async::<Value>(&mut conn),
-        )
-        .await;
+        let reply = self.invoke(shard, script, &all_keys, args, durable).await?;
         let items = match reply {
-            Ok(Ok(Value::Array(items))) if durable && self.config.wait_replicas > 0 => {
-                self.wait_replicas(node, generation, &mut conn).await?;
-                items
-            }
-            Ok(Ok(Value::Array(items))) => items,
-            Ok(Ok(other)) => return Err(unexpected("a script", &other)),
-            Ok(Err(e)) => {
-                let c = conn::classify(node.label(), &e);
-                if c.reconnect {
-                    node.mark_broken(generation, &config::describe(&e));
-                }
-                return Err(c.error);
-            }
-            Err(_) => {
-                let why = format!("no answer within {:?}", conn::CALL_TIMEOUT);
-                node.mark_broken(generation, &why);
-                return Err(Error::Unavailable(format!(
-                    "Redis at {}: {why}",
-                    node.label()
-                )));
-            }
+            Value::Array(items) => items,
+            other => return Err(unexpected("a script", &other)),
         };
         let mut items = items.into_iter();
         let status = int(items.next().as_ref(), "a script status")?;
@@ -494,6 +541,85 @@ impl Inner {
             scripts::LEASES_ACTIVE => Ok(Outcome::LeasesActive),
             other => Err(unexpected("a script status", &other)),
         }
+    }
+
+    /// Runs `script` over `keys` on `shard`; when `durable`, then waits for
+    /// [`RedisConfig::wait_replicas`] on the same connection.
+    async fn invoke(
+        &self,
+        shard: usize,
+        script: &Script,
+        keys: &[String],
+        args: Args<'_>,
+        durable: bool,
+    ) -> Result<Value> {
+        let node = &self.nodes[shard];
+        let (generation, mut conn) = node.conn().await?;
+        let mut invocation = script.prepare_invoke();
+        for key in keys {
+            invocation.key(key);
+        }
+        args(&mut invocation);
+        let reply = tokio::time::timeout(
+            conn::CALL_TIMEOUT,
+            invocation.invoke_async::<Value>(&mut conn),
+        )
+        .await;
+        let value = settle(node, generation, reply)?;
+        if durable && self.config.wait_replicas > 0 {
+            self.wait_replicas(node, generation, &mut conn).await?;
+        }
+        Ok(value)
+    }
+
+    /// Runs one command on `shard`.
+    async fn query<T: FromRedisValue>(&self, shard: usize, cmd: &Cmd) -> Result<T> {
+        let node = &self.nodes[shard];
+        let (generation, mut conn) = node.conn().await?;
+        let reply = tokio::time::timeout(conn::CALL_TIMEOUT, cmd.query_async::<T>(&mut conn)).await;
+        settle(node, generation, reply)
+    }
+
+    /// Runs a `PUBLISH` on the Cluster node subscriptions use.
+    async fn cluster_publish(&self, cmd: &Cmd) -> Result<i64> {
+        let node = &self.nodes[PUBSUB_SHARD];
+        let unavailable =
+            |e: String| Error::Unavailable(format!("Redis at {}: publish: {e}", node.label()));
+        let mut conn = {
+            let mut publisher = self.cluster_publisher.lock().await;
+            match publisher.as_ref() {
+                Some(conn) => conn.clone(),
+                None => {
+                    let endpoints = node
+                        .connector()
+                        .pubsub_endpoints()
+                        .await
+                        .map_err(unavailable)?;
+                    let conn = conn::connect_first(&endpoints).await.map_err(unavailable)?;
+                    *publisher = Some(conn.clone());
+                    conn
+                }
+            }
+        };
+        // The multiplexed connection is shared: no lock while waiting.
+        let failed =
+            match tokio::time::timeout(conn::CALL_TIMEOUT, cmd.query_async::<i64>(&mut conn)).await
+            {
+                Ok(Ok(n)) => return Ok(n),
+                Ok(Err(e)) => config::describe(&e),
+                Err(_) => format!("no answer within {:?}", conn::CALL_TIMEOUT),
+            };
+        *self.cluster_publisher.lock().await = None;
+        Err(unavailable(failed))
+    }
+
+    /// The shard of a persistable object: the first of its rendezvous
+    /// order.
+    fn object_shard(&self, object: &ObjectName) -> usize {
+        shard::order(&self.shard_ids, object.as_str())
+            .first()
+            .copied()
+            .unwrap_or(0)
     }
 
     /// `WAIT`s until the configured number of replicas have every write
@@ -514,71 +640,31 @@ impl Inner {
                 .query_async::<i64>(conn),
         )
         .await;
-        match reply {
-            Ok(Ok(got)) if got >= i64::from(want) => Ok(()),
-            Ok(Ok(got)) => {
-                // Behind Sentinel the usual cause is a failover: the replica
-                // was promoted and no longer follows this node. Ask the
-                // sentinels again rather than keep writing here.
-                if matches!(self.config.layout, Layout::Sentinel { .. }) {
-                    node.mark_broken(
-                        generation,
-                        &format!("{got} of {want} replicas confirmed a write"),
-                    );
-                }
-                Err(Error::Unavailable(format!(
-                    "Redis at {}: {got} of {want} replicas confirmed the write within {timeout:?}; \
-                 it may or may not be stored",
-                    node.label()
-                )))
-            }
-            Ok(Err(e)) => {
-                let c = conn::classify(node.label(), &e);
-                if c.reconnect {
-                    node.mark_broken(generation, &config::describe(&e));
-                }
-                Err(c.error)
-            }
-            Err(_) => {
-                node.mark_broken(generation, "WAIT got no answer");
-                Err(Error::Unavailable(format!(
-                    "Redis at {}: WAIT got no answer",
-                    node.label()
-                )))
-            }
+        let got = settle(node, generation, reply)?;
+        if got >= i64::from(want) {
+            return Ok(());
         }
+        // Behind Sentinel the usual cause is a failover: the replica was
+        // promoted and no longer follows this node. Ask the sentinels again
+        // rather than keep writing here.
+        if matches!(self.config.layout, Layout::Sentinel { .. }) {
+            node.mark_broken(
+                generation,
+                &format!("{got} of {want} replicas confirmed a write"),
+            );
+        }
+        Err(Error::Unavailable(format!(
+            "Redis at {}: {got} of {want} replicas confirmed the write within {timeout:?}; \
+             it may or may not be stored",
+            node.label()
+        )))
     }
 
     /// Whether `queue` exists on `shard`.
     async fn exists(&self, shard: usize, queue: &QueueName) -> Result<bool> {
-        let node = &self.nodes[shard];
-        let (generation, mut conn) = node.conn().await?;
         let [meta, ..] = keys(queue);
-        let reply = tokio::time::timeout(
-            conn::CALL_TIMEOUT,
-            ::redis::cmd("EXISTS")
-                .arg(meta)
-                .query_async::<i64>(&mut conn),
-        )
-        .await;
-        match reply {
-            Ok(Ok(n)) => Ok(n > 0),
-            Ok(Err(e)) => {
-                let c = conn::classify(node.label(), &e);
-                if c.reconnect {
-                    node.mark_broken(generation, &config::describe(&e));
-                }
-                Err(c.error)
-            }
-            Err(_) => {
-                let why = format!("no answer within {:?}", conn::CALL_TIMEOUT);
-                node.mark_broken(generation, &why);
-                Err(Error::Unavailable(format!(
-                    "Redis at {}: {why}",
-                    node.label()
-                )))
-            }
-        }
+        let n: i64 = self.query(shard, ::redis::cmd("EXISTS").arg(meta)).await?;
+        Ok(n > 0)
     }
 
     fn remember(&self, queue: &QueueName, shard: usize) {
@@ -840,6 +926,64 @@ async fn subscribe(
         }
         backoff = (backoff * 2).min(conn::MAX_BACKOFF);
     }
+}
+
+/// Opens a subscription connection to `channel` on the pub/sub shard.
+async fn open_channel(
+    node: &Node,
+    channel: &ChannelName,
+) -> std::result::Result<(PubSubSink, PubSubStream), String> {
+    let endpoints = node.connector().pubsub_endpoints().await?;
+    let (pubsub, endpoint) = conn::open_pubsub(&endpoints).await?;
+    let (mut sink, stream) = pubsub.split();
+    match tokio::time::timeout(
+        conn::RESPONSE_TIMEOUT,
+        sink.subscribe(pubsub_channel(channel)),
+    )
+    .await
+    {
+        Ok(Ok(())) => Ok((sink, stream)),
+        Ok(Err(e)) => Err(format!("{}: {}", endpoint.redacted(), config::describe(&e))),
+        Err(_) => Err(format!("{}: SUBSCRIBE timed out", endpoint.redacted())),
+    }
+}
+
+/// Feeds one subscription from its connection until the subscriber goes
+/// away (dropping the connection, which unsubscribes), the connection
+/// breaks (the subscription ends with UNAVAILABLE) or the store is dropped.
+async fn pump_channel(
+    mut sink: PubSubSink,
+    mut stream: PubSubStream,
+    mut outbox: Outbox<Result<crate::ChannelEvent>>,
+    label: String,
+    cancel: CancellationToken,
+) {
+    let mut ping = tokio::time::interval(PING_INTERVAL);
+    ping.tick().await;
+    let broken = loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = outbox.closed() => return,
+            msg = stream.next() => match msg {
+                Some(msg) => {
+                    let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
+                    if outbox.offer(payload, Ok) == Offer::Closed {
+                        return;
+                    }
+                }
+                None => break "the connection closed",
+            },
+            _ = ping.tick() => {
+                let pong = tokio::time::timeout(conn::RESPONSE_TIMEOUT, sink.ping::<Value>()).await;
+                if !matches!(pong, Ok(Ok(_))) {
+                    break "the connection does not answer";
+                }
+            }
+        }
+    };
+    outbox.finish(Err(Error::Unavailable(format!(
+        "Redis at {label}: subscription lost: {broken}"
+    ))));
 }
 
 fn queue_not_found(queue: &QueueName) -> Error {
@@ -1270,6 +1414,85 @@ impl Storage for RedisStorage {
 
     async fn ready(&self) -> bool {
         self.inner.nodes.iter().all(|n| n.connected())
+    }
+
+    async fn publish(&self, channel: &ChannelName, message: Bytes) -> Result<u64> {
+        let mut cmd = ::redis::cmd("PUBLISH");
+        cmd.arg(pubsub_channel(channel)).arg(message.as_ref());
+        let receivers: i64 = if matches!(self.inner.config.layout, Layout::Cluster(_)) {
+            self.inner.cluster_publish(&cmd).await?
+        } else {
+            self.inner.query(PUBSUB_SHARD, &cmd).await?
+        };
+        u64::try_from(receivers).map_err(|_| unexpected("PUBLISH", &receivers))
+    }
+
+    async fn subscribe(&self, channel: &ChannelName) -> Result<Subscription> {
+        let node = &self.inner.nodes[PUBSUB_SHARD];
+        let (sink, stream) = open_channel(node, channel).await.map_err(|e| {
+            Error::Unavailable(format!("Redis at {}: cannot subscribe: {e}", node.label()))
+        })?;
+        let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
+        self.inner.runtime.spawn(pump_channel(
+            sink,
+            stream,
+            Outbox::new(tx),
+            node.label().to_owned(),
+            self.inner.cancel.clone(),
+        ));
+        Ok(ReceiverStream::new(rx).boxed())
+    }
+
+    async fn object_save(
+        &self,
+        object: &ObjectName,
+        fields: Vec<(String, String)>,
+        ttl: Option<Duration>,
+    ) -> Result<()> {
+        crate::object_state::require_fields(object, &fields)?;
+        let inner = &self.inner;
+        let ttl = ttl.map(|t| ms(t).max(1).to_string()).unwrap_or_default();
+        let args = |inv: &mut ScriptInvocation<'_>| {
+            inv.arg(&ttl);
+            for (name, value) in &fields {
+                inv.arg(name).arg(value);
+            }
+        };
+        inner
+            .invoke(
+                inner.object_shard(object),
+                &inner.scripts.object_save,
+                &[object_key(object)],
+                &args,
+                true,
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn object_load(&self, object: &ObjectName) -> Result<Option<ObjectFields>> {
+        let inner = &self.inner;
+        let fields: ObjectFields = inner
+            .query(
+                inner.object_shard(object),
+                ::redis::cmd("HGETALL").arg(object_key(object)),
+            )
+            .await?;
+        // Redis has no empty hashes: no fields means no object.
+        Ok((!fields.is_empty()).then_some(fields))
+    }
+
+    async fn object_touch(&self, object: &ObjectName, ttl: Duration) -> Result<bool> {
+        let inner = &self.inner;
+        let set: i64 = inner
+            .query(
+                inner.object_shard(object),
+                ::redis::cmd("PEXPIRE")
+                    .arg(object_key(object))
+                    .arg(ms(ttl).max(1)),
+            )
+            .await?;
+        Ok(set == 1)
     }
 }
 

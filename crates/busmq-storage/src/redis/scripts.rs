@@ -573,6 +573,18 @@ if attached() then return {0, -1} end
 return {0, redis.call('PTTL', meta)}
 "#;
 
+/// A persistable object's save, over one key (the object's hash), without
+/// the queue prelude. ARGV: ttl_ms or '', then field, value pairs. Reply: 0.
+const OBJECT_SAVE: &str = r#"
+local key = KEYS[1]
+-- In chunks: unpack of every argument at once could overflow Lua's stack.
+for i = 2, #ARGV, 1000 do
+  redis.call('HSET', key, unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+if ARGV[1] ~= '' then redis.call('PEXPIRE', key, ARGV[1]) end
+return 0
+"#;
+
 /// Every script, compiled once (each knows its SHA1 for EVALSHA and
 /// reloads itself on NOSCRIPT).
 pub struct Scripts {
@@ -595,6 +607,7 @@ pub struct Scripts {
     pub settle: Script,
     pub release_leases: Script,
     pub set_max_deliveries: Script,
+    pub object_save: Script,
 }
 
 fn script(body: &str) -> Script {
@@ -623,6 +636,7 @@ impl Scripts {
             settle: script(SETTLE),
             release_leases: script(RELEASE_LEASES),
             set_max_deliveries: script(SET_MAX_DELIVERIES),
+            object_save: Script::new(OBJECT_SAVE),
         }
     }
 
