@@ -6,7 +6,9 @@ use std::collections::BTreeSet;
 use std::process::Stdio;
 use std::time::Duration;
 
-use busmq_client::{AttachOptions, Bus, ClosedReason, ConsumeOptions, Consumer, ErrorCode};
+use busmq_client::{
+    AttachOptions, Bus, ClosedReason, ConsumeOptions, Consumer, ErrorCode, Reconnect,
+};
 use futures::StreamExt;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -368,7 +370,13 @@ async fn every_server_reports_health_and_serves_reflection() {
 #[tokio::test]
 async fn sigterm_ends_consumers_with_unavailable_and_the_broker_exits_cleanly() {
     let c = cluster().await;
-    let q = c.bus.queue("draining");
+    // Without the SDK's reconnection, to see the status the broker ends
+    // the stream with (tests/reconnect.rs covers what the SDK does).
+    let q = c
+        .bus
+        .clone()
+        .reconnect(Reconnect::disabled())
+        .queue("draining");
     q.attach(AttachOptions::default()).await.unwrap();
     let mut consumer = q.consume(ConsumeOptions::reliable()).await.unwrap();
     q.push("before shutdown").await.unwrap();
