@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     let protos = [
         root.join("busmq/v1/queues.proto"),
+        root.join("busmq/v1/channels.proto"),
         root.join("busmq/storage/v1/storage.proto"),
     ];
     tonic_prost_build::configure()

@@ -7,11 +7,13 @@
 
 use std::sync::Arc;
 
+use busmq_proto::v1::channels_server::ChannelsServer;
 use busmq_proto::v1::queues_server::QueuesServer;
 use busmq_storage::Storage;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub mod channel;
 pub mod config;
 mod consume;
 pub mod service;
@@ -21,6 +23,9 @@ pub use config::BrokerConfig;
 
 /// The gRPC service name the broker reports in `grpc.health.v1`.
 pub const SERVICE_NAME: &str = "busmq.v1.Queues";
+
+/// The channel service's name in `grpc.health.v1`.
+pub const CHANNELS_SERVICE_NAME: &str = "busmq.v1.Channels";
 
 /// Serves the broker on `listener` until `shutdown` fires, then lets
 /// in-flight calls finish (consumer streams end with UNAVAILABLE so their
@@ -35,6 +40,14 @@ pub async fn serve(
     tokio::spawn(Arc::clone(&wakeups).run(storage.watch(), shutdown.clone()));
 
     let max_bytes = config.limits.max_request_bytes();
+    let channels = ChannelsServer::new(channel::ChannelsService::new(
+        Arc::clone(&storage),
+        Arc::clone(&wakeups),
+        config.clone(),
+        shutdown.clone(),
+    ))
+    .max_decoding_message_size(max_bytes)
+    .max_encoding_message_size(max_bytes);
     let queues = QueuesServer::new(service::QueuesService::new(
         storage,
         wakeups,
@@ -45,12 +58,18 @@ pub async fn serve(
     .max_encoding_message_size(max_bytes);
 
     let (reporter, health) = busmq_runtime::health_reporter();
-    busmq_runtime::report_health(reporter, &[SERVICE_NAME], shutdown.clone()).await;
+    busmq_runtime::report_health(
+        reporter,
+        &[SERVICE_NAME, CHANNELS_SERVICE_NAME],
+        shutdown.clone(),
+    )
+    .await;
 
     busmq_runtime::grpc_server()
         .add_service(health)
         .add_service(busmq_runtime::reflection())
         .add_service(queues)
+        .add_service(channels)
         .serve_with_incoming_shutdown(
             busmq_runtime::incoming(listener),
             shutdown.cancelled_owned(),

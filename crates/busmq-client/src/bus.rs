@@ -4,10 +4,12 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use busmq_proto::v1::channels_client::ChannelsClient;
 use busmq_proto::v1::queues_client::QueuesClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel as Transport, Endpoint};
 
-use crate::{Error, Queue, Result};
+use crate::channel::{DEFAULT_LOCAL_ROLE, DEFAULT_REMOTE_ROLE};
+use crate::{Channel, Error, Queue, Result};
 
 /// The default broker address (`busmq serve` listens there).
 pub const DEFAULT_URL: &str = "http://127.0.0.1:50051";
@@ -31,7 +33,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// [`ErrorCode::Unavailable`]: crate::ErrorCode::Unavailable
 #[derive(Clone)]
 pub struct Bus {
-    client: QueuesClient<Channel>,
+    client: QueuesClient<Transport>,
+    channels: ChannelsClient<Transport>,
     url: Arc<str>,
 }
 
@@ -67,13 +70,15 @@ impl Bus {
 
     /// Uses an already configured tonic channel (custom timeouts, a
     /// load-balanced channel, an in-process transport in tests, ...).
-    pub fn from_channel(channel: Channel) -> Bus {
+    pub fn from_channel(channel: Transport) -> Bus {
         Bus::with_channel(channel, "<channel>".to_owned())
     }
 
-    fn with_channel(channel: Channel, url: String) -> Bus {
+    fn with_channel(channel: Transport, url: String) -> Bus {
         Bus {
-            client: QueuesClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES),
+            client: QueuesClient::new(channel.clone())
+                .max_decoding_message_size(MAX_RESPONSE_BYTES),
+            channels: ChannelsClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES),
             url: url.into(),
         }
     }
@@ -90,6 +95,34 @@ impl Bus {
     /// `[A-Za-z0-9._:-]` by default), so a bad one fails on first use.
     pub fn queue(&self, name: impl Into<String>) -> Queue {
         Queue::new(self.client.clone(), name.into())
+    }
+
+    /// A handle on the channel `name` with the default roles `local` and
+    /// `remote`: node-busmq's `bus.channel(name)`. One peer calls
+    /// [`Channel::listen`], the other [`Channel::connect`].
+    ///
+    /// Nothing is sent yet; a bad name fails on first use.
+    pub fn channel(&self, name: impl Into<String>) -> Channel {
+        self.channel_with_roles(name, DEFAULT_LOCAL_ROLE, DEFAULT_REMOTE_ROLE)
+    }
+
+    /// A handle on the channel `name` with explicit roles: node-busmq's
+    /// `bus.channel(name, local, remote)`. [`Channel::connect`] consumes
+    /// `local` and sends to `remote`, so the other peer names the same roles
+    /// the other way round. Roles are 1..=64 characters of `[A-Za-z0-9_-]`,
+    /// checked by the server.
+    pub fn channel_with_roles(
+        &self,
+        name: impl Into<String>,
+        local: impl Into<String>,
+        remote: impl Into<String>,
+    ) -> Channel {
+        Channel::new(
+            self.channels.clone(),
+            name.into(),
+            local.into(),
+            remote.into(),
+        )
     }
 }
 

@@ -10,7 +10,9 @@
 //! batches in flight on one stream. Lease mode
 //! ([`ConsumeOptions::lease`]) gives competing consumers per-message acks
 //! ([`Consumer::ack_lease`], [`Consumer::nack`]) with a visibility timeout
-//! and a dead-letter queue ([`Queue::dead_letters`]).
+//! and a dead-letter queue ([`Queue::dead_letters`]). [`Bus::channel`]
+//! gives a bi-directional [`Channel`] between two peers; its
+//! [`ChannelSession`] is a stream of [`ChannelEvent`]s.
 //!
 //! ```no_run
 //! use busmq_client::{AttachOptions, Bus, ConsumeOptions};
@@ -45,6 +47,7 @@
 #![warn(missing_docs)]
 
 mod bus;
+mod channel;
 mod consume;
 mod error;
 mod events;
@@ -53,6 +56,9 @@ mod pusher;
 mod queue;
 
 pub use bus::{Bus, DEFAULT_URL};
+pub use channel::{
+    Channel, ChannelEvent, ChannelSender, ChannelSession, DEFAULT_LOCAL_ROLE, DEFAULT_REMOTE_ROLE,
+};
 pub use consume::{ClosedReason, ConsumeMode, ConsumeOptions, Consumer, Delivery};
 pub use error::{Error, ErrorCode, Result};
 pub use events::{QueueEvent, QueueEvents};
@@ -71,6 +77,17 @@ mod send_sync {
 
     fn send<T: Send>(_: &T) {}
     fn send_sync<T: Send + Sync>(_: &T) {}
+
+    async fn channel_futures_are_send(bus: Bus, session: ChannelSession) {
+        let channel = bus.channel("c");
+        send_sync(&channel);
+        send(&session);
+        send_sync(&session.sender());
+        send(&channel.connect());
+        send(&channel.send_to("local", "x"));
+        send(&session.send("x"));
+        send(&session.disconnect());
+    }
 
     async fn futures_are_send(bus: Bus, queue: Queue, pusher: Pusher, consumer: Consumer) {
         send_sync(&bus);
