@@ -200,6 +200,12 @@ impl Session {
                         ));
                     }
                 },
+                // The client read something: there may be room again.
+                closed = self.tx.reserve().map(|permit| permit.is_err()), if !room && !ended => {
+                    if closed {
+                        return Exit::ClientGone;
+                    }
+                }
                 _ = self.tx.closed() => return Exit::ClientGone,
                 _ = self.shutdown.cancelled(), if ended => {
                     return Exit::Failed(Status::unavailable(
