@@ -213,6 +213,12 @@ async fn presence_and_end_events_reach_the_other_peer() {
         Some("connect"),
         "{lines:?}"
     );
+    // It said goodbye once its line was stored.
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("disconnect"),
+        "{lines:?}"
+    );
     assert!(matches!(
         event(&mut listener).await,
         ChannelEvent::RemoteConnect
@@ -629,4 +635,30 @@ async fn a_peer_that_reads_late_still_gets_everything_in_order() {
         let (_, text) = message(&mut reader).await;
         assert_eq!(text.split(':').next().unwrap(), i.to_string());
     }
+}
+
+#[tokio::test]
+async fn peers_on_two_brokers_of_one_store_talk() {
+    const N: usize = 1_000;
+    let c = cluster().await;
+    let second = busmq_testkit::broker(c.storage.addr()).await;
+    let other_bus = busmq_client::Bus::connect(second.url()).await.unwrap();
+    let mut a = c.bus.channel("span").listen().await.unwrap();
+    let mut b = other_bus.channel("span").connect().await.unwrap();
+    for i in 0..N {
+        a.send(format!("a{i}")).await.unwrap();
+        b.send(format!("b{i}")).await.unwrap();
+    }
+    for (session, from) in [(&mut a, "b"), (&mut b, "a")] {
+        assert!(matches!(event(session).await, ChannelEvent::Connect { .. }));
+        assert!(matches!(event(session).await, ChannelEvent::RemoteConnect));
+        for i in 0..N {
+            assert_eq!(message(session).await.1, format!("{from}{i}"));
+        }
+    }
+    b.disconnect().await.unwrap();
+    assert!(matches!(
+        event(&mut a).await,
+        ChannelEvent::RemoteDisconnect
+    ));
 }

@@ -25,7 +25,8 @@ const STDIN_BUFFER: usize = 1024;
 /// lines sent before the other peer connects wait for it.
 ///
 /// Standard output has one line per event: `connect`, `remote:connect`,
-/// `remote:disconnect`, `end`, `error<TAB>MESSAGE`, and
+/// `remote:disconnect`, `end`, `error<TAB>MESSAGE`, `disconnect` (last,
+/// once everything sent is stored), and
 /// `message<TAB>ID<TAB>PAYLOAD` for each message (payload escaped as by
 /// `busmq consume`, see --raw).
 ///
@@ -204,5 +205,8 @@ async fn talk(mut session: ChannelSession, args: &ChannelArgs) -> anyhow::Result
     session
         .disconnect()
         .await
-        .context("disconnecting from the channel")
+        .context("disconnecting from the channel")?;
+    writeln!(out, "disconnect")?;
+    out.flush()?;
+    Ok(())
 }

@@ -168,6 +168,10 @@ pub enum ChannelEvent {
     /// A request failed, or the session broke (`error`). After a broken
     /// session the stream ends.
     Error(Error),
+    /// This peer left the channel (`disconnect`): the broker applied
+    /// everything sent before and told the other endpoint. The last event
+    /// of a session closed by [`ChannelSession::disconnect`].
+    Disconnect,
 }
 
 /// The handle that sends on a session; clone it to send, ack or end from
@@ -382,20 +386,32 @@ impl ChannelSession {
     /// Leaves the channel without ending it (node-busmq's
     /// `channel.disconnect()`): everything sent before is stored first, the
     /// other endpoint gets `RemoteDisconnect`, and the channel stays for a
-    /// later session. Events that arrive meanwhile are dropped (in reliable
-    /// mode, un-acked messages come again next time); returns the first
-    /// error among them, if any.
+    /// later session. Returns once the broker confirmed it
+    /// ([`ChannelEvent::Disconnect`]). Events that arrive meanwhile are
+    /// dropped (in reliable mode, un-acked messages come again next time);
+    /// returns the first error among them, if any.
     pub async fn disconnect(mut self) -> Result<()> {
         // Senders cloned from this session may still be alive, so close the
         // request stream explicitly rather than by dropping.
         let _ = self.sender.requests.send(None).await;
         let mut first_error = None;
+        let mut confirmed = false;
         while let Some(event) = self.next().await {
-            if let ChannelEvent::Error(e) = event {
-                first_error.get_or_insert(e);
+            match event {
+                ChannelEvent::Error(e) => {
+                    first_error.get_or_insert(e);
+                }
+                ChannelEvent::Disconnect => confirmed = true,
+                _ => {}
             }
         }
-        first_error.map_or(Ok(()), Err)
+        match first_error {
+            Some(e) => Err(e),
+            None if confirmed => Ok(()),
+            None => Err(Error::Protocol(
+                "the channel session ended without confirming the disconnect".to_owned(),
+            )),
+        }
     }
 
     fn absorb(&mut self, batch: pb::ChannelEvents) {
@@ -414,6 +430,7 @@ impl ChannelSession {
                     self.sender.ended.store(true, Ordering::Relaxed);
                     ChannelEvent::End { by_self: e.by_self }
                 }
+                Ev::Disconnect(_) => ChannelEvent::Disconnect,
                 Ev::Error(e) => ChannelEvent::Error(Error::from(tonic::Status::new(
                     tonic::Code::from_i32(e.code),
                     e.message,

@@ -98,7 +98,10 @@ impl Consumer {
 
 /// Why the request loop ended.
 enum Exit {
-    /// The client closed its stream or went away.
+    /// The client closed its request stream: it disconnects and waits for
+    /// the confirmation.
+    ClientClosed,
+    /// The client went away (stream reset, connection lost).
     ClientGone,
     /// A failure that ends the session; the client gets it as the status.
     Failed(Status),
@@ -167,11 +170,22 @@ impl Session {
     /// Runs until the client leaves or the session fails, then disconnects.
     pub async fn run(mut self) {
         let exit = self.serve().await;
-        if let Exit::Failed(status) = exit {
-            tracing::debug!(queue = %self.queues.inbound, %status, "channel session failed");
-            let _ = self.tx.send(Err(status)).await;
+        let tx = self.tx.clone();
+        match exit {
+            Exit::Failed(status) => {
+                tracing::debug!(queue = %self.queues.inbound, %status, "channel session failed");
+                let _ = tx.send(Err(status)).await;
+                self.disconnect().await;
+            }
+            Exit::ClientGone => self.disconnect().await,
+            Exit::ClientClosed => {
+                self.disconnect().await;
+                // Everything the client sent is applied and the other
+                // endpoint told: confirm (node-busmq's `disconnect` event).
+                let done = Ev::Disconnect(v1::ChannelDisconnected {});
+                let _ = tx.send(Ok(events(vec![done]))).await;
+            }
         }
-        self.disconnect().await;
     }
 
     async fn serve(&mut self) -> Exit {
@@ -189,7 +203,8 @@ impl Session {
             tokio::select! {
                 req = self.incoming.next() => match req {
                     Some(Ok(req)) => self.apply(req).await,
-                    Some(Err(_)) | None => return Exit::ClientGone,
+                    None => return Exit::ClientClosed,
+                    Some(Err(_)) => return Exit::ClientGone,
                 },
                 event = recv(consuming) => match event {
                     Some(Ok(event)) => self.consumed(event).await,
