@@ -662,3 +662,88 @@ async fn peers_on_two_brokers_of_one_store_talk() {
         ChannelEvent::RemoteDisconnect
     ));
 }
+
+#[tokio::test]
+async fn persistent_peers_read_everything_again_and_ttl_applies_to_both_queues() {
+    let c = cluster().await;
+    let sender = c
+        .bus
+        .channel("log")
+        .with_ttl(Duration::from_secs(90))
+        .listen()
+        .await
+        .unwrap();
+    for line in ["one", "two", "three"] {
+        sender.send(line).await.unwrap();
+    }
+    for queue in ["channel:log:local", "channel:log:remote"] {
+        assert_eq!(c.bus.queue(queue).info().await.unwrap().ttl.as_secs(), 90);
+    }
+    // Persistent reads remove nothing: a second reader from index 0 reads
+    // the same messages with the same ids.
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let mut reader = c
+            .bus
+            .channel("log")
+            .connect_with(ConsumeOptions::persistent(0))
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.push(message(&mut reader).await);
+        }
+        // Nothing to ack in persistent mode.
+        reader.ack(got[2].0).await.unwrap();
+        match event(&mut reader).await {
+            ChannelEvent::Error(e) => assert_eq!(e.code(), ErrorCode::InvalidArgument),
+            other => panic!("expected an error, got {other:?}"),
+        }
+        reader.disconnect().await.unwrap();
+        seen.push(got);
+    }
+    assert_eq!(seen[0], seen[1]);
+    let texts: Vec<_> = seen[0].iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(texts, ["one", "two", "three"]);
+    // A zero ttl is refused.
+    let err = c
+        .bus
+        .channel("log")
+        .with_ttl(Duration::ZERO)
+        .connect()
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::InvalidArgument, "{err}");
+}
+
+#[tokio::test]
+async fn a_broker_shutting_down_disconnects_its_peers() {
+    let c = cluster().await;
+    let second = busmq_testkit::broker(c.storage.addr()).await;
+    let other_bus = busmq_client::Bus::connect(second.url()).await.unwrap();
+    let mut a = c.bus.channel("restart").listen().await.unwrap();
+    let mut b = other_bus.channel("restart").connect().await.unwrap();
+    assert!(matches!(event(&mut a).await, ChannelEvent::Connect { .. }));
+    assert!(matches!(event(&mut a).await, ChannelEvent::RemoteConnect));
+    assert!(matches!(event(&mut b).await, ChannelEvent::Connect { .. }));
+    assert!(matches!(event(&mut b).await, ChannelEvent::RemoteConnect));
+
+    // SIGTERM to b's broker: b's session ends with UNAVAILABLE (reconnect
+    // elsewhere), and a hears that b is gone.
+    let status = second.terminate().await.expect("it was running");
+    assert!(status.success(), "{status}");
+    match event(&mut b).await {
+        ChannelEvent::Error(e) => assert!(e.is_unavailable(), "{e}"),
+        other => panic!("expected an error, got {other:?}"),
+    }
+    assert!(matches!(
+        event(&mut a).await,
+        ChannelEvent::RemoteDisconnect
+    ));
+
+    // b comes back through the other broker and the channel goes on.
+    let mut b = c.bus.channel("restart").connect().await.unwrap();
+    b.send("again").await.unwrap();
+    assert_eq!(message(&mut a).await.1, "again");
+    assert!(matches!(event(&mut b).await, ChannelEvent::Connect { .. }));
+}

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::output::payload_text;
-use crate::{ModeArgs, ServerArgs};
+use crate::{AttachArgs, ModeArgs, ServerArgs};
 
 /// Lines of standard input read ahead of the channel.
 const STDIN_BUFFER: usize = 1024;
@@ -39,6 +39,8 @@ const STDIN_BUFFER: usize = 1024;
 pub struct ChannelArgs {
     #[command(flatten)]
     server: ServerArgs,
+    #[command(flatten)]
+    attach: AttachArgs,
     /// Consume the remote role and send to the local one (node-busmq's
     /// `channel.listen()`).
     #[arg(long, conflicts_with_all = ["connect", "send_to"])]
@@ -76,7 +78,10 @@ pub struct ChannelArgs {
 
 pub async fn run(args: ChannelArgs) -> anyhow::Result<()> {
     let bus = Bus::connect(&args.server.server).await?;
-    let channel = bus.channel_with_roles(&args.name, &args.local, &args.remote);
+    let mut channel = bus.channel_with_roles(&args.name, &args.local, &args.remote);
+    if let Some(ttl) = args.attach.ttl {
+        channel = channel.with_ttl(std::time::Duration::from_secs(ttl));
+    }
     if let Some(endpoint) = &args.send_to {
         let mut lines = stdin_lines();
         let mut out = io::stdout().lock();

@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use busmq_proto::v1 as pb;
 use busmq_proto::v1::channel_event::Event as Ev;
@@ -48,6 +49,7 @@ pub struct Channel {
     name: Arc<str>,
     local: Arc<str>,
     remote: Arc<str>,
+    ttl: Option<Duration>,
 }
 
 impl fmt::Debug for Channel {
@@ -56,6 +58,7 @@ impl fmt::Debug for Channel {
             .field("name", &self.name)
             .field("local", &self.local)
             .field("remote", &self.remote)
+            .field("ttl", &self.ttl)
             .finish()
     }
 }
@@ -72,7 +75,17 @@ impl Channel {
             name: name.into(),
             local: local.into(),
             remote: remote.into(),
+            ttl: None,
         }
+    }
+
+    /// Sessions opened from this handle give both queues this ttl: how long
+    /// they live with no peer attached, messages included. Whole seconds
+    /// (a fraction is rounded up); zero is refused by the server. Unset:
+    /// existing queues keep theirs, new ones get the default (30 s).
+    pub fn with_ttl(mut self, ttl: Duration) -> Channel {
+        self.ttl = Some(ttl);
+        self
     }
 
     /// The channel's name.
@@ -309,7 +322,9 @@ impl ChannelSession {
             last: options.last,
             index: options.index,
             prefetch: options.prefetch,
-            ttl_seconds: None,
+            ttl_seconds: channel
+                .ttl
+                .map(|ttl| ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0)),
         };
         tx.try_send(Some(pb::ChannelRequest {
             request: Some(pb::channel_request::Request::Open(open)),
