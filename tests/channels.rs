@@ -593,6 +593,22 @@ async fn bad_input_gets_clear_errors() {
     tx.send(end).await.unwrap();
     assert_eq!(code_of(next_event().await), tonic::Code::FailedPrecondition);
 
+    // A message over the size limit is refused, the session goes on.
+    let mut big = c.bus.channel("sizes").connect().await.unwrap();
+    assert!(matches!(
+        event(&mut big).await,
+        ChannelEvent::Connect { .. }
+    ));
+    big.send(vec![0u8; 1024 * 1024 + 1]).await.unwrap();
+    match event(&mut big).await {
+        ChannelEvent::Error(e) => assert_eq!(e.code(), ErrorCode::ResourceExhausted, "{e}"),
+        other => panic!("expected an error, got {other:?}"),
+    }
+    big.send("small").await.unwrap();
+    big.disconnect().await.unwrap();
+    let info = c.bus.queue("channel:sizes:remote").info().await.unwrap();
+    assert_eq!(info.count, 3, "connect, small, disconnect");
+
     // One reliable peer per endpoint: a second is refused.
     let _first = c
         .bus

@@ -172,6 +172,8 @@ async fn talk(mut session: ChannelSession, args: &ChannelArgs) -> anyhow::Result
                 "end".to_owned()
             }
             ChannelEvent::Error(e) => {
+                // Also on standard error, where a script looks for failures.
+                eprintln!("busmq: channel {}: {e}", args.name);
                 format!("error\t{}", payload_text(e.to_string().as_bytes(), false))
             }
             ChannelEvent::Message { id, payload } => {

@@ -9,6 +9,7 @@ mod names;
 mod session;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use busmq_core::{Error, QueueName};
 use busmq_proto::to_status;
@@ -26,6 +27,9 @@ use crate::wakeup::Wakeups;
 
 use names::{Role, SessionQueues};
 use session::{Consumer, Session};
+
+/// How long a session may take to send its `open` request.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Event batches buffered between a session and its gRPC stream.
 const EVENT_BUFFER: usize = 16;
@@ -124,7 +128,16 @@ impl Channels for ChannelsService {
         request: Request<Streaming<v1::ChannelRequest>>,
     ) -> Result<Response<Self::OpenStream>, Status> {
         let mut incoming = request.into_inner();
-        let open = match incoming.message().await? {
+        // A client that never says what to open must not hold the call.
+        let first = tokio::time::timeout(OPEN_TIMEOUT, incoming.message())
+            .await
+            .map_err(|_| {
+                invalid(format!(
+                    "no `open` request within {} s of the call",
+                    OPEN_TIMEOUT.as_secs()
+                ))
+            })??;
+        let open = match first {
             Some(v1::ChannelRequest {
                 request: Some(v1::channel_request::Request::Open(open)),
             }) => open,
