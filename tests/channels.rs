@@ -763,3 +763,33 @@ async fn a_broker_shutting_down_disconnects_its_peers() {
     assert_eq!(message(&mut a).await.1, "again");
     assert!(matches!(event(&mut b).await, ChannelEvent::Connect { .. }));
 }
+
+#[tokio::test]
+async fn a_reliable_cli_peer_acks_what_it_printed() {
+    const N: usize = 500;
+    let c = cluster().await;
+    let sender = c.bus.channel("acked").listen().await.unwrap();
+    let input = numbered("m", N);
+    for line in &input {
+        sender.send(line.clone()).await.unwrap();
+    }
+    let count = N.to_string();
+    let cli = CliPeer::spawn(
+        &c.broker.url(),
+        "acked",
+        &["--connect", "--reliable", "--count", &count],
+        vec![],
+    );
+    assert_eq!(payloads(&cli.finish().await), input);
+
+    // The next reliable session of that endpoint gets nothing of it again:
+    // its first message is the one sent after.
+    sender.send("after").await.unwrap();
+    let mut next = c
+        .bus
+        .channel("acked")
+        .connect_with(ConsumeOptions::reliable())
+        .await
+        .unwrap();
+    assert_eq!(message(&mut next).await.1, "after");
+}

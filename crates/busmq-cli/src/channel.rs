@@ -148,6 +148,8 @@ async fn talk(mut session: ChannelSession, args: &ChannelArgs) -> anyhow::Result
     let mut sent = false;
     let mut received = 0u64;
     let mut ended = false;
+    // Reliable mode: the last message printed and not acked yet.
+    let mut unacked = None;
     let mut out = io::BufWriter::new(io::stdout().lock());
     let done = |received: u64, sent: bool| sent && args.count.is_some_and(|n| received >= n);
     while !ended && !done(received, sent) {
@@ -178,13 +180,7 @@ async fn talk(mut session: ChannelSession, args: &ChannelArgs) -> anyhow::Result
             }
             ChannelEvent::Message { id, payload } => {
                 received += 1;
-                if args.mode.reliable && session.buffered_len() == 0 {
-                    // Printed before acked; the ack is cumulative.
-                    writeln!(out, "message\t{id}\t{}", payload_text(&payload, args.raw))?;
-                    out.flush()?;
-                    session.ack(id).await?;
-                    continue;
-                }
+                unacked = args.mode.reliable.then_some(id);
                 format!("message\t{id}\t{}", payload_text(&payload, args.raw))
             }
             _ => continue,
@@ -192,9 +188,17 @@ async fn talk(mut session: ChannelSession, args: &ChannelArgs) -> anyhow::Result
         writeln!(out, "{line}")?;
         if session.buffered_len() == 0 {
             out.flush()?;
+            // Everything received so far is printed: one cumulative ack
+            // covers it.
+            if let Some(id) = unacked.take().filter(|_| !ended) {
+                session.ack(id).await?;
+            }
         }
     }
     out.flush()?;
+    if let Some(id) = unacked.filter(|_| !ended) {
+        session.ack(id).await?;
+    }
     if !sent {
         sending.abort();
     }
