@@ -96,6 +96,9 @@ impl Consumer {
     }
 }
 
+/// One read of the request stream: a request, a broken stream, or its end.
+type Incoming = Option<Result<v1::ChannelRequest, Status>>;
+
 /// Why the request loop ended.
 enum Exit {
     /// The client closed its request stream: it disconnects and waits for
@@ -115,8 +118,9 @@ pub struct Session {
     /// `None` once the channel ended.
     consumer: Option<Consumer>,
     incoming: Streaming<v1::ChannelRequest>,
-    /// A request read ahead while gathering sends, to apply next.
-    stashed: Option<v1::ChannelRequest>,
+    /// What the request stream gave while sends were gathered, to handle
+    /// next.
+    stashed: Option<Incoming>,
     tx: mpsc::Sender<Result<v1::ChannelEvents, Status>>,
     shutdown: CancellationToken,
     state: State,
@@ -190,8 +194,10 @@ impl Session {
 
     async fn serve(&mut self) -> Exit {
         loop {
-            if let Some(req) = self.stashed.take() {
-                self.apply(req).await;
+            if let Some(next) = self.stashed.take() {
+                if let Some(exit) = self.received(next).await {
+                    return exit;
+                }
                 continue;
             }
             // Take from the inbound queue only when the client has room for
@@ -201,11 +207,11 @@ impl Session {
             let ended = self.consumer.is_none();
             let consuming = self.consumer.as_mut().filter(|_| room);
             tokio::select! {
-                req = self.incoming.next() => match req {
-                    Some(Ok(req)) => self.apply(req).await,
-                    None => return Exit::ClientClosed,
-                    Some(Err(_)) => return Exit::ClientGone,
-                },
+                next = self.incoming.next() => {
+                    if let Some(exit) = self.received(next).await {
+                        return exit;
+                    }
+                }
                 event = recv(consuming) => match event {
                     Some(Ok(event)) => self.consumed(event).await,
                     Some(Err(status)) => return Exit::Failed(status),
@@ -228,6 +234,18 @@ impl Session {
                     ));
                 }
             }
+        }
+    }
+
+    /// Applies what the request stream gave; `Some` when it ended.
+    async fn received(&mut self, next: Incoming) -> Option<Exit> {
+        match next {
+            Some(Ok(req)) => {
+                self.apply(req).await;
+                None
+            }
+            None => Some(Exit::ClientClosed),
+            Some(Err(_)) => Some(Exit::ClientGone),
         }
     }
 
@@ -261,29 +279,31 @@ impl Session {
 
     /// Pushes these messages, and the sends right behind them on the
     /// stream, to the other endpoint in one round trip.
-    async fn send(&mut self, mut messages: Vec<bytes::Bytes>) -> Result<(), Status> {
+    async fn send(&mut self, messages: Vec<bytes::Bytes>) -> Result<(), Status> {
         self.ensure_open("send")?;
-        let mut frames = frame::data_frames(std::mem::take(&mut messages), &self.limits)?;
+        let mut frames = frame::data_frames(messages, &self.limits)?;
         for _ in 1..MAX_SENDS_PER_PUSH {
-            let Some(Some(Ok(next))) = self.incoming.next().now_or_never() else {
+            // Only what has already arrived: never wait here.
+            let Some(next) = self.incoming.next().now_or_never() else {
                 break;
             };
-            match next.request {
-                Some(Req::Send(more))
-                    if frames.len() + more.messages.len() <= self.limits.max_batch_len =>
-                {
-                    match frame::data_frames(more.messages, &self.limits) {
-                        Ok(more) => frames.extend(more),
-                        Err(status) => {
-                            // Keep order: what came before goes first.
-                            self.push(frames).await?;
-                            return Err(status);
-                        }
-                    }
-                }
-                request => {
-                    self.stashed = Some(v1::ChannelRequest { request });
+            let more = match next {
+                Some(Ok(v1::ChannelRequest {
+                    request: Some(Req::Send(more)),
+                })) if frames.len() + more.messages.len() <= self.limits.max_batch_len => more,
+                // Anything else (another request, the end of the stream) is
+                // handled after this push, in order.
+                other => {
+                    self.stashed = Some(other);
                     break;
+                }
+            };
+            match frame::data_frames(more.messages, &self.limits) {
+                Ok(more) => frames.extend(more),
+                Err(status) => {
+                    // Keep order: what came before goes first.
+                    self.push(frames).await?;
+                    return Err(status);
                 }
             }
         }
