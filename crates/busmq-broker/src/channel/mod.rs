@@ -1,7 +1,7 @@
 //! The `busmq.v1.Channels` gRPC service: bi-directional channels made of two
 //! queues. `Open` validates the first request, attaches both queues, starts
-//! a [`ConsumeTask`] on the inbound one and tells the other endpoint; the
-//! running session lives in [`session`]. Nothing is kept in the broker that
+//! a `ConsumeTask` on the inbound one and tells the other endpoint; the
+//! running session lives in `session`. Nothing is kept in the broker that
 //! another replica would need: presence travels as frames in the queues.
 
 mod frame;
