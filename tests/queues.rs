@@ -323,6 +323,7 @@ async fn every_server_reports_health_and_serves_reflection() {
     let c = cluster().await;
     for (process, service) in [
         (&c.broker, "busmq.v1.Queues"),
+        (&c.broker, "busmq.v1.Channels"),
         (&c.storage, "busmq.storage.v1.Storage"),
     ] {
         let channel = tonic::transport::Endpoint::from_shared(process.url())

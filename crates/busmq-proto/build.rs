@@ -18,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         root.join("busmq/v1/queues.proto"),
         root.join("busmq/v1/pubsub.proto"),
         root.join("busmq/v1/objects.proto"),
+        root.join("busmq/v1/channels.proto"),
         root.join("busmq/storage/v1/storage.proto"),
     ];
     tonic_prost_build::configure()

@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use busmq_proto::v1::channels_server::ChannelsServer;
 use busmq_proto::v1::objects_server::ObjectsServer;
 use busmq_proto::v1::pub_sub_server::PubSubServer;
 use busmq_proto::v1::queues_server::QueuesServer;
@@ -14,6 +15,7 @@ use busmq_storage::Storage;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub mod channel;
 pub mod config;
 mod consume;
 pub mod objects;
@@ -27,7 +29,11 @@ pub use config::BrokerConfig;
 pub const SERVICE_NAME: &str = "busmq.v1.Queues";
 
 /// Every other gRPC service the broker serves, also reported in health.
-pub const OTHER_SERVICES: [&str; 2] = ["busmq.v1.PubSub", "busmq.v1.Objects"];
+pub const OTHER_SERVICES: [&str; 3] =
+    ["busmq.v1.PubSub", "busmq.v1.Objects", CHANNELS_SERVICE_NAME];
+
+/// The channel service's name in `grpc.health.v1`.
+pub const CHANNELS_SERVICE_NAME: &str = "busmq.v1.Channels";
 
 /// Serves the broker on `listener` until `shutdown` fires, then lets
 /// in-flight calls finish (consumer streams end with UNAVAILABLE so their
@@ -49,6 +55,14 @@ pub async fn serve(
     ))
     .max_decoding_message_size(max_bytes)
     .max_encoding_message_size(max_bytes);
+    let channels = ChannelsServer::new(channel::ChannelsService::new(
+        Arc::clone(&storage),
+        Arc::clone(&wakeups),
+        config.clone(),
+        shutdown.clone(),
+    ))
+    .max_decoding_message_size(max_bytes)
+    .max_encoding_message_size(max_bytes);
     let objects = ObjectsServer::new(objects::ObjectsService::new(
         Arc::clone(&storage),
         config.limits,
@@ -65,7 +79,12 @@ pub async fn serve(
     .max_encoding_message_size(max_bytes);
 
     let (reporter, health) = busmq_runtime::health_reporter();
-    let names = [SERVICE_NAME, OTHER_SERVICES[0], OTHER_SERVICES[1]];
+    let names = [
+        SERVICE_NAME,
+        OTHER_SERVICES[0],
+        OTHER_SERVICES[1],
+        OTHER_SERVICES[2],
+    ];
     busmq_runtime::report_health(reporter, &names, shutdown.clone()).await;
 
     busmq_runtime::grpc_server()
@@ -74,6 +93,7 @@ pub async fn serve(
         .add_service(queues)
         .add_service(pubsub)
         .add_service(objects)
+        .add_service(channels)
         .serve_with_incoming_shutdown(
             busmq_runtime::incoming(listener),
             shutdown.cancelled_owned(),

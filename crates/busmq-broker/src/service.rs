@@ -52,46 +52,6 @@ impl QueuesService {
         QueueName::parse(queue, &self.config.limits).map_err(to_status)
     }
 
-    fn consume_mode(&self, req: &v1::ConsumeRequest) -> Result<Mode, Status> {
-        let mode = v1::ConsumeMode::try_from(req.mode)
-            .map_err(|_| invalid(format!("unknown consume mode {}", req.mode)))?;
-        if req.index.is_some() && mode != v1::ConsumeMode::Persistent {
-            return Err(invalid("index applies only to persistent consumption"));
-        }
-        if req.last.is_some() && mode != v1::ConsumeMode::Reliable {
-            return Err(invalid("last applies only to reliable consumption"));
-        }
-        if req.visibility_timeout_ms.is_some() && mode != v1::ConsumeMode::Lease {
-            return Err(invalid(
-                "visibility_timeout_ms applies only to lease consumption",
-            ));
-        }
-        Ok(match mode {
-            v1::ConsumeMode::Unreliable => Mode::Unreliable,
-            v1::ConsumeMode::Reliable => Mode::Reliable {
-                lock: ReliableLock {
-                    owner: format!("consumer-{:032x}", rand::random::<u128>()),
-                    lease: self.config.reliable_lease,
-                },
-                last: req.last.unwrap_or(0),
-            },
-            v1::ConsumeMode::Persistent => Mode::Persistent {
-                next: req.index.unwrap_or(0).max(1),
-            },
-            v1::ConsumeMode::Lease => {
-                let visibility = req
-                    .visibility_timeout_ms
-                    .map_or(DEFAULT_VISIBILITY, Duration::from_millis);
-                store(busmq_core::check_visibility(visibility))?;
-                Mode::Lease {
-                    owner: format!("lease-{:032x}", rand::random::<u128>()),
-                    visibility,
-                    next_expiry: None,
-                }
-            }
-        })
-    }
-
     /// Settles one lease-mode delivery named by `token`.
     async fn settle(
         &self,
@@ -113,7 +73,77 @@ impl QueuesService {
     }
 }
 
-fn invalid(msg: impl Into<String>) -> Status {
+/// The consumer a Consume request asks for: its mode and prefetch, or why
+/// the request makes no sense. Channels consume through this too.
+pub(crate) fn consumer_settings(
+    req: &v1::ConsumeRequest,
+    config: &BrokerConfig,
+) -> Result<(Mode, u32), Status> {
+    let mode = v1::ConsumeMode::try_from(req.mode)
+        .map_err(|_| invalid(format!("unknown consume mode {}", req.mode)))?;
+    if req.index.is_some() && mode != v1::ConsumeMode::Persistent {
+        return Err(invalid("index applies only to persistent consumption"));
+    }
+    if req.last.is_some() && mode != v1::ConsumeMode::Reliable {
+        return Err(invalid("last applies only to reliable consumption"));
+    }
+    if req.visibility_timeout_ms.is_some() && mode != v1::ConsumeMode::Lease {
+        return Err(invalid(
+            "visibility_timeout_ms applies only to lease consumption",
+        ));
+    }
+    let mode = match mode {
+        v1::ConsumeMode::Unreliable => Mode::Unreliable,
+        v1::ConsumeMode::Reliable => Mode::Reliable {
+            lock: ReliableLock {
+                owner: format!("consumer-{:032x}", rand::random::<u128>()),
+                lease: config.reliable_lease,
+            },
+            last: req.last.unwrap_or(0),
+        },
+        v1::ConsumeMode::Persistent => Mode::Persistent {
+            next: req.index.unwrap_or(0).max(1),
+        },
+        v1::ConsumeMode::Lease => {
+            let visibility = req
+                .visibility_timeout_ms
+                .map_or(DEFAULT_VISIBILITY, Duration::from_millis);
+            store(busmq_core::check_visibility(visibility))?;
+            Mode::Lease {
+                owner: format!("lease-{:032x}", rand::random::<u128>()),
+                visibility,
+                next_expiry: None,
+            }
+        }
+    };
+    let prefetch = match req.prefetch {
+        None if matches!(mode, Mode::Lease { .. }) => DEFAULT_LEASE_PREFETCH,
+        None => config.default_prefetch,
+        Some(p) if (1..=MAX_PREFETCH).contains(&p) => p,
+        Some(p) => {
+            return Err(invalid(format!(
+                "prefetch {p} is not in 1..={MAX_PREFETCH}"
+            )));
+        }
+    };
+    Ok((mode, prefetch))
+}
+
+/// The ttl an attach asks for: `None` keeps the queue's (or the default).
+pub(crate) fn attach_ttl(ttl_seconds: Option<u64>) -> Result<Option<Duration>, Status> {
+    Ok(match ttl_seconds {
+        None => None,
+        Some(0) => return Err(invalid("ttl_seconds must be at least 1")),
+        Some(t) if t > MAX_TTL_SECS => {
+            return Err(invalid(format!(
+                "ttl_seconds must be at most {MAX_TTL_SECS}"
+            )));
+        }
+        Some(t) => Some(Duration::from_secs(t)),
+    })
+}
+
+pub(crate) fn invalid(msg: impl Into<String>) -> Status {
     to_status(Error::InvalidArgument(msg.into()))
 }
 
@@ -129,16 +159,7 @@ impl Queues for QueuesService {
     ) -> Result<Response<v1::AttachResponse>, Status> {
         let req = request.into_inner();
         let queue = self.name(&req.queue)?;
-        let ttl = match req.ttl_seconds {
-            None => None,
-            Some(0) => return Err(invalid("ttl_seconds must be at least 1")),
-            Some(t) if t > MAX_TTL_SECS => {
-                return Err(invalid(format!(
-                    "ttl_seconds must be at most {MAX_TTL_SECS}"
-                )));
-            }
-            Some(t) => Some(Duration::from_secs(t)),
-        };
+        let ttl = attach_ttl(req.ttl_seconds)?;
         if let Some(max) = req.max_deliveries {
             store(busmq_core::check_max_deliveries(max))?;
             // Its dead letters must land in a queue users can name.
@@ -232,17 +253,7 @@ impl Queues for QueuesService {
     ) -> Result<Response<Self::ConsumeStream>, Status> {
         let req = request.into_inner();
         let queue = self.name(&req.queue)?;
-        let mode = self.consume_mode(&req)?;
-        let prefetch = match req.prefetch {
-            None if matches!(mode, Mode::Lease { .. }) => DEFAULT_LEASE_PREFETCH,
-            None => self.config.default_prefetch,
-            Some(p) if (1..=MAX_PREFETCH).contains(&p) => p,
-            Some(p) => {
-                return Err(invalid(format!(
-                    "prefetch {p} is not in 1..={MAX_PREFETCH}"
-                )));
-            }
-        };
+        let (mode, prefetch) = consumer_settings(&req, &self.config)?;
         if req.max == Some(0) {
             return Err(invalid(
                 "max must be at least 1 (leave it unset for no limit)",

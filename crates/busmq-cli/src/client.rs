@@ -100,13 +100,9 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
     let bus = connect(&args.server.server).await?;
     let queue = bus.queue(args.queue.clone());
     let options = ConsumeOptions {
-        remove: !args.persistent,
-        reliable: args.reliable,
-        last: args.last,
-        index: args.index,
         max: args.max,
         prefetch: args.prefetch,
-        lease: None,
+        ..args.mode.options()
     };
     options.mode()?;
     queue

@@ -1,12 +1,13 @@
 //! `busmq`: run the whole bus in one process (`busmq serve`), or talk to a
-//! running one (`busmq push`, `busmq consume`, `busmq lease`, `busmq stats`,
-//! `busmq publish`, `busmq subscribe`, `busmq object get|set`).
+//! running one (`busmq push`, `busmq consume`, `busmq lease`, `busmq channel`,
+//! `busmq stats`, `busmq publish`, `busmq subscribe`, `busmq object get|set`).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+mod channel;
 mod client;
 mod lease;
 mod object;
@@ -33,6 +34,7 @@ enum Command {
     Push(PushArgs),
     Consume(ConsumeArgs),
     Lease(lease::LeaseArgs),
+    Channel(channel::ChannelArgs),
     Stats(StatsArgs),
     Publish(PublishArgs),
     Subscribe(SubscribeArgs),
@@ -218,12 +220,10 @@ struct PushArgs {
 /// consumer killed before printing gets them again next time (at least
 /// once; one reliable consumer per queue); --persistent reads every message
 /// from --index on without removing anything (publish/subscribe).
+/// How a queue (or a channel's inbound queue) is consumed; unreliable
+/// unless a flag says otherwise.
 #[derive(Debug, Args)]
-struct ConsumeArgs {
-    #[command(flatten)]
-    server: ServerArgs,
-    #[command(flatten)]
-    attach: AttachArgs,
+struct ModeArgs {
     /// Reliable mode: at least once, each message acked after it is printed.
     #[arg(long, conflicts_with = "persistent")]
     reliable: bool,
@@ -238,6 +238,29 @@ struct ConsumeArgs {
     /// stored).
     #[arg(long, requires = "persistent", value_name = "ID")]
     index: Option<u64>,
+}
+
+impl ModeArgs {
+    /// The consume options these flags select, with no limit.
+    fn options(&self) -> busmq_client::ConsumeOptions {
+        busmq_client::ConsumeOptions {
+            remove: !self.persistent,
+            reliable: self.reliable,
+            last: self.last,
+            index: self.index,
+            ..busmq_client::ConsumeOptions::default()
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct ConsumeArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
+    attach: AttachArgs,
+    #[command(flatten)]
+    mode: ModeArgs,
     /// Stop after this many messages.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max: Option<u64>,
@@ -277,6 +300,7 @@ async fn main() -> ExitCode {
         Command::Push(args) => client::push(args).await,
         Command::Consume(args) => client::consume(args).await,
         Command::Lease(args) => lease::run(args).await,
+        Command::Channel(args) => channel::run(args).await,
         Command::Stats(args) => client::stats(args).await,
         Command::Publish(args) => pubsub::publish(args).await,
         Command::Subscribe(args) => pubsub::subscribe(args).await,
@@ -332,8 +356,8 @@ mod tests {
         else {
             panic!("not consume");
         };
-        assert!(args.reliable && !args.persistent);
-        assert_eq!((args.last, args.max), (Some(3), Some(2)));
+        assert!(args.mode.reliable && !args.mode.persistent);
+        assert_eq!((args.mode.last, args.max), (Some(3), Some(2)));
         assert_eq!(args.server.server, busmq_client::DEFAULT_URL);
 
         assert!(parse(&["consume", "q", "--persistent", "--index", "5"]).is_ok());
@@ -341,6 +365,26 @@ mod tests {
         assert!(parse(&["consume", "q", "--last", "3"]).is_err());
         assert!(parse(&["consume", "q", "--index", "3"]).is_err());
         assert!(parse(&["consume", "q", "--max", "0"]).is_err());
+    }
+
+    #[test]
+    fn channel_flags() {
+        let Command::Channel(_) = parse(&["channel", "c", "--listen", "--reliable", "--last", "3"])
+            .unwrap()
+            .command
+        else {
+            panic!("not channel");
+        };
+        assert!(parse(&["channel", "c", "--connect", "--local", "server"]).is_ok());
+        assert!(parse(&["channel", "c", "--send-to", "local"]).is_ok());
+        assert!(parse(&["channel", "c", "--listen", "--connect"]).is_err());
+        assert!(parse(&["channel", "c", "--listen", "--send-to", "local"]).is_err());
+        assert!(parse(&["channel", "c", "--send-to", "local", "--end"]).is_err());
+        assert!(parse(&["channel", "c", "--connect", "--last", "3"]).is_err());
+        assert!(
+            parse(&["channel", "--connect"]).is_err(),
+            "the name is required"
+        );
     }
 
     #[test]

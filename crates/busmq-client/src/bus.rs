@@ -4,12 +4,14 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use busmq_proto::v1::channels_client::ChannelsClient;
 use busmq_proto::v1::objects_client::ObjectsClient;
 use busmq_proto::v1::pub_sub_client::PubSubClient;
 use busmq_proto::v1::queues_client::QueuesClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel as Transport, Endpoint};
 
-use crate::{Error, Persistable, PubSub, Queue, Reconnect, Result};
+use crate::channel::{DEFAULT_LOCAL_ROLE, DEFAULT_REMOTE_ROLE};
+use crate::{Channel, Error, Persistable, PubSub, Queue, Reconnect, Result};
 
 /// The default broker address (`busmq serve` listens there).
 pub const DEFAULT_URL: &str = "http://127.0.0.1:50051";
@@ -33,8 +35,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// [`ErrorCode::Unavailable`]: crate::ErrorCode::Unavailable
 #[derive(Clone)]
 pub struct Bus {
-    client: QueuesClient<Channel>,
-    channel: Channel,
+    client: QueuesClient<Transport>,
+    channels: ChannelsClient<Transport>,
+    /// The connection, for the clients of pub/sub and objects.
+    transport: Transport,
     url: Arc<str>,
     reconnect: Reconnect,
 }
@@ -74,15 +78,17 @@ impl Bus {
 
     /// Uses an already configured tonic channel (custom timeouts, a
     /// load-balanced channel, an in-process transport in tests, ...).
-    pub fn from_channel(channel: Channel) -> Bus {
+    pub fn from_channel(channel: Transport) -> Bus {
         Bus::with_channel(channel, "<channel>".to_owned())
     }
 
-    fn with_channel(channel: Channel, url: String) -> Bus {
+    fn with_channel(channel: Transport, url: String) -> Bus {
         Bus {
             client: QueuesClient::new(channel.clone())
                 .max_decoding_message_size(MAX_RESPONSE_BYTES),
-            channel,
+            channels: ChannelsClient::new(channel.clone())
+                .max_decoding_message_size(MAX_RESPONSE_BYTES),
+            transport: channel,
             url: url.into(),
             reconnect: Reconnect::default(),
         }
@@ -131,7 +137,7 @@ impl Bus {
     /// is checked by the server on first use.
     pub fn pubsub(&self, name: impl Into<String>) -> PubSub {
         PubSub::new(
-            PubSubClient::new(self.channel.clone()).max_decoding_message_size(MAX_RESPONSE_BYTES),
+            PubSubClient::new(self.transport.clone()).max_decoding_message_size(MAX_RESPONSE_BYTES),
             name.into(),
         )
     }
@@ -144,8 +150,37 @@ impl Bus {
     /// is checked by the server on first use.
     pub fn persistable(&self, name: impl Into<String>) -> Persistable {
         Persistable::new(
-            ObjectsClient::new(self.channel.clone()).max_decoding_message_size(MAX_RESPONSE_BYTES),
+            ObjectsClient::new(self.transport.clone())
+                .max_decoding_message_size(MAX_RESPONSE_BYTES),
             name.into(),
+        )
+    }
+
+    /// A handle on the channel `name` with the default roles `local` and
+    /// `remote`: node-busmq's `bus.channel(name)`. One peer calls
+    /// [`Channel::listen`], the other [`Channel::connect`].
+    ///
+    /// Nothing is sent yet; a bad name fails on first use.
+    pub fn channel(&self, name: impl Into<String>) -> Channel {
+        self.channel_with_roles(name, DEFAULT_LOCAL_ROLE, DEFAULT_REMOTE_ROLE)
+    }
+
+    /// A handle on the channel `name` with explicit roles: node-busmq's
+    /// `bus.channel(name, local, remote)`. [`Channel::connect`] consumes
+    /// `local` and sends to `remote`, so the other peer names the same roles
+    /// the other way round. Roles are 1..=64 characters of `[A-Za-z0-9_-]`,
+    /// checked by the server.
+    pub fn channel_with_roles(
+        &self,
+        name: impl Into<String>,
+        local: impl Into<String>,
+        remote: impl Into<String>,
+    ) -> Channel {
+        Channel::new(
+            self.channels.clone(),
+            name.into(),
+            local.into(),
+            remote.into(),
         )
     }
 }

@@ -10,7 +10,9 @@
 //! batches in flight on one stream. Lease mode
 //! ([`ConsumeOptions::lease`]) gives competing consumers per-message acks
 //! ([`Consumer::ack_lease`], [`Consumer::nack`]) with a visibility timeout
-//! and a dead-letter queue ([`Queue::dead_letters`]).
+//! and a dead-letter queue ([`Queue::dead_letters`]). [`Bus::channel`]
+//! gives a bi-directional [`Channel`] between two peers; its
+//! [`ChannelSession`] is a stream of [`ChannelEvent`]s.
 //!
 //! [`Bus::pubsub`] gives a [`PubSub`] handle (plain publish/subscribe, not
 //! stored, with its [`PubSubEvent`]s as a stream) and [`Bus::persistable`]
@@ -50,6 +52,7 @@
 #![warn(missing_docs)]
 
 mod bus;
+mod channel;
 mod consume;
 mod error;
 mod events;
@@ -61,6 +64,9 @@ mod queue;
 mod reconnect;
 
 pub use bus::{Bus, DEFAULT_URL};
+pub use channel::{
+    Channel, ChannelEvent, ChannelSender, ChannelSession, DEFAULT_LOCAL_ROLE, DEFAULT_REMOTE_ROLE,
+};
 pub use consume::{ClosedReason, ConsumeMode, ConsumeOptions, Consumer, Delivery};
 pub use error::{Error, ErrorCode, Result};
 pub use events::{QueueEvent, QueueEvents};
@@ -96,6 +102,17 @@ mod send_sync {
         send(&object.save());
         send(&object.load());
         send(&object.persist(std::time::Duration::from_secs(1)));
+    }
+
+    async fn channel_futures_are_send(bus: Bus, session: ChannelSession) {
+        let channel = bus.channel("c");
+        send_sync(&channel);
+        send(&session);
+        send_sync(&session.sender());
+        send(&channel.connect());
+        send(&channel.send_to("local", "x"));
+        send(&session.send("x"));
+        send(&session.disconnect());
     }
 
     async fn futures_are_send(bus: Bus, queue: Queue, pusher: Pusher, consumer: Consumer) {
