@@ -793,3 +793,72 @@ async fn a_reliable_cli_peer_acks_what_it_printed() {
         .unwrap();
     assert_eq!(message(&mut next).await.1, "after");
 }
+
+#[tokio::test]
+async fn an_end_waits_for_a_peer_that_was_not_there() {
+    let c = cluster().await;
+    let mut a = c.bus.channel("later").listen().await.unwrap();
+    a.send("before the end").await.unwrap();
+    a.end().await.unwrap();
+    assert!(matches!(event(&mut a).await, ChannelEvent::Connect { .. }));
+    assert!(matches!(
+        event(&mut a).await,
+        ChannelEvent::End { by_self: true }
+    ));
+    // a's own queue is gone at once; the other one waits with the data and
+    // the end.
+    assert!(!c.bus.queue("channel:later:remote").exists().await.unwrap());
+    assert_eq!(
+        c.bus
+            .queue("channel:later:local")
+            .info()
+            .await
+            .unwrap()
+            .count,
+        3,
+        "connect, data, end"
+    );
+
+    let mut b = c.bus.channel("later").connect().await.unwrap();
+    assert!(matches!(event(&mut b).await, ChannelEvent::Connect { .. }));
+    assert!(matches!(event(&mut b).await, ChannelEvent::RemoteConnect));
+    assert_eq!(message(&mut b).await.1, "before the end");
+    assert!(matches!(
+        event(&mut b).await,
+        ChannelEvent::End { by_self: false }
+    ));
+    assert!(!c.bus.queue("channel:later:local").exists().await.unwrap());
+    let err = b.send("after").await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::FailedPrecondition);
+}
+
+#[tokio::test]
+async fn sending_to_a_peer_that_ended_is_refused_before_its_end_is_read() {
+    let c = cluster().await;
+    let mut a = c.bus.channel("race").listen().await.unwrap();
+    let mut b = c.bus.channel("race").connect().await.unwrap();
+    assert!(matches!(event(&mut b).await, ChannelEvent::Connect { .. }));
+    a.end().await.unwrap();
+    assert!(matches!(event(&mut a).await, ChannelEvent::Connect { .. }));
+    loop {
+        if matches!(event(&mut a).await, ChannelEvent::End { .. }) {
+            break;
+        }
+    }
+    // b has not read its events, so its SDK lets the send go out; the
+    // broker refuses it either way: b's session read the end already, or
+    // a's queue is closed (it was before a got its own `end`).
+    b.send("too late").await.unwrap();
+    let (mut refused, mut ended) = (false, false);
+    while !(refused && ended) {
+        match event(&mut b).await {
+            ChannelEvent::Error(e) => {
+                assert_eq!(e.code(), ErrorCode::FailedPrecondition, "{e}");
+                refused = true;
+            }
+            ChannelEvent::End { by_self: false } => ended = true,
+            _ => {}
+        }
+    }
+    assert!(!c.bus.queue("channel:race:remote").exists().await.unwrap());
+}
