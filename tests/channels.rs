@@ -4,9 +4,11 @@
 
 use std::collections::BTreeSet;
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use busmq_client::{ChannelEvent, ChannelSession, ConsumeOptions, ErrorCode};
+use busmq_client::{Bus, ChannelEvent, ChannelSession, ConsumeOptions, ErrorCode, Reconnect};
 use busmq_proto::v1 as pb;
 use busmq_proto::v1::channels_client::ChannelsClient;
 use futures::StreamExt;
@@ -736,7 +738,11 @@ async fn persistent_peers_read_everything_again_and_ttl_applies_to_both_queues()
 async fn a_broker_shutting_down_disconnects_its_peers() {
     let c = cluster().await;
     let second = busmq_testkit::broker(c.storage.addr()).await;
-    let other_bus = busmq_client::Bus::connect(second.url()).await.unwrap();
+    // Without reconnection, so b's session ends where its broker does.
+    let other_bus = busmq_client::Bus::connect(second.url())
+        .await
+        .unwrap()
+        .reconnect(Reconnect::disabled());
     let mut a = c.bus.channel("restart").listen().await.unwrap();
     let mut b = other_bus.channel("restart").connect().await.unwrap();
     assert!(matches!(event(&mut a).await, ChannelEvent::Connect { .. }));
@@ -861,4 +867,240 @@ async fn sending_to_a_peer_that_ended_is_refused_before_its_end_is_read() {
         }
     }
     assert!(!c.bus.queue("channel:race:remote").exists().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sessions_ride_through_a_broker_restart_and_a_reliable_peer_loses_nothing_stored() {
+    // Messages the receiver acks before the broker dies; the rest of what
+    // it received then is un-acked and must come again.
+    const ACKED: u64 = 50;
+    const BEFORE_KILL: u64 = 200;
+    const AFTER_RESTART: u64 = 300;
+    let storage = busmq_testkit::storage().await;
+    let broker = common::broker_with_short_lock_lease(&storage).await;
+    let bus = Bus::connect(broker.url()).await.unwrap();
+    let channel = bus.channel("ride").with_ttl(Duration::from_secs(600));
+    let mut receiver = channel
+        .connect_with(ConsumeOptions::reliable())
+        .await
+        .unwrap();
+    let sender = channel.listen().await.unwrap();
+
+    // The sending peer: one task sends 0, 1, 2, ... while another reads
+    // its session's events, which is what drives its reconnect. `back` is
+    // set when its session is open again after the restart.
+    let back = Arc::new(AtomicBool::new(false));
+    let stop_sending = Arc::new(AtomicBool::new(false));
+    let (leave, left) = tokio::sync::oneshot::channel::<()>();
+    let sends = tokio::spawn({
+        let (tx, back, stop) = (
+            sender.sender(),
+            Arc::clone(&back),
+            Arc::clone(&stop_sending),
+        );
+        async move {
+            // The first number sent once the session was back, and the next
+            // one to send.
+            let mut resumed = None;
+            let mut k = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                if resumed.is_none() && back.load(Ordering::Relaxed) {
+                    resumed = Some(k);
+                }
+                tx.send(k.to_string())
+                    .await
+                    .expect("sends wait out the outage");
+                k += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            (resumed.expect("the sender's session came back"), k)
+        }
+    });
+    let sender_events = tokio::spawn({
+        let back = Arc::clone(&back);
+        async move {
+            let mut sender = sender;
+            let mut left = left;
+            let mut reconnecting = false;
+            loop {
+                let event = tokio::select! {
+                    _ = &mut left => break,
+                    event = sender.next() => event.expect("the sender's session goes on"),
+                };
+                match event {
+                    ChannelEvent::Reconnecting(_) => reconnecting = true,
+                    ChannelEvent::Connect { .. } if reconnecting => {
+                        back.store(true, Ordering::Relaxed)
+                    }
+                    ChannelEvent::Error(e) => panic!("sender: {e}"),
+                    _ => {}
+                }
+            }
+            assert!(sender.reconnects() >= 1);
+            // Everything sent is applied before the disconnect is confirmed.
+            sender.disconnect().await.unwrap();
+        }
+    });
+
+    // Before the kill: ack the first messages, leave the rest un-acked.
+    let mut before = Vec::new();
+    while (before.len() as u64) < BEFORE_KILL {
+        let (id, text) = message(&mut receiver).await;
+        let k: u64 = text.parse().unwrap();
+        before.push(k);
+        if k + 1 == ACKED {
+            receiver.ack(id).await.unwrap();
+        }
+    }
+    assert_eq!(before, (0..BEFORE_KILL).collect::<Vec<_>>(), "in order");
+    broker.kill9();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    broker.restart().await;
+
+    // The same session object goes on: it says it is reconnecting, then
+    // the new session's connect, with the un-acked messages put back.
+    let mut reconnecting = false;
+    let redelivered = loop {
+        match event(&mut receiver).await {
+            ChannelEvent::Reconnecting(_) => reconnecting = true,
+            ChannelEvent::Connect { redelivered } => break redelivered,
+            ChannelEvent::Error(e) => panic!("receiver: {e}"),
+            // Messages already on their way before the kill.
+            _ => {}
+        }
+    };
+    assert!(reconnecting, "Reconnecting comes before the new Connect");
+    assert!(redelivered > 0, "un-acked messages are put back");
+    assert_eq!(receiver.reconnects(), 1);
+
+    // After it: in order, every message received but not acked before the
+    // kill comes again, then the rest.
+    let mut after = Vec::new();
+    let mut last_id = 0;
+    while (after.len() as u64) < AFTER_RESTART || !back.load(Ordering::Relaxed) {
+        let (id, text) = message(&mut receiver).await;
+        after.push(text.parse::<u64>().unwrap());
+        last_id = id;
+    }
+    stop_sending.store(true, Ordering::Relaxed);
+    let (resumed, sent) = sends.await.unwrap();
+    let _ = leave.send(());
+    sender_events.await.unwrap();
+    while *after.last().unwrap() + 1 < sent {
+        let (id, text) = message(&mut receiver).await;
+        after.push(text.parse::<u64>().unwrap());
+        last_id = id;
+    }
+    receiver.ack(last_id).await.unwrap();
+    assert!(
+        after.windows(2).all(|w| w[0] < w[1]),
+        "in order, each once: {after:?}"
+    );
+    let again: BTreeSet<u64> = after.iter().copied().collect();
+    let unacked = ACKED..BEFORE_KILL;
+    assert!(
+        unacked.clone().all(|k| again.contains(&k)),
+        "every un-acked message {unacked:?} comes again: {after:?}"
+    );
+    assert!(
+        (resumed..sent).all(|k| again.contains(&k)),
+        "every message sent after the sender was back ({resumed}..{sent}) arrives: {after:?}"
+    );
+    receiver.disconnect().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_persistent_session_resumes_where_it_was_after_its_broker_shut_down_and_came_back() {
+    let c = cluster().await;
+    let second = busmq_testkit::broker(c.storage.addr()).await;
+    let other_bus = Bus::connect(second.url()).await.unwrap();
+    let mut a = c.bus.channel("resume").listen().await.unwrap();
+    let mut b = other_bus
+        .channel("resume")
+        .connect_with(ConsumeOptions::persistent(0))
+        .await
+        .unwrap();
+    for i in 0..10 {
+        a.send(i.to_string()).await.unwrap();
+    }
+    for i in 0..10 {
+        assert_eq!(message(&mut b).await.1, i.to_string());
+    }
+
+    // b's broker shuts down: b reconnects (UNAVAILABLE is worth it) and a
+    // hears that b left.
+    let status = second.terminate().await.expect("it was running");
+    assert!(status.success(), "{status}");
+    match event(&mut b).await {
+        ChannelEvent::Reconnecting(e) => assert!(e.is_unavailable(), "{e}"),
+        other => panic!("expected reconnecting, got {other:?}"),
+    }
+    loop {
+        match event(&mut a).await {
+            ChannelEvent::RemoteDisconnect => break,
+            ChannelEvent::Error(e) => panic!("{e}"),
+            _ => {}
+        }
+    }
+    // Meanwhile a goes on sending, and so does b: its send waits for the
+    // new session.
+    for i in 10..20 {
+        a.send(i.to_string()).await.unwrap();
+    }
+    b.send("sent while away").await.unwrap();
+
+    second.restart().await;
+    assert!(matches!(event(&mut b).await, ChannelEvent::Connect { .. }));
+    assert_eq!(b.reconnects(), 1);
+    // b reads on after the last message it received: no duplicate, no gap.
+    for i in 10..20 {
+        assert_eq!(message(&mut b).await.1, i.to_string());
+    }
+    // a sees b come back, then what b sent while away.
+    assert!(matches!(event(&mut a).await, ChannelEvent::RemoteConnect));
+    assert_eq!(message(&mut a).await.1, "sent while away");
+    b.disconnect().await.unwrap();
+    a.disconnect().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_session_gives_up_when_its_broker_stays_away() {
+    let c = cluster().await;
+    let bus = Bus::connect(c.broker.url())
+        .await
+        .unwrap()
+        .reconnect(Reconnect {
+            enabled: true,
+            give_up_after: Duration::from_secs(1),
+        });
+    let mut session = bus.channel("gone").connect().await.unwrap();
+    assert!(matches!(
+        event(&mut session).await,
+        ChannelEvent::Connect { .. }
+    ));
+    c.broker.kill9();
+    assert!(matches!(
+        event(&mut session).await,
+        ChannelEvent::Reconnecting(_)
+    ));
+    // A send while reconnecting is taken, to go out on the new session.
+    session.send("never stored").await.unwrap();
+    match event(&mut session).await {
+        ChannelEvent::Error(e) => assert!(e.is_unavailable(), "{e}"),
+        other => panic!("expected the last error, got {other:?}"),
+    }
+    assert!(session.next().await.is_none(), "the session is over");
+    assert_eq!(session.reconnects(), 0);
+    // Then sends fail: the session's buffer is gone.
+    let refused = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Err(e) = session.send("too late").await {
+                break e;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("sends fail once the session is over");
+    assert_eq!(refused.code(), ErrorCode::FailedPrecondition, "{refused}");
 }

@@ -28,7 +28,8 @@ const STDIN_BUFFER: usize = 1024;
 /// `remote:disconnect`, `end`, `error<TAB>MESSAGE`, `disconnect` (last,
 /// once everything sent is stored), and
 /// `message<TAB>ID<TAB>PAYLOAD` for each message (payload escaped as by
-/// `busmq consume`, see --raw).
+/// `busmq consume`, see --raw). A session broken by a broker restart opens
+/// again by itself (noted on standard error) and prints `connect` again.
 ///
 /// Runs until the channel ends, Ctrl-C or SIGTERM; with --count, until N
 /// messages were received and standard input is all sent. It then
@@ -177,6 +178,12 @@ async fn talk(mut session: ChannelSession, args: &ChannelArgs) -> anyhow::Result
                 // Also on standard error, where a script looks for failures.
                 eprintln!("busmq: channel {}: {e}", args.name);
                 format!("error\t{}", payload_text(e.to_string().as_bytes(), false))
+            }
+            ChannelEvent::Reconnecting(e) => {
+                // Not a line of standard output: the session goes on, with
+                // `connect` again once it is back.
+                eprintln!("busmq: channel {}: reconnecting: {e}", args.name);
+                continue;
             }
             ChannelEvent::Message { id, payload } => {
                 received += 1;

@@ -94,8 +94,8 @@ impl Bus {
         }
     }
 
-    /// How consumers of queues made from this bus (from now on) recover
-    /// from a broken stream; reconnection is on by default, giving up after
+    /// How consumers of queues and channel sessions made from this bus
+    /// (from now on) recover from a broken stream; reconnection is on by default, giving up after
     /// 60 s. See [`Reconnect`].
     ///
     /// ```
@@ -181,6 +181,7 @@ impl Bus {
             name.into(),
             local.into(),
             remote.into(),
+            self.reconnect,
         )
     }
 }

@@ -18,13 +18,14 @@ use busmq_proto::v1 as pb;
 use busmq_proto::v1::channel_event::Event as Ev;
 use busmq_proto::v1::channels_client::ChannelsClient;
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{mpsc, watch};
 use tonic::codec::Streaming;
 use tonic::transport::Channel as Transport;
 
-use crate::{ConsumeMode, ConsumeOptions, Error, ErrorCode, Result};
+use crate::reconnect::{Backoff, is_transient};
+use crate::{ConsumeMode, ConsumeOptions, Error, ErrorCode, Reconnect, Result};
 
 /// The role a peer consumes by default (node-busmq's `local`).
 pub const DEFAULT_LOCAL_ROLE: &str = "local";
@@ -50,6 +51,7 @@ pub struct Channel {
     local: Arc<str>,
     remote: Arc<str>,
     ttl: Option<Duration>,
+    reconnect: Reconnect,
 }
 
 impl fmt::Debug for Channel {
@@ -59,6 +61,7 @@ impl fmt::Debug for Channel {
             .field("local", &self.local)
             .field("remote", &self.remote)
             .field("ttl", &self.ttl)
+            .field("reconnect", &self.reconnect)
             .finish()
     }
 }
@@ -69,6 +72,7 @@ impl Channel {
         name: String,
         local: String,
         remote: String,
+        reconnect: Reconnect,
     ) -> Channel {
         Channel {
             client,
@@ -76,6 +80,7 @@ impl Channel {
             local: local.into(),
             remote: remote.into(),
             ttl: None,
+            reconnect,
         }
     }
 
@@ -179,8 +184,16 @@ pub enum ChannelEvent {
         by_self: bool,
     },
     /// A request failed, or the session broke (`error`). After a broken
-    /// session the stream ends.
+    /// session that is not opened again (see [`ChannelSession`]) the stream
+    /// ends.
     Error(Error),
+    /// The session broke on the way to the broker (the error) and is being
+    /// opened again, as the bus's [`Reconnect`] policy says. The next event
+    /// is the new session's [`Connect`](Self::Connect), which is the signal
+    /// that it is back, or an [`Error`](Self::Error) when the policy gave up
+    /// (the stream then ends). Sends made meanwhile wait for the new
+    /// session.
+    Reconnecting(Error),
     /// This peer left the channel (`disconnect`): the broker applied
     /// everything sent before and told the other endpoint. The last event
     /// of a session closed by [`ChannelSession::disconnect`].
@@ -192,7 +205,7 @@ pub enum ChannelEvent {
 #[derive(Clone)]
 pub struct ChannelSender {
     /// `None` closes the request stream (a disconnect).
-    requests: mpsc::Sender<Option<pb::ChannelRequest>>,
+    requests: mpsc::Sender<Outgoing>,
     ended: Arc<AtomicBool>,
 }
 
@@ -207,10 +220,11 @@ impl fmt::Debug for ChannelSender {
 impl ChannelSender {
     /// Sends a message to the other endpoint (node-busmq's
     /// `channel.send`). The peer need not be connected: the message waits
-    /// in its inbound queue. Returns once the request is on its way (waiting
-    /// for room when many are); a failure to store it comes back as a
-    /// [`ChannelEvent::Error`]. Fails at once with `FailedPrecondition` once
-    /// the channel has ended.
+    /// in its inbound queue. Returns once the request is in the session's
+    /// buffer (waiting for room when many are); a failure to store it comes
+    /// back as a [`ChannelEvent::Error`]. While the session reconnects, the
+    /// request waits there for the new session. Fails at once with
+    /// `FailedPrecondition` once the channel has ended.
     pub async fn send(&self, message: impl Into<Bytes>) -> Result<()> {
         self.check_open("send")?;
         self.request(pb::channel_request::Request::Send(pb::ChannelSend {
@@ -272,15 +286,169 @@ fn session_over() -> Error {
     })
 }
 
+/// What the session's request buffer carries: a request, or `None` to
+/// close the request stream (a disconnect).
+type Outgoing = Option<pb::ChannelRequest>;
+
+/// The session's request buffer, outliving its gRPC calls: senders push
+/// into it, and the request stream of whichever call is current takes from
+/// it. Locked only while one request is taken.
+type Outbox = Arc<tokio::sync::Mutex<mpsc::Receiver<Outgoing>>>;
+
+/// One gRPC call of a session: its events, and the gate that lets the
+/// session's requests into its request stream. The gate opens once the
+/// broker confirmed the session, so a refused attempt takes nothing from
+/// the buffer; dropping the call closes it for good, so a broken call stops
+/// taking requests meant for the next one.
+struct Call {
+    events: Streaming<pb::ChannelEvents>,
+    gate: watch::Sender<bool>,
+}
+
+impl Call {
+    /// Opens a call whose request stream is `open`, then (once admitted)
+    /// what the outbox holds. Returns it with its first event batch.
+    async fn start(
+        client: &ChannelsClient<Transport>,
+        open: pb::OpenChannel,
+        outbox: &Outbox,
+        close_taken: &Arc<AtomicBool>,
+    ) -> std::result::Result<(Call, Option<pb::ChannelEvents>), tonic::Status> {
+        let (gate, admitted) = watch::channel(false);
+        let first = pb::ChannelRequest {
+            request: Some(pb::channel_request::Request::Open(open)),
+        };
+        let rest = futures::stream::unfold(
+            (Arc::clone(outbox), admitted, Arc::clone(close_taken)),
+            |(outbox, mut admitted, close_taken)| async move {
+                admitted.wait_for(|open| *open).await.ok()?;
+                let next = tokio::select! {
+                    biased;
+                    // The gate only changes again when the call is dropped.
+                    _ = admitted.changed() => return None,
+                    next = async { outbox.lock().await.recv().await } => next,
+                };
+                match next {
+                    Some(Some(request)) => Some((request, (outbox, admitted, close_taken))),
+                    // A disconnect: the broker applies what came before,
+                    // then confirms.
+                    Some(None) => {
+                        close_taken.store(true, Ordering::Relaxed);
+                        None
+                    }
+                    // Every sender is gone with the session.
+                    None => None,
+                }
+            },
+        );
+        let requests = futures::stream::once(std::future::ready(first)).chain(rest);
+        let mut events = client.clone().open(requests).await?.into_inner();
+        let first = events.message().await?;
+        Ok((Call { events, gate }, first))
+    }
+
+    /// Lets the session's requests through, the broker having confirmed.
+    fn admit(&self) {
+        // Fails only when the request stream is gone, which the event
+        // stream reports.
+        let _ = self.gate.send(true);
+    }
+}
+
+/// The first batch of a call, when it confirms the session (`Connect`
+/// first).
+fn confirmed(first: Option<pb::ChannelEvents>) -> Result<pb::ChannelEvents> {
+    match first {
+        Some(batch)
+            if matches!(
+                batch.events.first().and_then(|e| e.event.as_ref()),
+                Some(Ev::Connect(_))
+            ) =>
+        {
+            Ok(batch)
+        }
+        _ => Err(Error::Protocol(
+            "the broker did not confirm the channel session".to_owned(),
+        )),
+    }
+}
+
+/// What a reconnect produces: the new call and its confirming batch.
+type Reopened = (Call, pb::ChannelEvents);
+
+/// Opens the session again after its call broke, retrying with backoff
+/// until `policy` gives up. Transport failures are retried, and so is
+/// `FailedPrecondition`: the broken session's reliable lock on the endpoint
+/// lapses only some time after its broker died.
+async fn reopen(
+    client: ChannelsClient<Transport>,
+    open: pb::OpenChannel,
+    outbox: Outbox,
+    close_taken: Arc<AtomicBool>,
+    policy: Reconnect,
+) -> Result<Reopened> {
+    let mut backoff = Backoff::new(policy);
+    loop {
+        backoff.pause().await;
+        let status = match Call::start(&client, open.clone(), &outbox, &close_taken).await {
+            Ok((call, first)) => return Ok((call, confirmed(first)?)),
+            Err(status) => status,
+        };
+        let retry = is_transient(&status) || status.code() == tonic::Code::FailedPrecondition;
+        if !retry || backoff.gave_up() {
+            return Err(status.into());
+        }
+    }
+}
+
 /// One peer's open session on a channel: a [`Stream`] of
 /// [`ChannelEvent`]s, from [`Channel::connect`] or [`Channel::listen`].
 ///
-/// The stream ends after [`disconnect`](Self::disconnect), or after a
-/// [`ChannelEvent::Error`] that broke the session. Dropping the session
-/// disconnects too: the other endpoint gets `RemoteDisconnect`.
+/// A session broken on the way to the broker (a broker restart, a dropped
+/// connection) is opened again by itself, as the bus's
+/// [`Reconnect`] policy says: the stream yields
+/// [`ChannelEvent::Reconnecting`], then the new session's events, starting
+/// with its [`ChannelEvent::Connect`]. Sends made meanwhile wait in the
+/// session's buffer and go out on the new session. The reconnect happens
+/// as the events are read: a peer that only sends, and never reads, waits
+/// for room once the buffer (256 requests) is full.
+///
+/// What crosses a break, by mode: reliable, the messages not acked are
+/// delivered again (`Connect { redelivered }`); persistent, reading resumes
+/// after the last message received (presence events after it may be seen
+/// again); unreliable, messages on the way to this peer are lost. A
+/// request already handed to the broken call may or may not have been
+/// applied, and is not sent again: at most once, like a push whose answer
+/// was lost. The other endpoint sees `RemoteDisconnect` when the broker
+/// shut down gracefully, and `RemoteConnect` again when this peer is back.
+///
+/// No reconnect once the channel ended (or [`end`](Self::end) was called)
+/// or once the disconnect went out, nor with [`Reconnect::disabled`]; the
+/// stream then ends after the [`ChannelEvent::Error`] that broke the
+/// session, as it does when the policy gives up. It also ends after
+/// [`disconnect`](Self::disconnect). Dropping the session disconnects too:
+/// the other endpoint gets `RemoteDisconnect`.
 pub struct ChannelSession {
     sender: ChannelSender,
-    events: Option<Streaming<pb::ChannelEvents>>,
+    client: ChannelsClient<Transport>,
+    /// What opens this session, repeated (resumed) on a reconnect.
+    open: pb::OpenChannel,
+    policy: Reconnect,
+    /// `None` once the session is over: the buffer then goes with the last
+    /// call that held it, and sends fail.
+    outbox: Option<Outbox>,
+    /// Set when a request stream took the disconnect: the session is over
+    /// and must not be opened again.
+    close_taken: Arc<AtomicBool>,
+    /// `None` while reconnecting, and once the session is over.
+    call: Option<Call>,
+    /// A reconnect in progress. In a mutex only to keep the session `Sync`;
+    /// it is polled through `&mut self`, never locked.
+    reopening: Option<std::sync::Mutex<BoxFuture<'static, Result<Reopened>>>>,
+    reconnects: u64,
+    /// The id of the last message received, where a persistent session
+    /// resumes.
+    last_id: Option<u64>,
     buffer: VecDeque<ChannelEvent>,
     mode: ConsumeMode,
 }
@@ -290,6 +458,7 @@ impl fmt::Debug for ChannelSession {
         f.debug_struct("ChannelSession")
             .field("mode", &self.mode)
             .field("ended", &self.sender.is_ended())
+            .field("reconnects", &self.reconnects)
             .field("buffered", &self.buffer.len())
             .finish_non_exhaustive()
     }
@@ -313,7 +482,6 @@ impl ChannelSession {
                 "max does not apply to channels; disconnect when done".to_owned(),
             ));
         }
-        let (tx, rx) = mpsc::channel(REQUEST_BUFFER);
         let open = pb::OpenChannel {
             name: channel.name.to_string(),
             local: local.to_owned(),
@@ -326,44 +494,43 @@ impl ChannelSession {
                 .ttl
                 .map(|ttl| ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0)),
         };
-        tx.try_send(Some(pb::ChannelRequest {
-            request: Some(pb::channel_request::Request::Open(open)),
-        }))
-        .map_err(|_| Error::Protocol("fresh request buffer is full".to_owned()))?;
-        // A `None` ends the request stream in order, after what was sent.
-        let requests = ReceiverStream::new(rx)
-            .take_while(|r| std::future::ready(r.is_some()))
-            .filter_map(std::future::ready);
-        let mut events = channel.client.clone().open(requests).await?.into_inner();
-        let first = events.message().await?;
+        let (tx, rx) = mpsc::channel(REQUEST_BUFFER);
+        let outbox = Arc::new(tokio::sync::Mutex::new(rx));
+        let close_taken = Arc::new(AtomicBool::new(false));
+        let (call, first) =
+            Call::start(&channel.client, open.clone(), &outbox, &close_taken).await?;
+        let first = confirmed(first)?;
+        call.admit();
         let mut session = ChannelSession {
             sender: ChannelSender {
                 requests: tx,
                 ended: Arc::new(AtomicBool::new(false)),
             },
-            events: Some(events),
+            client: channel.client.clone(),
+            open,
+            policy: channel.reconnect,
+            outbox: Some(outbox),
+            close_taken,
+            call: Some(call),
+            reopening: None,
+            reconnects: 0,
+            last_id: None,
             buffer: VecDeque::new(),
             mode,
         };
-        match first {
-            Some(batch)
-                if matches!(
-                    batch.events.first().and_then(|e| e.event.as_ref()),
-                    Some(Ev::Connect(_))
-                ) =>
-            {
-                session.absorb(batch);
-                Ok(session)
-            }
-            _ => Err(Error::Protocol(
-                "the broker did not confirm the channel session".to_owned(),
-            )),
-        }
+        session.absorb(first);
+        Ok(session)
     }
 
     /// The mode this session consumes its inbound queue in.
     pub fn mode(&self) -> ConsumeMode {
         self.mode
+    }
+
+    /// How many times the session broke and was opened again (see
+    /// [`Reconnect`]).
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects
     }
 
     /// Events received from the broker and not yet taken from the stream.
@@ -404,20 +571,34 @@ impl ChannelSession {
     /// later session. Returns once the broker confirmed it
     /// ([`ChannelEvent::Disconnect`]). Events that arrive meanwhile are
     /// dropped (in reliable mode, un-acked messages come again next time);
-    /// returns the first error among them, if any.
+    /// returns the first error among them, if any. A session reconnecting
+    /// when this is called opens again first, so what was sent before goes
+    /// out.
     pub async fn disconnect(mut self) -> Result<()> {
         // Senders cloned from this session may still be alive, so close the
-        // request stream explicitly rather than by dropping.
-        let _ = self.sender.requests.send(None).await;
+        // request stream explicitly rather than by dropping. The buffer may
+        // be full while a reconnect waits for the events to be read, so
+        // read them while waiting for room.
+        let requests = self.sender.requests.clone();
+        let mut close = std::pin::pin!(requests.send(None));
+        let mut closing = true;
         let mut first_error = None;
         let mut confirmed = false;
-        while let Some(event) = self.next().await {
+        loop {
+            let event = tokio::select! {
+                _ = &mut close, if closing => {
+                    closing = false;
+                    continue;
+                }
+                event = self.next() => event,
+            };
             match event {
-                ChannelEvent::Error(e) => {
+                Some(ChannelEvent::Error(e)) => {
                     first_error.get_or_insert(e);
                 }
-                ChannelEvent::Disconnect => confirmed = true,
-                _ => {}
+                Some(ChannelEvent::Disconnect) => confirmed = true,
+                Some(_) => {}
+                None => break,
             }
         }
         match first_error {
@@ -436,10 +617,13 @@ impl ChannelSession {
                     redelivered: c.redelivered,
                 },
                 Ev::RemoteConnect(_) => ChannelEvent::RemoteConnect,
-                Ev::Message(m) => ChannelEvent::Message {
-                    id: m.id,
-                    payload: m.payload,
-                },
+                Ev::Message(m) => {
+                    self.last_id = Some(m.id);
+                    ChannelEvent::Message {
+                        id: m.id,
+                        payload: m.payload,
+                    }
+                }
                 Ev::RemoteDisconnect(_) => ChannelEvent::RemoteDisconnect,
                 Ev::End(e) => {
                     self.sender.ended.store(true, Ordering::Relaxed);
@@ -456,26 +640,88 @@ impl ChannelSession {
     }
 }
 
+impl ChannelSession {
+    /// Starts opening the session again after `status` broke it, when the
+    /// policy allows and the failure was on the way to the broker; false
+    /// when the session must end with the error instead.
+    fn try_reconnect(&mut self, status: &tonic::Status) -> bool {
+        let over = self.sender.is_ended() || self.close_taken.load(Ordering::Relaxed);
+        if over || !self.policy.enabled || !is_transient(status) {
+            return false;
+        }
+        let Some(outbox) = self.outbox.as_ref() else {
+            return false;
+        };
+        let mut open = self.open.clone();
+        if self.mode == ConsumeMode::Persistent
+            && let Some(last) = self.last_id
+        {
+            open.index = Some(last + 1);
+        }
+        self.reopening = Some(std::sync::Mutex::new(Box::pin(reopen(
+            self.client.clone(),
+            open,
+            Arc::clone(outbox),
+            Arc::clone(&self.close_taken),
+            self.policy,
+        ))));
+        true
+    }
+
+    /// The session is over for good: no call, no reconnect, no buffer.
+    fn finish(&mut self) {
+        self.call = None;
+        self.reopening = None;
+        self.outbox = None;
+    }
+}
+
 impl Stream for ChannelSession {
     type Item = ChannelEvent;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ChannelEvent>> {
+        let this = &mut *self;
         loop {
-            if let Some(event) = self.buffer.pop_front() {
+            if let Some(event) = this.buffer.pop_front() {
                 return Poll::Ready(Some(event));
             }
-            let Some(events) = self.events.as_mut() else {
+            if let Some(reopening) = this.reopening.as_mut() {
+                let reopening = reopening.get_mut().unwrap_or_else(|p| p.into_inner());
+                match reopening.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok((call, first))) => {
+                        this.reopening = None;
+                        this.reconnects += 1;
+                        call.admit();
+                        this.call = Some(call);
+                        this.absorb(first);
+                        continue;
+                    }
+                    Poll::Ready(Err(err)) => {
+                        this.finish();
+                        return Poll::Ready(Some(ChannelEvent::Error(err)));
+                    }
+                }
+            }
+            let Some(call) = this.call.as_mut() else {
                 return Poll::Ready(None);
             };
-            match Pin::new(events).poll_next(cx) {
+            match Pin::new(&mut call.events).poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Ok(batch))) => self.absorb(batch),
+                Poll::Ready(Some(Ok(batch))) => this.absorb(batch),
                 Poll::Ready(Some(Err(status))) => {
-                    self.events = None;
-                    return Poll::Ready(Some(ChannelEvent::Error(status.into())));
+                    // Dropping the call stops its request stream, so the
+                    // requests still buffered wait for the next call.
+                    this.call = None;
+                    let err = Error::from(status.clone());
+                    if this.try_reconnect(&status) {
+                        return Poll::Ready(Some(ChannelEvent::Reconnecting(err)));
+                    }
+                    this.finish();
+                    return Poll::Ready(Some(ChannelEvent::Error(err)));
                 }
                 Poll::Ready(None) => {
-                    self.events = None;
+                    this.finish();
                     return Poll::Ready(None);
                 }
             }

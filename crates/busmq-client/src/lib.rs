@@ -107,7 +107,7 @@ mod send_sync {
     async fn channel_futures_are_send(bus: Bus, session: ChannelSession) {
         let channel = bus.channel("c");
         send_sync(&channel);
-        send(&session);
+        send_sync(&session);
         send_sync(&session.sender());
         send(&channel.connect());
         send(&channel.send_to("local", "x"));

@@ -13,9 +13,11 @@ use tonic::codec::Streaming;
 use crate::queue::Shared;
 use crate::{Error, ErrorCode, Result};
 
-/// How consumers of a [`Bus`](crate::Bus) recover from a broken stream
-/// (broker restarted or unreachable, connection dropped), set with
-/// [`Bus::reconnect`](crate::Bus::reconnect).
+/// How consumers and channel sessions of a [`Bus`](crate::Bus) recover
+/// from a broken stream (broker restarted or unreachable, connection
+/// dropped), set with [`Bus::reconnect`](crate::Bus::reconnect). A channel
+/// session reconnects in the same way, its consume mode behaving as below;
+/// see [`ChannelSession`](crate::ChannelSession) for its sends.
 ///
 /// While reconnecting, a consumer retries with a backoff from 50 ms
 /// doubling to 1 s; after [`give_up_after`](Self::give_up_after) without
@@ -70,6 +72,34 @@ impl Reconnect {
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
+/// The pacing of one outage's attempts: a growing pause before each, and
+/// the moment the policy gives up.
+pub(crate) struct Backoff {
+    deadline: Instant,
+    pause: Duration,
+}
+
+impl Backoff {
+    /// Starts an outage now, under `policy`.
+    pub(crate) fn new(policy: Reconnect) -> Backoff {
+        Backoff {
+            deadline: Instant::now() + policy.give_up_after,
+            pause: FIRST_BACKOFF,
+        }
+    }
+
+    /// Waits before the next attempt; the wait doubles up to its ceiling.
+    pub(crate) async fn pause(&mut self) {
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(MAX_BACKOFF);
+    }
+
+    /// True once the outage lasted longer than the policy allows.
+    pub(crate) fn gave_up(&self) -> bool {
+        Instant::now() >= self.deadline
+    }
+}
+
 /// A failure of the path to the broker rather than an answer of the
 /// broker: worth a reconnect.
 ///
@@ -99,11 +129,9 @@ pub(crate) async fn reopen(
     request: pb::ConsumeRequest,
     policy: Reconnect,
 ) -> Result<Reopened> {
-    let deadline = Instant::now() + policy.give_up_after;
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = Backoff::new(policy);
     loop {
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        backoff.pause().await;
         let status = match open(&shared, request.clone()).await {
             Ok(reopened) => return Ok(reopened),
             Err(status) => status,
@@ -128,7 +156,7 @@ pub(crate) async fn reopen(
                 _ => false,
             }
         };
-        if !retry || Instant::now() >= deadline {
+        if !retry || backoff.gave_up() {
             return Err(err);
         }
     }
