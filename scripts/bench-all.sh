@@ -12,7 +12,7 @@
 #   1 → 10,000 (memory; 100 and 10,000 embedded), and the RSS of
 #   `busmq serve` holding 10,000 idle queues.
 #
-#   scripts/bench-all.sh                # about 25 minutes on 2 cores
+#   scripts/bench-all.sh                # 10–20 minutes on 2 cores, after the build
 #
 # Environment: OUT (directory for the logs; default a temporary one),
 # DURATION (10s), PORT_BASE (17500: four redis-servers on the next ports).
