@@ -94,7 +94,7 @@ impl Bus {
         }
     }
 
-    /// How consumers of queues and channel sessions made from this bus
+    /// How consumers of queues, channel sessions and pub/sub subscriptions made from this bus
     /// (from now on) recover from a broken stream; reconnection is on by default, giving up after
     /// 60 s. See [`Reconnect`].
     ///
@@ -139,6 +139,7 @@ impl Bus {
         PubSub::new(
             PubSubClient::new(self.transport.clone()).max_decoding_message_size(MAX_RESPONSE_BYTES),
             name.into(),
+            self.reconnect,
         )
     }
 

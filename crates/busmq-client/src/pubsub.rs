@@ -17,14 +17,8 @@ use tonic::Streaming;
 use tonic::transport::Channel;
 
 use crate::events::EVENT_CAPACITY;
-use crate::{Error, ErrorCode, Result};
-
-/// First wait before subscribing again after a lost subscription; doubles
-/// per failed attempt.
-const RESUBSCRIBE_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// Longest wait between two attempts to subscribe again.
-const RESUBSCRIBE_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+use crate::reconnect::Backoff;
+use crate::{Error, ErrorCode, Reconnect, Result};
 
 /// Something that happened on a [`PubSub`] handle: node-busmq's pubsub
 /// events, plus `Missed` for what a slow subscriber did not get.
@@ -44,9 +38,10 @@ pub enum PubSubEvent {
     /// first).
     Unsubscribed,
     /// The subscription failed or was lost. When the broker or the store
-    /// went away, the handle subscribes again by itself (with backoff) and
-    /// emits [`Subscribed`](PubSubEvent::Subscribed) once it is back: what
-    /// was published meanwhile is gone, as pub/sub stores nothing.
+    /// went away, the handle subscribes again by itself, as the bus's
+    /// [`Reconnect`] policy says, and emits
+    /// [`Subscribed`](PubSubEvent::Subscribed) once it is back: what was
+    /// published meanwhile is gone, as pub/sub stores nothing.
     Error(String),
 }
 
@@ -97,6 +92,7 @@ enum State {
 struct Shared {
     name: String,
     client: PubSubClient<Channel>,
+    reconnect: Reconnect,
     events: broadcast::Sender<PubSubEvent>,
     state: Mutex<State>,
     generations: std::sync::atomic::AtomicU64,
@@ -170,11 +166,12 @@ impl fmt::Debug for PubSub {
 }
 
 impl PubSub {
-    pub(crate) fn new(client: PubSubClient<Channel>, name: String) -> Self {
+    pub(crate) fn new(client: PubSubClient<Channel>, name: String, reconnect: Reconnect) -> Self {
         PubSub {
             shared: Arc::new(Shared {
                 name,
                 client,
+                reconnect,
                 events: broadcast::channel(EVENT_CAPACITY).0,
                 state: Mutex::new(State::Unsubscribed),
                 generations: std::sync::atomic::AtomicU64::new(0),
@@ -253,6 +250,7 @@ impl PubSub {
                     shared.name.clone(),
                     shared.events.clone(),
                     generation,
+                    shared.reconnect,
                 ))
                 .abort_handle();
                 *state = State::Subscribed { generation, reader };
@@ -326,21 +324,21 @@ async fn read(
     name: String,
     events: broadcast::Sender<PubSubEvent>,
     generation: u64,
+    policy: Reconnect,
 ) {
     let error = loop {
         let lost = drain(&mut stream, &events).await;
-        if !transient(&lost) {
+        if !policy.enabled || !transient(&lost) {
             break lost;
         }
         let _ = events.send(PubSubEvent::Error(lost.to_string()));
-        let mut backoff = RESUBSCRIBE_BACKOFF_MIN;
+        let mut backoff = Backoff::new(policy);
         let renewed = loop {
-            tokio::time::sleep(backoff).await;
+            backoff.pause().await;
             match open(client.clone(), &name).await {
                 Ok(renewed) => break Ok(renewed),
-                Err(e) if transient(&e) => {
+                Err(e) if transient(&e) && !backoff.gave_up() => {
                     tracing::debug!(channel = %name, "subscribing again failed: {e}");
-                    backoff = (backoff * 2).min(RESUBSCRIBE_BACKOFF_MAX);
                 }
                 Err(e) => break Err(e),
             }

@@ -13,7 +13,7 @@ use tonic::codec::Streaming;
 use crate::queue::Shared;
 use crate::{Error, ErrorCode, Result};
 
-/// How consumers and channel sessions of a [`Bus`](crate::Bus) recover
+/// How consumers, channel sessions and pub/sub subscriptions of a [`Bus`](crate::Bus) recover
 /// from a broken stream (broker restarted or unreachable, connection
 /// dropped), set with [`Bus::reconnect`](crate::Bus::reconnect). A channel
 /// session reconnects in the same way, its consume mode behaving as below;
