@@ -194,6 +194,62 @@ async fn reliable_messages_of_a_killed_consumer_are_delivered_again() {
 }
 
 #[tokio::test]
+async fn pipelined_acks_remove_what_they_cover_and_report_failures() {
+    const TOTAL: u64 = 5_000;
+    let c = cluster().await;
+    let q = c.bus.queue("pipelined-acks");
+    q.attach(AttachOptions::default()).await.unwrap();
+    let batch: Vec<String> = (1..=TOTAL).map(|i| format!("m{i}")).collect();
+    q.push_batch(batch).await.unwrap();
+    let mut consumer = q.consume(ConsumeOptions::reliable()).await.unwrap();
+    // Acks asked for without waiting, at the end of every received batch.
+    for want in 1..=TOTAL {
+        assert_eq!(next_id(&mut consumer).await, want);
+        if consumer.buffered_len() == 0 {
+            consumer.ack_later(want);
+        }
+    }
+    consumer.ack_later(TOTAL);
+    consumer.flush_acks().await.unwrap();
+    assert_eq!(q.count().await.unwrap(), 0, "every message acked");
+    drop(consumer);
+
+    // What a dropped consumer asked for is still sent.
+    q.push("last").await.unwrap();
+    let mut consumer = q.consume(ConsumeOptions::reliable()).await.unwrap();
+    assert_eq!(consumer.redelivered(), 0, "nothing was left un-acked");
+    assert_eq!(next_id(&mut consumer).await, TOTAL + 1);
+    consumer.ack_later(TOTAL + 1);
+    drop(consumer);
+    let mut left = q.count().await.unwrap();
+    for _ in 0..100 {
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        left = q.count().await.unwrap();
+    }
+    assert_eq!(left, 0, "the dropped consumer's ack arrived");
+
+    // An ack the server refuses (an id never delivered) is reported.
+    q.push("unacked").await.unwrap();
+    let mut consumer = q.consume(ConsumeOptions::reliable()).await.unwrap();
+    assert_eq!(next_id(&mut consumer).await, TOTAL + 2);
+    consumer.ack_later(TOTAL + 100);
+    let err = consumer.flush_acks().await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::NotFound, "{err}");
+    assert_eq!(
+        q.count().await.unwrap(),
+        1,
+        "the refused ack removed nothing"
+    );
+    // A right one after it is sent, and clears the failure.
+    consumer.ack_later(TOTAL + 2);
+    consumer.flush_acks().await.unwrap();
+    assert_eq!(q.count().await.unwrap(), 0);
+}
+
+#[tokio::test]
 async fn two_persistent_readers_each_read_every_message_from_their_index() {
     let c = cluster().await;
     let q = c.bus.queue("feed");

@@ -210,10 +210,11 @@ impl Consumer for BusmqConsumer {
             };
             let delivery = delivery?;
             recorder.record(&delivery.payload);
-            // The end of a received batch: ack it in one call.
+            // The end of a received batch: ack it, cumulatively and
+            // pipelined (the consumer goes on while the ack is on its way).
             if self.consumer.buffered_len() == 0 {
                 if self.ack {
-                    self.consumer.ack(delivery.id).await?;
+                    self.consumer.ack_later(delivery.id);
                 }
                 return Ok(true);
             }

@@ -16,6 +16,7 @@ use tonic::codec::Streaming;
 
 use std::time::Duration;
 
+use crate::ack::DeferredAcks;
 use crate::reconnect::{Reopened, is_transient, reopen};
 use crate::{Error, LeaseToken, Queue, QueueEvent, Result};
 
@@ -291,6 +292,8 @@ pub struct Consumer {
     redelivered: u64,
     closed: Option<ClosedReason>,
     running: bool,
+    /// The task sending [`Consumer::ack_later`]'s acks, once one was asked.
+    deferred_acks: Option<DeferredAcks>,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -334,6 +337,7 @@ impl Consumer {
             redelivered: 0,
             closed: None,
             running: true,
+            deferred_acks: None,
         };
         match first {
             Some(event) => consumer.handle(event),
@@ -391,6 +395,32 @@ impl Consumer {
             return Ok(0);
         }
         self.queue.ack(id).await
+    }
+
+    /// Acknowledges, in reliable mode, message `id` and every lower id
+    /// without waiting for the answer, so the consumer goes on with the
+    /// next message at once (like Kafka's `commitAsync`). A background task
+    /// sends the acks in order; acks asked for while one is on its way fold
+    /// into the next, which carries only the highest id. A failed ack is
+    /// reported as a [`QueueEvent::Error`] and by [`Consumer::flush_acks`].
+    /// Acks asked for before the consumer is dropped are still sent. Like
+    /// [`Consumer::ack`], ignored when the consumer is not reliable.
+    pub fn ack_later(&mut self, id: u64) {
+        if self.mode != ConsumeMode::Reliable {
+            return;
+        }
+        self.deferred_acks
+            .get_or_insert_with(|| DeferredAcks::start(self.queue.clone()))
+            .ack(id);
+    }
+
+    /// Waits until the highest ack asked for with [`Consumer::ack_later`]
+    /// is confirmed by the server, or returns why it failed.
+    pub async fn flush_acks(&self) -> Result<()> {
+        match &self.deferred_acks {
+            Some(acks) => acks.flush().await,
+            None => Ok(()),
+        }
     }
 
     /// Stops consuming now; the stream then yields what it already received

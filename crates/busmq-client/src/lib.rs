@@ -51,6 +51,7 @@
 
 #![warn(missing_docs)]
 
+mod ack;
 mod bus;
 mod channel;
 mod consume;
@@ -127,6 +128,7 @@ mod send_sync {
         send(&queue.consume(ConsumeOptions::default()));
         send(&pusher.push(["x"]));
         send(&consumer.ack(1));
+        send(&consumer.flush_acks());
         let token = LeaseToken { id: 1, attempt: 1 };
         send(&consumer.ack_lease(token));
         send(&consumer.nack(token));

@@ -290,6 +290,15 @@ pub trait Journal: Send + Sync + 'static {
     fn wait(&self, ticket: u64) -> impl Future<Output = Result<()>> + Send;
 }
 
+/// When an operation that adds messages tells consumers about them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Announce {
+    /// Once its changes are durable.
+    AfterDurable,
+    /// As soon as they are applied in memory.
+    BeforeDurable,
+}
+
 /// The journal of a store that forgets everything when the process ends.
 #[derive(Debug, Default)]
 pub struct Volatile;
@@ -314,6 +323,9 @@ impl Journal for Volatile {
 pub(crate) struct Recorder {
     pub(crate) on: bool,
     pub(crate) changes: Vec<Change>,
+    /// The operation may return before its own changes are durable (only
+    /// what it saw must be): losing them in a crash must be harmless.
+    pub(crate) lazy: bool,
 }
 
 impl Recorder {
@@ -321,6 +333,7 @@ impl Recorder {
         Recorder {
             on,
             changes: Vec::new(),
+            lazy: false,
         }
     }
 
@@ -528,10 +541,15 @@ impl<J: Journal> QueueStore<J> {
     /// which changes were applied. With nothing recorded, the ticket is the
     /// latest one: whatever the caller saw is then durable when it returns.
     pub(crate) fn submit(&self, rec: Recorder) -> u64 {
+        let journal = &self.shared.journal;
         if rec.changes.is_empty() {
-            self.shared.journal.last_ticket()
+            journal.last_ticket()
+        } else if rec.lazy {
+            let seen = journal.last_ticket();
+            journal.submit(rec.changes);
+            seen
         } else {
-            self.shared.journal.submit(rec.changes)
+            journal.submit(rec.changes)
         }
     }
 
@@ -554,6 +572,17 @@ impl<J: Journal> QueueStore<J> {
         name: &QueueName,
         f: impl FnOnce(&mut Queue, &mut Recorder, &mut Vec<Message>) -> T,
     ) -> Result<T> {
+        self.change_queue(name, Announce::AfterDurable, f).await
+    }
+
+    /// The body of [`Self::with_queue_dl`]; with [`Announce::BeforeDurable`]
+    /// consumers hear of new data while its commit is still on its way.
+    async fn change_queue<T>(
+        &self,
+        name: &QueueName,
+        announce: Announce,
+        f: impl FnOnce(&mut Queue, &mut Recorder, &mut Vec<Message>) -> T,
+    ) -> Result<T> {
         let now = Instant::now();
         let mut rec = Recorder::new(J::RECORDS);
         let (out, ticket, expired, dlq) = {
@@ -574,6 +603,9 @@ impl<J: Journal> QueueStore<J> {
                 None => (None, self.submit(rec), false, None),
             }
         };
+        if announce == Announce::BeforeDurable && out.is_some() {
+            self.notify(Notification::Data(name.clone()));
+        }
         self.shared.journal.wait(ticket).await?;
         if expired {
             self.notify(Notification::Expired(name.clone()));
@@ -691,31 +723,31 @@ impl<J: Journal> Storage for QueueStore<J> {
         if messages.is_empty() {
             return Err(Error::EmptyBatch);
         }
-        let range = self
-            .with_queue(queue, |q, rec| {
-                let first = q.next_id;
-                if rec.on {
-                    rec.changes.push(Change::Append {
-                        queue: queue.clone(),
-                        first,
-                        payloads: messages.clone(),
-                    });
-                }
-                for payload in messages {
-                    q.ready.push_back(Message {
-                        id: q.next_id,
-                        payload,
-                    });
-                    q.next_id += 1;
-                }
-                let last = q.next_id - 1;
-                q.pushed += last - first + 1;
-                rec.meta(queue, q);
-                IdRange { first, last }
-            })
-            .await?;
-        self.notify(Notification::Data(queue.clone()));
-        Ok(range)
+        // A consumer's take can then join the push's commit (see the
+        // embedded journal's linger): it still returns only once the push is
+        // durable, since it waits for every change it may have seen.
+        self.change_queue(queue, Announce::BeforeDurable, |q, rec, _| {
+            let first = q.next_id;
+            if rec.on {
+                rec.changes.push(Change::Append {
+                    queue: queue.clone(),
+                    first,
+                    payloads: messages.clone(),
+                });
+            }
+            for payload in messages {
+                q.ready.push_back(Message {
+                    id: q.next_id,
+                    payload,
+                });
+                q.next_id += 1;
+            }
+            let last = q.next_id - 1;
+            q.pushed += last - first + 1;
+            rec.meta(queue, q);
+            IdRange { first, last }
+        })
+        .await
     }
 
     async fn take(&self, queue: &QueueName, max: u32, mode: TakeMode) -> Result<Vec<Message>> {
@@ -727,9 +759,15 @@ impl<J: Journal> Storage for QueueStore<J> {
             };
             q.consumed += taken.len() as u64;
             match mode {
+                // A crash that loses this change leaves the messages ready
+                // instead of pending: delivered again, as reliable mode
+                // allows for anything not acked. So delivery waits only for
+                // the pushes it takes to be durable, not for a commit of
+                // its own.
                 TakeMode::Pending => {
                     q.delivered_hi = q.delivered_hi.max(last.id);
                     q.pending.extend(taken.iter().cloned());
+                    rec.lazy = true;
                 }
                 // Ready ids are above every pending id, so the range
                 // holds no pending message; it may hold leased ones, which

@@ -5,7 +5,7 @@
 //! queues   (qid PK, name UNIQUE, ttl_ms, attachments, expires_at_ms,
 //!           lock_owner, lock_until_ms, next_id, delivered_hi, pending_hi,
 //!           pushed, consumed, max_deliveries)
-//! messages (qid, id, payload)  PRIMARY KEY (qid, id), WITHOUT ROWID
+//! runs     (seq INTEGER PRIMARY KEY, qid, first, last, payloads)
 //! metadata (qid, key, value)   PRIMARY KEY (qid, key), WITHOUT ROWID
 //! deliveries (qid, id, attempts, lease_owner, lease_until_ms)
 //!                              PRIMARY KEY (qid, id), WITHOUT ROWID
@@ -13,8 +13,8 @@
 //! object_fields (name, field, value) PRIMARY KEY (name, field), WITHOUT ROWID
 //! ```
 //!
-//! A queue's stored messages are its `messages` rows; those with an id up
-//! to `pending_hi` are pending (see [`crate::queue_state::Queue`]). A
+//! A queue's stored messages are the ids of its `runs` rows (see
+//! [`super::runs`]); those with an id up to `pending_hi` are pending (see [`crate::queue_state::Queue`]). A
 //! `deliveries` row counts the deliveries of a stored message delivered
 //! before; with a lease owner, the message is leased until `lease_until_ms`. Times
 //! are wall-clock milliseconds since the Unix epoch, so deadlines mean the
@@ -31,6 +31,7 @@ use tokio::time::Instant;
 
 use busmq_core::Limits;
 
+use super::runs::{self, RunIndex};
 use crate::leases::Delivery;
 use crate::object_state::{Objects, StoredObject};
 use crate::queue_state::{Change, Queue, QueueMeta, deadline};
@@ -43,8 +44,9 @@ pub const DB_FILE: &str = "busmq.sqlite3";
 /// added lease mode (the `deliveries` table and `queues.max_deliveries`; a
 /// version 1 database is migrated by [`MIGRATE_1_TO_2`]); version 3 added
 /// the persistable objects tables, which [`SCHEMA`] creates empty in an
-/// older database.
-const SCHEMA_VERSION: i64 = 3;
+/// older database; version 4 stores messages as runs instead of one
+/// `messages` row each ([`migrate_messages_to_runs`]).
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS queues (
@@ -62,12 +64,6 @@ CREATE TABLE IF NOT EXISTS queues (
     consumed INTEGER NOT NULL,
     max_deliveries INTEGER NOT NULL DEFAULT 0
 );
-CREATE TABLE IF NOT EXISTS messages (
-    qid INTEGER NOT NULL,
-    id INTEGER NOT NULL,
-    payload BLOB NOT NULL,
-    PRIMARY KEY (qid, id)
-) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS metadata (
     qid INTEGER NOT NULL,
     key TEXT NOT NULL,
@@ -295,6 +291,11 @@ impl MetaRow {
 }
 
 impl Record {
+    /// Whether this record adds messages to a queue.
+    pub fn appends(&self) -> bool {
+        matches!(self, Record::Append { .. })
+    }
+
     /// `change` with its instants read on `clock`.
     pub fn new(change: Change, clock: Clock) -> Self {
         match change {
@@ -335,13 +336,14 @@ pub struct Db {
     conn: Connection,
     qids: HashMap<QueueName, i64>,
     next_qid: i64,
+    runs: RunIndex,
 }
 
 impl Db {
     /// Opens (creating) the database at `path` and reads every queue back,
     /// dropping those whose ttl ran out while nobody had the store open.
     pub fn open(path: &Path) -> rusqlite::Result<(Db, Recovered)> {
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         // WAL: a commit is one append and one fsync of the log. FULL: that
         // fsync happens at every commit, so a commit survives power loss.
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
@@ -363,12 +365,15 @@ impl Db {
             conn.execute_batch(MIGRATE_1_TO_2)?;
         }
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(runs::TABLE)?;
+        migrate_messages_to_runs(&mut conn)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
 
         let mut db = Db {
             conn,
             qids: HashMap::new(),
             next_qid: 1,
+            runs: RunIndex::default(),
         };
         let queues = db.recover()?;
         let objects = db.recover_objects()?;
@@ -493,46 +498,80 @@ impl Db {
         }
 
         let mut messages: HashMap<i64, Vec<Message>> = HashMap::new();
+        let mut dropped_runs: Vec<i64> = Vec::new();
         {
             let mut stmt = self
                 .conn
-                .prepare("SELECT qid, id, payload FROM messages ORDER BY qid, id")?;
+                .prepare("SELECT seq, qid, first, last, payloads FROM runs")?;
+            let live: std::collections::HashSet<i64> = rows.iter().map(|r| r.0).collect();
             let mut q = stmt.query([])?;
             while let Some(r) = q.next()? {
-                let qid: i64 = r.get(0)?;
-                let id: i64 = r.get(1)?;
-                let payload: Vec<u8> = r.get(2)?;
-                messages.entry(qid).or_default().push(Message {
-                    id: uint(id),
-                    payload: Bytes::from(payload),
-                });
+                let (seq, qid): (i64, i64) = (r.get(0)?, r.get(1)?);
+                if !live.contains(&qid) {
+                    // A queue dropped above, as it expired while closed.
+                    dropped_runs.push(seq);
+                    continue;
+                }
+                let (first, last) = (uint(r.get(2)?), uint(r.get(3)?));
+                let blob: Vec<u8> = r.get(4)?;
+                messages
+                    .entry(qid)
+                    .or_default()
+                    .extend(runs::decode(first, last, &blob)?);
+                self.runs.recovered(seq, qid, first, last);
             }
         }
+        if !dropped_runs.is_empty() {
+            let tx = self.conn.transaction()?;
+            for seq in dropped_runs {
+                tx.execute("DELETE FROM runs WHERE seq = ?1", [seq])?;
+            }
+            tx.commit()?;
+        }
+        // Runs come in the order they were written; a queue's messages go
+        // by id.
+        for stored in messages.values_mut() {
+            stored.sort_unstable_by_key(|m| m.id);
+        }
+        let mut deliveries: HashMap<i64, HashMap<u64, Delivery>> = HashMap::new();
         // A message appended, leased and removed within one commit leaves
         // its deliveries row behind (the removal was cut to what was on
-        // disk): drop such rows.
-        self.conn.execute(
-            "DELETE FROM deliveries WHERE NOT EXISTS (SELECT 1 FROM messages m \
-             WHERE m.qid = deliveries.qid AND m.id = deliveries.id)",
-            [],
-        )?;
-        let mut deliveries: HashMap<i64, HashMap<u64, Delivery>> = HashMap::new();
+        // disk): such rows are dropped.
+        let mut orphans: Vec<(i64, i64)> = Vec::new();
         {
             let mut stmt = self
                 .conn
                 .prepare("SELECT qid, id, attempts, lease_owner, lease_until_ms FROM deliveries")?;
             let mut q = stmt.query([])?;
             while let Some(r) = q.next()? {
+                let (qid, id): (i64, i64) = (r.get(0)?, r.get(1)?);
+                let stored = messages
+                    .get(&qid)
+                    .is_some_and(|m| m.binary_search_by_key(&uint(id), |m| m.id).is_ok());
+                if !stored {
+                    orphans.push((qid, id));
+                    continue;
+                }
                 let row = DeliveryRow {
                     attempts: r.get(2)?,
                     lease_owner: r.get(3)?,
                     lease_until_ms: r.get(4)?,
                 };
                 deliveries
-                    .entry(r.get(0)?)
+                    .entry(qid)
                     .or_default()
-                    .insert(uint(r.get(1)?), row.delivery(clock));
+                    .insert(uint(id), row.delivery(clock));
             }
+        }
+        if !orphans.is_empty() {
+            let tx = self.conn.transaction()?;
+            for (qid, id) in orphans {
+                tx.execute(
+                    "DELETE FROM deliveries WHERE qid = ?1 AND id = ?2",
+                    params![qid, id],
+                )?;
+            }
+            tx.commit()?;
         }
         let mut metadata: HashMap<i64, HashMap<String, String>> = HashMap::new();
         {
@@ -568,6 +607,11 @@ impl Db {
         // Unchecked: borrows the connection shared, so the qid map stays
         // writable; nothing else uses the connection meanwhile.
         let tx = self.conn.unchecked_transaction()?;
+        // Removals apply at the end, all of a queue's at once, so a run
+        // several of them touch is rewritten once. Coalescing cut every
+        // removal to ids committed before, so the appends of this commit
+        // (higher ids) cannot be among them.
+        let mut removals: HashMap<i64, Vec<(u64, u64)>> = HashMap::new();
         for (i, record) in records.iter().enumerate() {
             match record {
                 Record::Meta(queue, _) if superseded[i] && self.qids.contains_key(queue) => {}
@@ -627,22 +671,30 @@ impl Db {
                     payloads,
                 } => {
                     let qid = self.qid(queue)?;
-                    let mut insert = tx.prepare_cached(
-                        "INSERT OR REPLACE INTO messages (qid, id, payload) VALUES (?1, ?2, ?3)",
-                    )?;
+                    // Messages removed within this commit left holes: each
+                    // stretch between them is a run.
+                    let mut run: Vec<&Bytes> = Vec::with_capacity(payloads.len());
+                    let mut run_first = *first;
                     for (id, payload) in (*first..).zip(payloads) {
-                        if let Some(payload) = payload {
-                            insert.execute(params![qid, int(id), payload.as_ref()])?;
+                        match payload {
+                            Some(p) => {
+                                if run.is_empty() {
+                                    run_first = id;
+                                }
+                                run.push(p);
+                            }
+                            None => {
+                                self.runs.write(&tx, qid, run_first, &run)?;
+                                run.clear();
+                            }
                         }
                     }
+                    self.runs.write(&tx, qid, run_first, &run)?;
                 }
                 Record::Remove { from, to, .. } if from > to => {}
                 Record::Remove { queue, from, to } => {
                     let qid = self.qid(queue)?;
-                    tx.prepare_cached(
-                        "DELETE FROM messages WHERE qid = ?1 AND id >= ?2 AND id <= ?3",
-                    )?
-                    .execute(params![qid, id_bound(*from), id_bound(*to)])?;
+                    removals.entry(qid).or_default().push((*from, *to));
                     tx.prepare_cached(
                         "DELETE FROM deliveries WHERE qid = ?1 AND id >= ?2 AND id <= ?3",
                     )?
@@ -679,6 +731,8 @@ impl Db {
                 }
                 Record::Drop(queue) => {
                     if let Some(qid) = self.qids.remove(queue) {
+                        removals.remove(&qid);
+                        self.runs.drop_queue(&tx, qid)?;
                         drop_qid(&tx, qid)?;
                     }
                 }
@@ -709,6 +763,9 @@ impl Db {
                         .execute([object.as_str()])?;
                 }
             }
+        }
+        for (qid, mut ranges) in removals {
+            self.runs.remove(&tx, qid, &mut ranges)?;
         }
         tx.commit()
     }
@@ -808,9 +865,47 @@ fn coalesce(records: &mut [Record]) -> Vec<bool> {
     superseded
 }
 
+/// Moves the messages of a database older than version 4 (one `messages`
+/// row each) into runs of consecutive ids, and drops the old table.
+fn migrate_messages_to_runs(conn: &mut Connection) -> rusqlite::Result<()> {
+    let old: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !old {
+        return Ok(());
+    }
+    let tx = conn.transaction()?;
+    let mut index = RunIndex::default();
+    {
+        let mut stmt = tx.prepare("SELECT qid, id, payload FROM messages ORDER BY qid, id")?;
+        let mut rows = stmt.query([])?;
+        // The run being gathered: its qid, first id and payloads.
+        let mut run: Option<(i64, u64, Vec<Bytes>)> = None;
+        while let Some(r) = rows.next()? {
+            let (qid, id): (i64, u64) = (r.get(0)?, uint(r.get(1)?));
+            let payload = Bytes::from(r.get::<_, Vec<u8>>(2)?);
+            match &mut run {
+                Some((q, first, payloads)) if *q == qid && *first + payloads.len() as u64 == id => {
+                    payloads.push(payload);
+                }
+                _ => {
+                    if let Some((q, first, payloads)) = run.replace((qid, id, vec![payload])) {
+                        index.write(&tx, q, first, &payloads.iter().collect::<Vec<_>>())?;
+                    }
+                }
+            }
+        }
+        if let Some((q, first, payloads)) = run {
+            index.write(&tx, q, first, &payloads.iter().collect::<Vec<_>>())?;
+        }
+    }
+    tx.execute_batch("DROP TABLE messages")?;
+    tx.commit()
+}
+
 fn drop_qid(tx: &rusqlite::Transaction<'_>, qid: i64) -> rusqlite::Result<()> {
-    tx.prepare_cached("DELETE FROM messages WHERE qid = ?1")?
-        .execute([qid])?;
     tx.prepare_cached("DELETE FROM metadata WHERE qid = ?1")?
         .execute([qid])?;
     tx.prepare_cached("DELETE FROM deliveries WHERE qid = ?1")?
@@ -1027,6 +1122,137 @@ mod tests {
 
     fn stored(queues: &HashMap<QueueName, Queue>, q: &QueueName) -> Vec<u64> {
         queues[q].ready.iter().map(|m| m.id).collect()
+    }
+
+    fn runs(db: &Db) -> Vec<(i64, i64)> {
+        let mut stmt = db
+            .conn
+            .prepare("SELECT first, last FROM runs ORDER BY qid, first")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    #[test]
+    fn a_push_batch_is_one_run_and_removals_cut_runs_to_what_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let q = QueueName::parse("q", &Limits::default()).unwrap();
+        let clock = Clock::now();
+        let m = |n| Record::Meta(q.clone(), MetaRow::new(meta(n), clock));
+        let remove = |from, to| Record::Remove {
+            queue: q.clone(),
+            from,
+            to,
+        };
+        {
+            let (mut db, _) = Db::open(&path).unwrap();
+            db.commit(&mut [m(1), append(&q, 1, 10), append(&q, 11, 10), m(21)])
+                .unwrap();
+            assert_eq!(runs(&db), [(1, 10), (11, 20)]);
+            // An ack reaching into the second batch; single ids settled out
+            // of order, one of them twice.
+            db.commit(&mut [
+                remove(1, 13),
+                remove(17, 17),
+                remove(15, 15),
+                remove(17, 17),
+            ])
+            .unwrap();
+            assert_eq!(runs(&db), [(14, 14), (16, 16), (18, 20)]);
+            db.commit(&mut [remove(14, 16), remove(20, 25)]).unwrap();
+            assert_eq!(runs(&db), [(18, 19)]);
+        }
+        let (db, Recovered { queues, .. }) = Db::open(&path).unwrap();
+        assert_eq!(stored(&queues, &q), [18, 19]);
+        assert_eq!(queues[&q].ready[0].payload, Bytes::from_static(b"m18"));
+        assert_eq!(runs(&db), [(18, 19)], "the index is rebuilt at open");
+    }
+
+    #[test]
+    fn a_queue_that_expired_while_closed_leaves_no_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let q = QueueName::parse("q", &Limits::default()).unwrap();
+        let r = QueueName::parse("r", &Limits::default()).unwrap();
+        {
+            let (mut db, _) = Db::open(&path).unwrap();
+            let clock = Clock::now();
+            let mut expiring = meta(3);
+            expiring.expires_at = Some(clock.now);
+            db.commit(&mut [
+                Record::Meta(q.clone(), MetaRow::new(expiring, clock)),
+                append(&q, 1, 2),
+                Record::Meta(r.clone(), MetaRow::new(meta(2), clock)),
+                append(&r, 1, 1),
+            ])
+            .unwrap();
+        }
+        let (db, Recovered { queues, .. }) = Db::open(&path).unwrap();
+        assert!(!queues.contains_key(&q));
+        assert_eq!(stored(&queues, &r), [1]);
+        assert_eq!(runs(&db), [(1, 1)], "only r's run is left");
+    }
+
+    #[test]
+    fn a_version_3_database_moves_its_messages_into_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE messages (qid INTEGER NOT NULL, id INTEGER NOT NULL, \
+                 payload BLOB NOT NULL, PRIMARY KEY (qid, id)) WITHOUT ROWID;
+                 INSERT INTO queues (qid, name, ttl_ms, attachments, next_id, delivered_hi, \
+                 pending_hi, pushed, consumed) VALUES (1, 'a', 30000, 1, 6, 0, 0, 5, 0), \
+                 (2, 'b', 30000, 1, 2, 0, 0, 1, 0);
+                 INSERT INTO messages VALUES (1, 1, x'01'), (1, 2, x'02'), (1, 4, x''), \
+                 (1, 5, x'05'), (2, 1, x'0b');
+                 PRAGMA user_version = 3;",
+            )
+            .unwrap();
+        }
+        let (db, Recovered { queues, .. }) = Db::open(&path).unwrap();
+        let name = |n| QueueName::parse(n, &Limits::default()).unwrap();
+        assert_eq!(stored(&queues, &name("a")), [1, 2, 4, 5]);
+        assert_eq!(queues[&name("a")].ready[2].payload, Bytes::new());
+        assert_eq!(stored(&queues, &name("b")), [1]);
+        assert_eq!(runs(&db), [(1, 2), (4, 5), (1, 1)]);
+        let old: i64 = db
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'messages'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(old, 0);
+    }
+
+    #[test]
+    fn a_corrupt_run_fails_the_open_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let q = QueueName::parse("q", &Limits::default()).unwrap();
+        {
+            let (mut db, _) = Db::open(&path).unwrap();
+            db.commit(&mut [
+                Record::Meta(q.clone(), MetaRow::new(meta(3), Clock::now())),
+                append(&q, 1, 2),
+            ])
+            .unwrap();
+            db.conn
+                .execute("UPDATE runs SET payloads = x'09'", [])
+                .unwrap();
+        }
+        let err = Db::open(&path).err().expect("a corrupt run is refused");
+        assert!(
+            err.to_string().contains("stored run 1..=2 is corrupt"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::{Error, Result};
 
 pub mod db;
 pub mod journal;
+pub mod runs;
 
 pub use journal::SqliteJournal;
 
