@@ -95,7 +95,7 @@ async fn remote_survives_storage_restart() {
 }
 
 /// SIGTERM stops the storage process promptly and cleanly, even with an
-/// open Watch stream.
+/// open Watch stream and an open session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_exits_cleanly_on_sigterm_with_open_watch() {
     let process = busmq_testkit::storage().await;
@@ -105,6 +105,12 @@ async fn storage_exits_cleanly_on_sigterm_with_open_watch() {
         .await
         .unwrap();
     assert_eq!(first, Some(Notification::Lagged));
+    // An open session must not hold the shutdown up either.
+    let q = queue("sigterm.q");
+    s.attach(&q, Some(Duration::from_secs(60))).await.unwrap();
+    s.push(&q, vec![bytes::Bytes::from_static(b"x")])
+        .await
+        .unwrap();
     let started = std::time::Instant::now();
     let status = process.terminate().await.expect("was running");
     assert!(status.success(), "exit status {status}\n{}", process.log());
@@ -242,4 +248,85 @@ async fn testkit_reports_a_process_that_dies_at_startup() {
         .args(["--backend", "no-such-backend"])
         .spawn();
     process.wait_ready().await;
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to a process.
+fn signal(process: &Process, signal: &str) {
+    let pid = process.pid().expect("running");
+    let status = std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// A storage process killed while operations are in flight on the
+/// session: each of them fails with UNAVAILABLE naming the storage (none
+/// hangs), and after a restart the next operation opens a new session and
+/// works. The process is stopped (SIGSTOP) first, so the operations are
+/// surely unanswered when it dies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_killed_mid_flight_fails_in_flight_ops_and_recovers() {
+    let process = busmq_testkit::storage().await;
+    let s = Arc::new(RemoteStorage::connect_lazy(&process.url()).unwrap());
+    let q = queue("session.kill.q");
+    s.attach(&q, Some(Duration::from_secs(60))).await.unwrap();
+    // Opens the session.
+    s.push(&q, vec![bytes::Bytes::from_static(b"before")])
+        .await
+        .unwrap();
+
+    signal(&process, "STOP");
+    const OPS: usize = 8;
+    let ops: Vec<_> = (0..OPS)
+        .map(|i| {
+            let (s, q) = (Arc::clone(&s), q.clone());
+            tokio::spawn(async move {
+                if i % 2 == 0 {
+                    s.push(&q, vec![bytes::Bytes::from_static(b"x")])
+                        .await
+                        .map(|_| ())
+                } else {
+                    s.take(&q, 10, busmq_storage::TakeMode::Remove)
+                        .await
+                        .map(|_| ())
+                }
+            })
+        })
+        .collect();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while s.in_flight() < OPS {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("every operation is on the session");
+
+    process.kill9();
+    for op in ops {
+        let err = tokio::time::timeout(Duration::from_secs(10), op)
+            .await
+            .expect("an in-flight operation must not hang")
+            .unwrap()
+            .expect_err("the storage died before answering");
+        assert_eq!(err.code(), ErrorCode::Unavailable, "{err}");
+        assert!(err.to_string().contains(&process.url()), "{err}");
+    }
+    assert_eq!(s.in_flight(), 0);
+
+    process.restart().await;
+    // The memory backend lost everything; a new session serves the next ops.
+    let attached = s.attach(&q, Some(Duration::from_secs(60))).await.unwrap();
+    assert!(!attached.existed);
+    let ids = s
+        .push(&q, vec![bytes::Bytes::from_static(b"after")])
+        .await
+        .unwrap();
+    assert_eq!(ids.first, 1);
+    let taken = s
+        .take(&q, 10, busmq_storage::TakeMode::Remove)
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(&taken[0].payload[..], b"after");
 }

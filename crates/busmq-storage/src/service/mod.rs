@@ -17,7 +17,11 @@ use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
+
+mod session;
+
+pub use session::{SESSION_BUFFER, SESSION_WINDOW, SessionStream};
 
 use crate::{
     Error, LeaseToken, Notification, ObjectName, QueueName, ReliableLock, Settled, Settlement,
@@ -76,6 +80,115 @@ impl StorageService {
         u32::try_from(self.limits.max_batch_len)
             .unwrap_or(u32::MAX)
             .min(max)
+    }
+
+    /// Push: validates the batch against the limits first.
+    pub(crate) async fn push_op(&self, req: pb::PushRequest) -> Result<pb::PushResponse, Status> {
+        let queue = self.name(&req.queue)?;
+        self.limits.check_batch(&req.messages).map_err(to_status)?;
+        let ids = self
+            .storage
+            .push(&queue, req.messages)
+            .await
+            .map_err(to_status)?;
+        Ok(pb::PushResponse {
+            first_id: ids.first,
+            last_id: ids.last,
+        })
+    }
+
+    /// Take, capped at one batch.
+    pub(crate) async fn take_op(&self, req: pb::TakeRequest) -> Result<pb::Messages, Status> {
+        let queue = self.name(&req.queue)?;
+        let mode = if req.reliable {
+            TakeMode::Pending
+        } else {
+            TakeMode::Remove
+        };
+        let taken = self
+            .storage
+            .take(&queue, self.cap(req.max), mode)
+            .await
+            .map_err(to_status)?;
+        Ok(messages(taken))
+    }
+
+    /// Read, capped at one batch.
+    pub(crate) async fn read_op(&self, req: pb::ReadRequest) -> Result<pb::Messages, Status> {
+        let queue = self.name(&req.queue)?;
+        let read = self
+            .storage
+            .read(&queue, req.from, self.cap(req.max))
+            .await
+            .map_err(to_status)?;
+        Ok(messages(read))
+    }
+
+    /// Ack.
+    pub(crate) async fn ack_op(&self, req: pb::AckRequest) -> Result<pb::AckResponse, Status> {
+        let queue = self.name(&req.queue)?;
+        let removed = self.storage.ack(&queue, req.id).await.map_err(to_status)?;
+        Ok(pb::AckResponse { removed })
+    }
+
+    /// Lease, after checking the visibility timeout and owner.
+    pub(crate) async fn lease_op(
+        &self,
+        req: pb::LeaseRequest,
+    ) -> Result<pb::LeaseResponse, Status> {
+        let queue = self.name(&req.queue)?;
+        let visibility = Duration::from_millis(req.visibility_ms);
+        busmq_core::check_visibility(visibility).map_err(to_status)?;
+        crate::check_lease_owner(&req.owner).map_err(to_status)?;
+        let leases = self
+            .storage
+            .lease(&queue, &req.owner, self.cap(req.max), visibility)
+            .await
+            .map_err(to_status)?;
+        Ok(pb::LeaseResponse {
+            messages: leases
+                .messages
+                .into_iter()
+                .map(|m| pb::LeasedMessage {
+                    id: m.message.id,
+                    payload: m.message.payload,
+                    attempt: m.attempt,
+                })
+                .collect(),
+            next_expiry_ms: leases
+                .next_expiry
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        })
+    }
+
+    /// Settle by lease token.
+    pub(crate) async fn settle_op(
+        &self,
+        req: pb::SettleRequest,
+    ) -> Result<pb::SettleResponse, Status> {
+        let queue = self.name(&req.queue)?;
+        let settlement = match pb::Settlement::try_from(req.settlement) {
+            Ok(pb::Settlement::Ack) => Settlement::Ack,
+            Ok(pb::Settlement::Nack) => Settlement::Nack,
+            _ => return Err(invalid(format!("unknown settlement {}", req.settlement))),
+        };
+        let token = LeaseToken {
+            id: req.id,
+            attempt: req.attempt,
+        };
+        let settled = self
+            .storage
+            .settle(&queue, token, settlement)
+            .await
+            .map_err(to_status)?;
+        let settled = match settled {
+            Settled::Acked => pb::Settled::Acked,
+            Settled::Requeued => pb::Settled::Requeued,
+            Settled::DeadLettered => pb::Settled::DeadLettered,
+        };
+        Ok(pb::SettleResponse {
+            settled: settled as i32,
+        })
     }
 }
 
@@ -236,61 +349,28 @@ impl StorageRpc for StorageService {
         &self,
         request: Request<pb::PushRequest>,
     ) -> Result<Response<pb::PushResponse>, Status> {
-        let req = request.into_inner();
-        let queue = self.name(&req.queue)?;
-        self.limits.check_batch(&req.messages).map_err(to_status)?;
-        let ids = self
-            .storage
-            .push(&queue, req.messages)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::PushResponse {
-            first_id: ids.first,
-            last_id: ids.last,
-        }))
+        self.push_op(request.into_inner()).await.map(Response::new)
     }
 
     async fn take(
         &self,
         request: Request<pb::TakeRequest>,
     ) -> Result<Response<pb::Messages>, Status> {
-        let req = request.into_inner();
-        let queue = self.name(&req.queue)?;
-        let mode = if req.reliable {
-            TakeMode::Pending
-        } else {
-            TakeMode::Remove
-        };
-        let taken = self
-            .storage
-            .take(&queue, self.cap(req.max), mode)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(messages(taken)))
+        self.take_op(request.into_inner()).await.map(Response::new)
     }
 
     async fn read(
         &self,
         request: Request<pb::ReadRequest>,
     ) -> Result<Response<pb::Messages>, Status> {
-        let req = request.into_inner();
-        let queue = self.name(&req.queue)?;
-        let read = self
-            .storage
-            .read(&queue, req.from, self.cap(req.max))
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(messages(read)))
+        self.read_op(request.into_inner()).await.map(Response::new)
     }
 
     async fn ack(
         &self,
         request: Request<pb::AckRequest>,
     ) -> Result<Response<pb::AckResponse>, Status> {
-        let req = request.into_inner();
-        let queue = self.name(&req.queue)?;
-        let removed = self.storage.ack(&queue, req.id).await.map_err(to_status)?;
-        Ok(Response::new(pb::AckResponse { removed }))
+        self.ack_op(request.into_inner()).await.map(Response::new)
     }
 
     async fn begin_reliable(
@@ -342,60 +422,16 @@ impl StorageRpc for StorageService {
         &self,
         request: Request<pb::LeaseRequest>,
     ) -> Result<Response<pb::LeaseResponse>, Status> {
-        let req = request.into_inner();
-        let queue = self.name(&req.queue)?;
-        let visibility = Duration::from_millis(req.visibility_ms);
-        busmq_core::check_visibility(visibility).map_err(to_status)?;
-        crate::check_lease_owner(&req.owner).map_err(to_status)?;
-        let leases = self
-            .storage
-            .lease(&queue, &req.owner, self.cap(req.max), visibility)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::LeaseResponse {
-            messages: leases
-                .messages
-                .into_iter()
-                .map(|m| pb::LeasedMessage {
-                    id: m.message.id,
-                    payload: m.message.payload,
-                    attempt: m.attempt,
-                })
-                .collect(),
-            next_expiry_ms: leases
-                .next_expiry
-                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-        }))
+        self.lease_op(request.into_inner()).await.map(Response::new)
     }
 
     async fn settle(
         &self,
         request: Request<pb::SettleRequest>,
     ) -> Result<Response<pb::SettleResponse>, Status> {
-        let req = request.into_inner();
-        let queue = self.name(&req.queue)?;
-        let settlement = match pb::Settlement::try_from(req.settlement) {
-            Ok(pb::Settlement::Ack) => Settlement::Ack,
-            Ok(pb::Settlement::Nack) => Settlement::Nack,
-            _ => return Err(invalid(format!("unknown settlement {}", req.settlement))),
-        };
-        let token = LeaseToken {
-            id: req.id,
-            attempt: req.attempt,
-        };
-        let settled = self
-            .storage
-            .settle(&queue, token, settlement)
+        self.settle_op(request.into_inner())
             .await
-            .map_err(to_status)?;
-        let settled = match settled {
-            Settled::Acked => pb::Settled::Acked,
-            Settled::Requeued => pb::Settled::Requeued,
-            Settled::DeadLettered => pb::Settled::DeadLettered,
-        };
-        Ok(Response::new(pb::SettleResponse {
-            settled: settled as i32,
-        }))
+            .map(Response::new)
     }
 
     async fn release_leases(
@@ -493,6 +529,18 @@ impl StorageRpc for StorageService {
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::Empty {}))
+    }
+
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::SessionRequest>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        Ok(Response::new(session::start(
+            self.clone(),
+            request.into_inner(),
+        )))
     }
 
     type WatchStream = WatchStream;

@@ -2,8 +2,10 @@
 //!
 //! The connection is lazy, so a broker can start before its storage; while
 //! the storage is down every call fails fast with an UNAVAILABLE error
-//! instead of hanging, and [`Storage::watch`] reconnects by itself.
+//! instead of hanging, and [`Storage::watch`] reconnects by itself. The hot
+//! operations share one pipelined `Session` stream, reopened after a break.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,8 +15,17 @@ use busmq_proto::storage::v1 as pb;
 use busmq_proto::storage::v1::storage_client::StorageClient;
 use bytes::Bytes;
 use futures::StreamExt;
+use prost::Message as _;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Status, Streaming};
+
+mod session;
+
+pub use session::{MAX_SESSION_REQUEST, SESSION_QUEUE, SESSION_WINDOW};
+
+use pb::session_request::Op;
+use pb::session_response::Result as Answer;
+use session::{Sessions, mismatch};
 
 use crate::{
     Attached, ChannelEvent, ChannelName, Error, IdRange, LeaseToken, LeasedMessage, Leases,
@@ -40,10 +51,13 @@ pub const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// A [`Storage`] served by a `busmq-storage` process, reached over gRPC.
 ///
-/// Cheap to clone: clones share one HTTP/2 connection.
+/// Push, take, read, ack, lease and settle ride one multiplexed `Session`
+/// stream (see [`session`]); everything else is a unary call. Cheap to
+/// clone: clones share one HTTP/2 connection and one session.
 #[derive(Clone, Debug)]
 pub struct RemoteStorage {
     client: StorageClient<Channel>,
+    sessions: Arc<Sessions>,
     url: String,
 }
 
@@ -86,9 +100,15 @@ impl RemoteStorage {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         Ok(RemoteStorage {
+            sessions: Arc::new(Sessions::new(client.clone(), url.to_owned())),
             client,
             url: url.to_owned(),
         })
+    }
+
+    /// Operations sent on the session and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.sessions.in_flight()
     }
 
     /// The URL this client talks to.
@@ -100,30 +120,39 @@ impl RemoteStorage {
         self.client.clone()
     }
 
-    /// The error a failed call stands for. A status the storage sent keeps
-    /// its code and message ([`from_status`]); a transport failure (no
-    /// storage answered) is [`Error::Unavailable`] naming the URL and cause.
     fn error(&self, status: Status) -> Error {
-        let Some(mut cause) = std::error::Error::source(&status) else {
-            return from_status(status);
-        };
-        let mut message = status.message().to_owned();
-        loop {
-            let text = cause.to_string();
-            if !message.contains(&text) {
-                message = format!("{message}: {text}");
-            }
-            match cause.source() {
-                Some(next) => cause = next,
-                None => break,
-            }
-        }
-        if status.code() == tonic::Code::Unavailable || status.code() == tonic::Code::Unknown {
-            Error::Unavailable(format!("storage at {} is unreachable: {message}", self.url))
-        } else {
-            from_status(Status::new(status.code(), message))
-        }
+        call_error(&self.url, status)
     }
+}
+
+/// The error a failed call stands for. A status the storage sent keeps its
+/// code and message ([`from_status`]); a transport failure (no storage
+/// answered) is [`Error::Unavailable`] naming the URL and cause.
+fn call_error(url: &str, status: Status) -> Error {
+    if std::error::Error::source(&status).is_none() {
+        return from_status(status);
+    }
+    let message = with_causes(&status);
+    if status.code() == tonic::Code::Unavailable || status.code() == tonic::Code::Unknown {
+        Error::Unavailable(format!("storage at {url} is unreachable: {message}"))
+    } else {
+        from_status(Status::new(status.code(), message))
+    }
+}
+
+/// A status's message followed by each cause under it that it does not
+/// already say.
+fn with_causes(status: &Status) -> String {
+    let mut message = status.message().to_owned();
+    let mut cause = std::error::Error::source(status);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !message.contains(&text) {
+            message = format!("{message}: {text}");
+        }
+        cause = c.source();
+    }
+    message
 }
 
 fn queue_request(queue: &QueueName) -> pb::QueueRequest {
@@ -307,15 +336,22 @@ impl Storage for RemoteStorage {
         if messages.is_empty() {
             return Err(Error::EmptyBatch);
         }
-        let r = self
-            .client()
-            .push(pb::PushRequest {
-                queue: queue.to_string(),
-                messages,
-            })
-            .await
-            .map_err(|s| self.error(s))?
-            .into_inner();
+        let request = pb::PushRequest {
+            queue: queue.to_string(),
+            messages,
+        };
+        let r = if request.encoded_len() > MAX_SESSION_REQUEST {
+            self.client()
+                .push(request)
+                .await
+                .map_err(|s| self.error(s))?
+                .into_inner()
+        } else {
+            match self.sessions.call(Op::Push(request)).await? {
+                Answer::Push(r) => r,
+                other => return Err(mismatch("push", &other)),
+            }
+        };
         Ok(IdRange {
             first: r.first_id,
             last: r.last_id,
@@ -323,41 +359,38 @@ impl Storage for RemoteStorage {
     }
 
     async fn take(&self, queue: &QueueName, max: u32, mode: TakeMode) -> Result<Vec<Message>> {
-        let r = self
-            .client()
-            .take(pb::TakeRequest {
-                queue: queue.to_string(),
-                max,
-                reliable: mode == TakeMode::Pending,
-            })
-            .await
-            .map_err(|s| self.error(s))?;
-        Ok(from_wire_messages(r.into_inner()))
+        let op = Op::Take(pb::TakeRequest {
+            queue: queue.to_string(),
+            max,
+            reliable: mode == TakeMode::Pending,
+        });
+        match self.sessions.call(op).await? {
+            Answer::Messages(r) => Ok(from_wire_messages(r)),
+            other => Err(mismatch("take", &other)),
+        }
     }
 
     async fn read(&self, queue: &QueueName, from: u64, max: u32) -> Result<Vec<Message>> {
-        let r = self
-            .client()
-            .read(pb::ReadRequest {
-                queue: queue.to_string(),
-                from,
-                max,
-            })
-            .await
-            .map_err(|s| self.error(s))?;
-        Ok(from_wire_messages(r.into_inner()))
+        let op = Op::Read(pb::ReadRequest {
+            queue: queue.to_string(),
+            from,
+            max,
+        });
+        match self.sessions.call(op).await? {
+            Answer::Messages(r) => Ok(from_wire_messages(r)),
+            other => Err(mismatch("read", &other)),
+        }
     }
 
     async fn ack(&self, queue: &QueueName, id: u64) -> Result<u64> {
-        let r = self
-            .client()
-            .ack(pb::AckRequest {
-                queue: queue.to_string(),
-                id,
-            })
-            .await
-            .map_err(|s| self.error(s))?;
-        Ok(r.into_inner().removed)
+        let op = Op::Ack(pb::AckRequest {
+            queue: queue.to_string(),
+            id,
+        });
+        match self.sessions.call(op).await? {
+            Answer::Ack(r) => Ok(r.removed),
+            other => Err(mismatch("ack", &other)),
+        }
     }
 
     async fn begin_reliable(
@@ -412,17 +445,16 @@ impl Storage for RemoteStorage {
         max: u32,
         visibility: Duration,
     ) -> Result<Leases> {
-        let r = self
-            .client()
-            .lease(pb::LeaseRequest {
-                queue: queue.to_string(),
-                owner: owner.to_owned(),
-                max,
-                visibility_ms: millis(visibility),
-            })
-            .await
-            .map_err(|s| self.error(s))?
-            .into_inner();
+        let op = Op::Lease(pb::LeaseRequest {
+            queue: queue.to_string(),
+            owner: owner.to_owned(),
+            max,
+            visibility_ms: millis(visibility),
+        });
+        let r = match self.sessions.call(op).await? {
+            Answer::Lease(r) => r,
+            other => return Err(mismatch("lease", &other)),
+        };
         Ok(Leases {
             messages: r
                 .messages
@@ -449,17 +481,16 @@ impl Storage for RemoteStorage {
             Settlement::Ack => pb::Settlement::Ack,
             Settlement::Nack => pb::Settlement::Nack,
         };
-        let r = self
-            .client()
-            .settle(pb::SettleRequest {
-                queue: queue.to_string(),
-                id: token.id,
-                attempt: token.attempt,
-                settlement: settlement as i32,
-            })
-            .await
-            .map_err(|s| self.error(s))?
-            .into_inner();
+        let op = Op::Settle(pb::SettleRequest {
+            queue: queue.to_string(),
+            id: token.id,
+            attempt: token.attempt,
+            settlement: settlement as i32,
+        });
+        let r = match self.sessions.call(op).await? {
+            Answer::Settle(r) => r,
+            other => return Err(mismatch("settle", &other)),
+        };
         match pb::Settled::try_from(r.settled) {
             Ok(pb::Settled::Acked) => Ok(Settled::Acked),
             Ok(pb::Settled::Requeued) => Ok(Settled::Requeued),
