@@ -168,29 +168,41 @@ impl ConsumeTask {
                 }
                 Err(e) => return Err(busmq_proto::to_status(e)),
             };
+            // Fewer than asked for means the store had no more when it was
+            // asked, and the mark before asking means every change since
+            // is signalled: wait for that signal rather than ask again.
+            let drained = batch.len() < want as usize;
             if batch.is_empty() {
                 drop(permit);
-                let lease_expiry = self.lease_expiry();
-                tokio::select! {
-                    signal = self.signal.changed() => {
-                        if let Some(gone) = ended(signal) {
-                            return Ok(End::QueueGone(gone));
-                        }
-                    }
-                    _ = tx.closed() => return Ok(End::ClientGone),
-                    _ = self.shutdown.cancelled() => return Err(shutting_down()),
-                    _ = tokio::time::sleep_until(renew_at) => {}
-                    // A lease runs out: look again, which puts it back.
-                    _ = sleep_until_some(lease_expiry) => {}
+            } else {
+                if let Some(r) = self.remaining.as_mut() {
+                    *r -= batch.len() as u64;
                 }
-                continue;
+                permit.send(Ok(ConsumeEvent {
+                    event: Some(Event::Messages(v1::MessageBatch { messages: batch })),
+                }));
             }
-            if let Some(r) = self.remaining.as_mut() {
-                *r -= batch.len() as u64;
+            if drained && let Some(end) = self.wait_for_change(tx, renew_at).await {
+                return end;
             }
-            permit.send(Ok(ConsumeEvent {
-                event: Some(Event::Messages(v1::MessageBatch { messages: batch })),
-            }));
+        }
+    }
+
+    /// Waits until the queue may have changed (or a lease or the reliable
+    /// lock needs attention); `Some` when consumption ends instead.
+    async fn wait_for_change(
+        &mut self,
+        tx: &EventSender,
+        renew_at: Instant,
+    ) -> Option<Result<End, Status>> {
+        let lease_expiry = self.lease_expiry();
+        tokio::select! {
+            signal = self.signal.changed() => ended(signal).map(|gone| Ok(End::QueueGone(gone))),
+            _ = tx.closed() => Some(Ok(End::ClientGone)),
+            _ = self.shutdown.cancelled() => Some(Err(shutting_down())),
+            _ = tokio::time::sleep_until(renew_at) => None,
+            // A lease runs out: look again, which puts it back.
+            _ = sleep_until_some(lease_expiry) => None,
         }
     }
 

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use busmq_core::QueueName;
 use busmq_storage::{Notification, Notifications};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -52,27 +52,31 @@ impl Wakeups {
 
     /// Applies one store notification.
     pub fn apply(&self, notification: Notification) {
-        match notification {
-            Notification::Data(queue) => {
-                if let Some(tx) = self.map().get(&queue) {
-                    tx.send_modify(|_| {});
-                }
-            }
-            Notification::Closed(queue) => self.end(&queue, QueueSignal::Closed),
-            Notification::Expired(queue) => self.end(&queue, QueueSignal::Expired),
-            Notification::Lagged => {
-                for tx in self.map().values() {
-                    tx.send_modify(|_| {});
-                }
-            }
-        }
+        self.apply_all(&mut vec![notification]);
     }
 
-    fn end(&self, queue: &QueueName, signal: QueueSignal) {
-        // Dropping the sender after the final value leaves waiting receivers
-        // with it; a queue re-created later gets a fresh sender.
-        if let Some(tx) = self.map().remove(queue) {
-            tx.send_replace(signal);
+    /// Applies `batch` (emptying it) under one lock of the registry. A
+    /// lost notification anywhere in it wakes every consumer once, which
+    /// covers the batch's data notifications too.
+    fn apply_all(&self, batch: &mut Vec<Notification>) {
+        let lagged = batch.contains(&Notification::Lagged);
+        let mut map = self.map();
+        for n in batch.drain(..) {
+            match n {
+                Notification::Data(queue) if !lagged => {
+                    if let Some(tx) = map.get(&queue) {
+                        tx.send_modify(|_| {});
+                    }
+                }
+                Notification::Data(_) | Notification::Lagged => {}
+                Notification::Closed(queue) => end(&mut map, &queue, QueueSignal::Closed),
+                Notification::Expired(queue) => end(&mut map, &queue, QueueSignal::Expired),
+            }
+        }
+        if lagged {
+            for tx in map.values() {
+                tx.send_modify(|_| {});
+            }
         }
     }
 
@@ -82,18 +86,46 @@ impl Wakeups {
         mut notifications: Notifications,
         shutdown: CancellationToken,
     ) {
+        let mut batch = Vec::with_capacity(COALESCE_MAX);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 next = notifications.next() => match next {
-                    Some(n) => self.apply(n),
+                    Some(n) => batch.push(n),
                     None => {
                         tracing::error!("storage notification stream ended; consumers will not be woken");
                         return;
                     }
                 },
             }
+            // Whatever else is already waiting shares the lock; under load
+            // the store outpaces a task that waits its turn on a busy
+            // runtime, and one pass per batch keeps up where one per
+            // notification does not.
+            while batch.len() < COALESCE_MAX {
+                match notifications.next().now_or_never() {
+                    Some(Some(n)) => batch.push(n),
+                    _ => break,
+                }
+            }
+            self.apply_all(&mut batch);
         }
+    }
+}
+
+/// Notifications applied under one lock of the registry, at most.
+const COALESCE_MAX: usize = 1024;
+
+/// Ends `queue`'s waits with `signal`. Dropping the sender after the final
+/// value leaves waiting receivers with it; a queue re-created later gets a
+/// fresh sender.
+fn end(
+    map: &mut HashMap<QueueName, watch::Sender<QueueSignal>>,
+    queue: &QueueName,
+    signal: QueueSignal,
+) {
+    if let Some(tx) = map.remove(queue) {
+        tx.send_replace(signal);
     }
 }
 
@@ -177,6 +209,48 @@ mod tests {
         // A queue re-created after the close starts open again.
         let mut again = w.subscribe(&name("a"));
         assert_eq!(again.mark_seen(), QueueSignal::Open);
+    }
+
+    /// What [`Wakeups::run`] gathers into one batch: every queue named in
+    /// it wakes, and an end in it still ends its queue.
+    #[tokio::test]
+    async fn a_coalesced_batch_wakes_every_queue_it_names() {
+        let w = Arc::new(Wakeups::default());
+        let mut subs: Vec<Subscription> = (0..5)
+            .map(|i| w.subscribe(&name(&format!("q{i}"))))
+            .collect();
+        for s in &mut subs {
+            s.mark_seen();
+        }
+        let mut batch: Vec<Notification> = (0..4)
+            .flat_map(|i| vec![Notification::Data(name(&format!("q{i}"))); 2])
+            .collect();
+        batch.push(Notification::Closed(name("q4")));
+        w.apply_all(&mut batch);
+        assert!(batch.is_empty());
+        for s in &mut subs[..4] {
+            assert_eq!(s.changed().await, QueueSignal::Open);
+        }
+        assert_eq!(subs[4].changed().await, QueueSignal::Closed);
+    }
+
+    #[tokio::test]
+    async fn a_lost_notification_in_a_batch_wakes_everyone_once() {
+        let w = Arc::new(Wakeups::default());
+        let mut a = w.subscribe(&name("a"));
+        let mut b = w.subscribe(&name("b"));
+        let mut c = w.subscribe(&name("c"));
+        for s in [&mut a, &mut b, &mut c] {
+            s.mark_seen();
+        }
+        w.apply_all(&mut vec![
+            Notification::Data(name("a")),
+            Notification::Lagged,
+            Notification::Expired(name("c")),
+        ]);
+        assert_eq!(a.changed().await, QueueSignal::Open);
+        assert_eq!(b.changed().await, QueueSignal::Open);
+        assert_eq!(c.changed().await, QueueSignal::Expired);
     }
 
     #[tokio::test]

@@ -334,6 +334,54 @@ async fn persistent_late_joiner_gets_no_gap_and_no_duplicate() {
     assert_eq!(ids, (1..=2000).collect::<Vec<_>>());
 }
 
+/// After a batch smaller than its prefetch a consumer does not ask the
+/// store again but waits for the queue's next change: every message pushed
+/// after that batch, while it is on its way or while the consumer waits,
+/// must still reach the consumer, in every mode.
+#[tokio::test]
+async fn nothing_is_stranded_after_a_short_batch() {
+    for mode in [
+        ConsumeMode::Unreliable,
+        ConsumeMode::Reliable,
+        ConsumeMode::Persistent,
+        ConsumeMode::Lease,
+    ] {
+        let b = Arc::new(broker().await);
+        let queue = format!("short-{}", mode.as_str_name());
+        b.attach(&queue).await;
+        let mut c = b
+            .consume(ConsumeRequest {
+                prefetch: Some(8),
+                ..req(&queue, mode)
+            })
+            .await
+            .unwrap();
+        // Lock-step: each round's batch is short, so the consumer waits
+        // for the next round's push.
+        let mut next = 1;
+        for round in 1..=7u32 {
+            b.push(&queue, msgs(0..round)).await.unwrap();
+            let ids: Vec<u64> = c.take(round as usize).await.iter().map(|m| m.id).collect();
+            let want: Vec<u64> = (next..next + u64::from(round)).collect();
+            assert_eq!(ids, want, "{mode:?} round {round}");
+            next += u64::from(round);
+        }
+        // Pushes racing the consumer: single messages land while batches
+        // are taken, sent and waited on.
+        let pusher = {
+            let (b, queue) = (Arc::clone(&b), queue.clone());
+            tokio::spawn(async move {
+                for i in 0..500 {
+                    b.push(&queue, msgs(i..i + 1)).await.unwrap();
+                }
+            })
+        };
+        let ids: Vec<u64> = c.take(500).await.iter().map(|m| m.id).collect();
+        assert_eq!(ids, (next..next + 500).collect::<Vec<_>>(), "{mode:?}");
+        pusher.await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn max_ends_the_stream() {
     let b = broker().await;

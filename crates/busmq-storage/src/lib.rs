@@ -234,10 +234,13 @@ pub trait Storage: Send + Sync + 'static {
     /// Appends `messages` in order, assigning consecutive ids.
     async fn push(&self, queue: &QueueName, messages: Vec<Bytes>) -> Result<IdRange>;
 
-    /// Takes up to `max` messages from the front of the queue, in order.
+    /// Takes up to `max` messages from the front of the queue, in order;
+    /// fewer only when no more are ready (consumers rely on this to wait
+    /// for the next change instead of asking again).
     async fn take(&self, queue: &QueueName, max: u32, mode: TakeMode) -> Result<Vec<Message>>;
 
-    /// Reads up to `max` stored messages with id >= `from`, removing nothing.
+    /// Reads up to `max` stored messages with id >= `from`, removing
+    /// nothing; fewer only when no more are stored from `from` on.
     async fn read(&self, queue: &QueueName, from: u64, max: u32) -> Result<Vec<Message>>;
 
     /// Removes every pending message with id <= `id`; returns how many.
@@ -274,6 +277,7 @@ pub trait Storage: Send + Sync + 'static {
     /// its deliveries), so expiry needs no reaper. Fails with
     /// [`Error::ReliableConsumerActive`] while a reliable consumer holds the
     /// queue, since the two modes would disagree about what is pending.
+    /// Fewer than `max` only when no more are ready.
     async fn lease(
         &self,
         queue: &QueueName,

@@ -33,8 +33,13 @@ use crate::{
     Settlement, Storage, Subscription, TakeMode,
 };
 
-/// Notifications buffered per watcher before it is told it lagged.
-const NOTIFY_CAPACITY: usize = 4096;
+/// Notifications buffered per watcher before it is told it lagged. A lag
+/// wakes every consumer of the watching broker (each then asks the store
+/// once), so this must cover the pushes made while the watcher waits its
+/// turn on a busy runtime: at 10,000 queues, 4,096 lagged several times a
+/// second and woke 10,000 consumers each time. One slot is a few dozen
+/// bytes.
+const NOTIFY_CAPACITY: usize = 65_536;
 
 /// One queue. Invariant: `pending` and `ready` are each sorted by id, and
 /// every pending id is below every ready id (pending messages came from the
