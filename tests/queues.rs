@@ -193,6 +193,13 @@ async fn reliable_messages_of_a_killed_consumer_are_delivered_again() {
     assert_eq!(q.count().await.unwrap(), 0);
 }
 
+/// The answer to a consumer's pipelined acks, within 10 s.
+async fn flushed(c: &Consumer) -> busmq_client::Result<()> {
+    tokio::time::timeout(Duration::from_secs(10), c.flush_acks())
+        .await
+        .expect("acks answered within 10 s")
+}
+
 #[tokio::test]
 async fn pipelined_acks_remove_what_they_cover_and_report_failures() {
     const TOTAL: u64 = 5_000;
@@ -210,7 +217,7 @@ async fn pipelined_acks_remove_what_they_cover_and_report_failures() {
         }
     }
     consumer.ack_later(TOTAL);
-    consumer.flush_acks().await.unwrap();
+    flushed(&consumer).await.unwrap();
     assert_eq!(q.count().await.unwrap(), 0, "every message acked");
     drop(consumer);
 
@@ -236,7 +243,7 @@ async fn pipelined_acks_remove_what_they_cover_and_report_failures() {
     let mut consumer = q.consume(ConsumeOptions::reliable()).await.unwrap();
     assert_eq!(next_id(&mut consumer).await, TOTAL + 2);
     consumer.ack_later(TOTAL + 100);
-    let err = consumer.flush_acks().await.unwrap_err();
+    let err = flushed(&consumer).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::NotFound, "{err}");
     assert_eq!(
         q.count().await.unwrap(),
@@ -245,7 +252,7 @@ async fn pipelined_acks_remove_what_they_cover_and_report_failures() {
     );
     // A right one after it is sent, and clears the failure.
     consumer.ack_later(TOTAL + 2);
-    consumer.flush_acks().await.unwrap();
+    flushed(&consumer).await.unwrap();
     assert_eq!(q.count().await.unwrap(), 0);
 }
 

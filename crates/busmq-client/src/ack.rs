@@ -9,6 +9,8 @@
 //! numbers in watch channels, so memory stays bounded however fast acks
 //! are asked for.
 
+use std::sync::Arc;
+
 use tokio::sync::watch;
 
 use crate::{Error, Queue, Result};
@@ -27,7 +29,9 @@ struct Progress {
 #[derive(Debug)]
 pub(crate) struct DeferredAcks {
     wanted: watch::Sender<u64>,
-    progress: watch::Receiver<Progress>,
+    /// Shared with the task: it reports answers, the handle clears a
+    /// refusal that a new ack replaces.
+    progress: Arc<watch::Sender<Progress>>,
 }
 
 impl DeferredAcks {
@@ -35,8 +39,8 @@ impl DeferredAcks {
     /// handle is dropped and the last ack asked for has been sent.
     pub(crate) fn start(queue: Queue) -> Self {
         let (wanted, rx) = watch::channel(0);
-        let (progress_tx, progress) = watch::channel(Progress::default());
-        tokio::spawn(send_acks(queue, rx, progress_tx));
+        let progress = Arc::new(watch::Sender::new(Progress::default()));
+        tokio::spawn(send_acks(queue, rx, Arc::clone(&progress)));
         DeferredAcks { wanted, progress }
     }
 
@@ -45,20 +49,24 @@ impl DeferredAcks {
     /// that one (an id never delivered): then this one replaces it.
     pub(crate) fn ack(&self, id: u64) {
         let refused = self.progress.borrow().failed.as_ref().map(|(id, _)| *id);
-        self.wanted.send_if_modified(|wanted| {
+        let replaced = self.wanted.send_if_modified(|wanted| {
             let replace = id > *wanted || (refused == Some(*wanted) && id != *wanted);
             if replace {
                 *wanted = id;
             }
             replace
         });
+        if replaced && refused.is_some() {
+            // The refusal concerned an id no longer asked for.
+            self.progress.send_modify(|p| p.failed = None);
+        }
     }
 
     /// Waits until the ack of the highest id asked for so far has been
     /// answered: Ok once it is confirmed, its error if it failed.
     pub(crate) async fn flush(&self) -> Result<()> {
         let target = *self.wanted.borrow();
-        let mut progress = self.progress.clone();
+        let mut progress = self.progress.subscribe();
         let done = progress
             .wait_for(|p| {
                 p.confirmed >= target || p.failed.as_ref().is_some_and(|(id, _)| *id >= target)
@@ -75,12 +83,13 @@ impl DeferredAcks {
 async fn send_acks(
     queue: Queue,
     mut wanted: watch::Receiver<u64>,
-    progress: watch::Sender<Progress>,
+    progress: Arc<watch::Sender<Progress>>,
 ) {
     let mut sent = 0;
     loop {
         let id = *wanted.borrow_and_update();
-        if id > sent {
+        // Lower than the last one sent only when it replaces a refused id.
+        if id != sent {
             // `Queue::ack` reports a failure as a queue event as well.
             let outcome = queue.ack(id).await;
             sent = id;
