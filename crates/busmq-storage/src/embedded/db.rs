@@ -138,7 +138,7 @@ fn ms(d: Duration) -> i64 {
 }
 
 /// u64 to SQLite's i64, bit for bit.
-fn int(v: u64) -> i64 {
+pub(super) fn int(v: u64) -> i64 {
     v as i64
 }
 
@@ -514,10 +514,11 @@ impl Db {
                 }
                 let (first, last) = (uint(r.get(2)?), uint(r.get(3)?));
                 let blob: Vec<u8> = r.get(4)?;
-                messages
-                    .entry(qid)
-                    .or_default()
-                    .extend(runs::decode(first, last, &blob)?);
+                messages.entry(qid).or_default().extend(runs::decode(
+                    first,
+                    last,
+                    Bytes::from(blob),
+                )?);
                 self.runs.recovered(seq, qid, first, last);
             }
         }

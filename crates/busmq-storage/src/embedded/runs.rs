@@ -29,6 +29,7 @@ use std::collections::{BTreeMap, HashMap};
 use bytes::Bytes;
 use rusqlite::{OptionalExtension, Transaction, params};
 
+use super::db::int;
 use crate::Message;
 
 /// `runs` as [`super::db`]'s schema creates it.
@@ -42,25 +43,11 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 ";
 
-/// u64 to SQLite's i64, bit for bit (ids never reach 2^63).
-fn int(v: u64) -> i64 {
-    v as i64
-}
-
 /// Encodes payloads as a run's `payloads` column.
 pub fn encode<'a>(payloads: impl IntoIterator<Item = &'a Bytes>) -> Vec<u8> {
     let mut out = Vec::new();
     for p in payloads {
-        let mut len = p.len() as u64;
-        loop {
-            let byte = (len & 0x7f) as u8;
-            len >>= 7;
-            if len == 0 {
-                out.push(byte);
-                break;
-            }
-            out.push(byte | 0x80);
-        }
+        prost::encoding::encode_varint(p.len() as u64, &mut out);
         out.extend_from_slice(p);
     }
     out
@@ -81,42 +68,31 @@ impl From<CorruptRun> for rusqlite::Error {
     }
 }
 
-/// The messages of the run `first..=last` stored as `blob`.
-pub fn decode(first: u64, last: u64, blob: &[u8]) -> Result<Vec<Message>, CorruptRun> {
+/// The messages of the run `first..=last` stored as `blob`; their
+/// payloads share its buffer.
+pub fn decode(first: u64, last: u64, blob: Bytes) -> Result<Vec<Message>, CorruptRun> {
     let corrupt = |why| CorruptRun { first, last, why };
     if last < first {
         return Err(corrupt("its last id is below its first"));
     }
-    let blob = Bytes::copy_from_slice(blob);
     let mut out = Vec::with_capacity((last - first + 1).min(1 << 16) as usize);
-    let mut at = 0usize;
+    let mut rest = blob;
     for id in first..=last {
-        let mut len: u64 = 0;
-        let mut shift = 0;
-        loop {
-            let byte = *blob.get(at).ok_or_else(|| corrupt("it ends early"))?;
-            at += 1;
-            if shift > 56 {
-                return Err(corrupt("a length is too long"));
-            }
-            len |= u64::from(byte & 0x7f) << shift;
-            shift += 7;
-            if byte & 0x80 == 0 {
-                break;
-            }
+        if rest.is_empty() {
+            return Err(corrupt("it ends early"));
         }
-        let end = usize::try_from(len)
+        let len = prost::encoding::decode_varint(&mut rest)
+            .map_err(|_| corrupt("a length is not a varint"))?;
+        let len = usize::try_from(len)
             .ok()
-            .and_then(|len| at.checked_add(len))
-            .filter(|&end| end <= blob.len())
+            .filter(|&len| len <= rest.len())
             .ok_or_else(|| corrupt("a payload runs past its end"))?;
         out.push(Message {
             id,
-            payload: blob.slice(at..end),
+            payload: rest.split_to(len),
         });
-        at = end;
     }
-    if at != blob.len() {
+    if !rest.is_empty() {
         return Err(corrupt("bytes are left after its last payload"));
     }
     Ok(out)
@@ -235,7 +211,7 @@ impl RunIndex {
             let Some(blob) = blob else {
                 continue;
             };
-            let mut kept = decode(first, run.last, &blob)?;
+            let mut kept = decode(first, run.last, Bytes::from(blob))?;
             kept.retain(|m| !covered(m.id));
             left.push((first, run.seq, kept));
         }
@@ -286,17 +262,21 @@ mod tests {
     #[test]
     fn runs_round_trip_through_their_encoding() {
         let p = payloads(70);
-        let blob = encode(&p);
-        let back = decode(10, 79, &blob).unwrap();
+        let blob = Bytes::from(encode(&p));
+        let back = decode(10, 79, blob).unwrap();
         assert_eq!(back.len(), 70);
         for (i, m) in back.iter().enumerate() {
             assert_eq!((m.id, &m.payload), (10 + i as u64, &p[i]));
         }
-        assert!(decode(1, 0, &[]).is_err());
-        assert!(decode(1, 1, &[]).is_err(), "ends early");
-        assert!(decode(1, 1, &[5, 1, 2]).is_err(), "payload past the end");
-        assert!(decode(1, 1, &[0, 9]).is_err(), "bytes left over");
-        assert!(decode(1, 1, &[0xff; 12]).is_err(), "length too long");
-        assert_eq!(decode(1, 1, &[0]).unwrap()[0].payload.len(), 0);
+        let bytes = Bytes::from_static;
+        assert!(decode(1, 0, bytes(&[])).is_err());
+        assert!(decode(1, 1, bytes(&[])).is_err(), "ends early");
+        assert!(
+            decode(1, 1, bytes(&[5, 1, 2])).is_err(),
+            "payload past the end"
+        );
+        assert!(decode(1, 1, bytes(&[0, 9])).is_err(), "bytes left over");
+        assert!(decode(1, 1, bytes(&[0xff; 12])).is_err(), "length too long");
+        assert_eq!(decode(1, 1, bytes(&[0])).unwrap()[0].payload.len(), 0);
     }
 }
