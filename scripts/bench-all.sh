@@ -9,8 +9,8 @@
 #   1 ordered queue on Redis, reliable+ack against unreliable (embedded and
 #   Redis), all-in-one against split processes (embedded), latency at
 #   20,000 msgs/s offered (embedded and memory), the queue sweep
-#   1 → 10,000 (memory; 100 and 10,000 embedded; memory again with one
-#   batch in flight per queue), and the RSS of
+#   1 → 10,000 (memory; 100 and 10,000 embedded; memory again bounded per
+#   queue only), and the RSS of
 #   `busmq serve` holding 10,000 idle queues.
 #
 #   scripts/bench-all.sh                # 10–20 minutes on 2 cores, after the build
@@ -91,9 +91,10 @@ run latency-memory-64 --storage memory --duration "$DURATION" --rate 20000
 
 run sweep-memory --storage memory --duration 16s --sweep-queues 1,10,100,1000,10000
 run sweep-embedded --storage embedded --duration 16s --sweep-queues 100,10000
-# The same sweep with one push batch in flight per queue instead of 8: the
-# total in flight then grows 100x less from 100 to 10,000 queues.
-run sweep-memory-inflight1 --storage memory --duration 16s --sweep-queues 100,10000 --in-flight 1
+# The same sweep bounded per queue only (8 batches in flight per queue, no
+# per-producer window): the load offered then grows 100x from 100 to 10,000
+# queues, as it did before --window existed.
+run sweep-memory-per-queue --storage memory --duration 16s --sweep-queues 100,10000 --window 1000000
 
 echo
 PORT_BASE=$((PORT_BASE + 20)) QUEUES=10000 scripts/bench-idle-rss.sh | tee "$OUT/idle-rss.txt"

@@ -50,6 +50,13 @@ pub struct BenchArgs {
     /// Push batches in flight per queue of a producer.
     #[arg(long, default_value_t = 8)]
     pub in_flight: usize,
+    /// Push batches in flight per producer connection, over all its queues
+    /// (as Kafka's producer bounds requests per connection, not per
+    /// partition), so the load offered does not grow with the queue count.
+    /// The default is what --in-flight 8 gives 25 queues: 100 queues over 4
+    /// producers run as they did before this bound existed.
+    #[arg(long, default_value_t = 200)]
+    pub window: usize,
     /// Messages the broker may have on the way to each consumer stream.
     #[arg(long, default_value_t = 1024)]
     pub prefetch: u32,
@@ -128,6 +135,7 @@ impl BenchArgs {
         );
         anyhow::ensure!(self.batch >= 1, "--batch must be at least 1");
         anyhow::ensure!(self.in_flight >= 1, "--in-flight must be at least 1");
+        anyhow::ensure!(self.window >= 1, "--window must be at least 1");
         anyhow::ensure!(self.prefetch >= 1, "--prefetch must be at least 1");
         anyhow::ensure!(!self.cycle.is_zero(), "--cycle must be positive");
         anyhow::ensure!(
@@ -163,12 +171,14 @@ impl BenchArgs {
         };
         let mode = format!("{:?}", self.mode).to_lowercase();
         format!(
-            "busmq bench: {target}; mode {mode}, {} producers, {} consumers, {} queues, {} B messages, batch {}, rate {rate}, backlog {backlog}, {:?} in {:?} cycles",
+            "busmq bench: {target}; mode {mode}, {} producers, {} consumers, {} queues, {} B messages, batch {}, in flight {}/queue and {}/producer, rate {rate}, backlog {backlog}, {:?} in {:?} cycles",
             self.producers,
             self.consumers,
             self.queues,
             self.size,
             self.batch,
+            self.in_flight,
+            self.window,
             self.duration,
             self.cycle
         )

@@ -185,8 +185,8 @@ async fn produce(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     // busmq's pushers bound batches in flight per queue themselves; this
-    // bounds them the same way for every transport.
-    let max_in_flight = args.in_flight * queues;
+    // bounds them the same way for every transport, and per connection.
+    let max_in_flight = (args.in_flight * queues).min(args.window);
     let backlog_limit = args.max_backlog.saturating_mul(args.queues as u64);
     let mut pace = args.rate.map(|rate| {
         let per_producer = rate as f64 / args.producers as f64;
@@ -265,6 +265,94 @@ async fn consume(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A producer whose batches are confirmed only when `release` fires,
+    /// counting the batches it was handed.
+    struct Stalled {
+        sent: Arc<AtomicU64>,
+        release: CancellationToken,
+    }
+
+    impl Producer for Stalled {
+        async fn push_batch(
+            &mut self,
+            _queue: usize,
+            _payload: Bytes,
+            count: usize,
+        ) -> anyhow::Result<crate::transport::Ticket> {
+            self.sent.fetch_add(1, Ordering::Relaxed);
+            let release = self.release.clone();
+            Ok(Box::pin(async move {
+                release.cancelled().await;
+                Ok(count as u64)
+            }))
+        }
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    /// Batches handed to a producer that confirms none of them, once it
+    /// has stopped sending.
+    async fn unconfirmed_batches(queues: usize, flags: &[&str]) -> u64 {
+        use clap::Parser;
+        let args = Cli::try_parse_from(["bench"].iter().chain(flags))
+            .expect("parses")
+            .bench;
+        let progress = Arc::new(Progress {
+            epoch: Instant::now(),
+            pushed: AtomicU64::new(0),
+            consumed: AtomicU64::new(0),
+            fanout: 1.0,
+        });
+        let (sent, release, stop) = (
+            Arc::new(AtomicU64::new(0)),
+            CancellationToken::new(),
+            CancellationToken::new(),
+        );
+        let producer = Stalled {
+            sent: Arc::clone(&sent),
+            release: release.clone(),
+        };
+        let task = tokio::spawn(produce(
+            producer,
+            queues,
+            args,
+            Arc::clone(&progress),
+            stop.clone(),
+        ));
+        // Until the count stops moving: the producer is waiting for room.
+        let mut seen = u64::MAX;
+        while seen != sent.load(Ordering::Relaxed) {
+            seen = sent.load(Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.cancel();
+        release.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the producer ends once its batches are confirmed")
+            .expect("producer task")
+            .expect("producer");
+        assert_eq!(
+            progress.pushed.load(Ordering::Relaxed),
+            sent.load(Ordering::Relaxed) * 64,
+            "every batch sent is counted once confirmed"
+        );
+        seen
+    }
+
+    #[tokio::test]
+    async fn a_producer_keeps_at_most_its_window_in_flight() {
+        // 2,500 queues x 8 per queue would be 20,000: the window bounds it.
+        assert_eq!(unconfirmed_batches(2_500, &[]).await, 200);
+        assert_eq!(unconfirmed_batches(2_500, &["--window", "7"]).await, 7);
+        // Few queues: the per-queue bound is the smaller one.
+        assert_eq!(unconfirmed_batches(3, &["--in-flight", "2"]).await, 6);
+    }
 
     #[test]
     fn assignment_covers_every_queue() {
