@@ -1,8 +1,8 @@
 //! A queue handle: node-busmq's `Queue`.
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use busmq_proto::v1 as pb;
@@ -164,7 +164,10 @@ pub(crate) struct Shared {
     pub(crate) pushed: AtomicU64,
     pub(crate) consumed: AtomicU64,
     pub(crate) consumers: AtomicUsize,
-    events: broadcast::Sender<QueueEvent>,
+    /// Made by the first [`Queue::events`]: a broadcast channel allocates
+    /// all its slots up front (tens of KiB), which a client holding
+    /// thousands of queue handles nobody listens to should not pay.
+    events: OnceLock<broadcast::Sender<QueueEvent>>,
 }
 
 impl Shared {
@@ -195,8 +198,11 @@ impl Shared {
 
     /// Tells the event listeners, if any.
     pub(crate) fn emit(&self, event: QueueEvent) {
-        // No listener is not an error.
-        let _ = self.events.send(event);
+        // No listener is not an error; no channel yet means none ever
+        // listened, and a broadcast drops what nobody receives anyway.
+        if let Some(events) = self.events.get() {
+            let _ = events.send(event);
+        }
     }
 
     /// Reports `err` as an event and hands it back.
@@ -248,7 +254,6 @@ impl fmt::Debug for Queue {
 
 impl Queue {
     pub(crate) fn new(client: QueuesClient<Channel>, name: String, reconnect: Reconnect) -> Queue {
-        let (events, _) = broadcast::channel(EVENT_CAPACITY);
         Queue {
             shared: Arc::new(Shared {
                 name,
@@ -258,7 +263,7 @@ impl Queue {
                 pushed: AtomicU64::new(0),
                 consumed: AtomicU64::new(0),
                 consumers: AtomicUsize::new(0),
-                events,
+                events: OnceLock::new(),
             }),
         }
     }
@@ -507,7 +512,12 @@ impl Queue {
     /// The events of this handle from now on (node-busmq's `queue.on(...)`),
     /// as a stream. Each call is an independent listener.
     pub fn events(&self) -> QueueEvents {
-        QueueEvents::new(self.shared.events.subscribe())
+        QueueEvents::new(
+            self.shared
+                .events
+                .get_or_init(|| broadcast::channel(EVENT_CAPACITY).0)
+                .subscribe(),
+        )
     }
 }
 
