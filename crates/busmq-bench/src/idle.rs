@@ -45,7 +45,10 @@ pub async fn run<T: Transport>(
 
     let mut consumers = Vec::new();
     if args.idle_consumers {
-        let mut recorder = Recorder::new(Instant::now(), latency_histogram());
+        let mut recorder = Recorder::new(
+            Instant::now(),
+            std::sync::Arc::new(std::sync::Mutex::new(latency_histogram())),
+        );
         for worker_queues in assign(args.consumers, queues) {
             let worker_names = worker_queues.iter().map(|&q| names[q].clone()).collect();
             for mut consumer in transport.consumers(worker_names).await? {

@@ -3,6 +3,7 @@
 //! the same per-cycle counting.
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::Context;
@@ -65,19 +66,31 @@ pub trait Consumer: Send + 'static {
     ) -> impl Future<Output = anyhow::Result<bool>> + Send;
 }
 
+/// A latency histogram the consumers of one connection share: one of this
+/// range and precision is about 270 KB, too much to keep per queue at
+/// 10,000 queues (it was most of the bench's own memory there).
+pub type SharedHistogram = Arc<Mutex<Histogram<u64>>>;
+
+/// Latencies a [`Recorder`] keeps before taking the shared histogram's lock.
+const PENDING_LATENCIES: usize = 4096;
+
 /// Counts deliveries and records their push→delivery latency.
 pub struct Recorder {
     epoch: Instant,
-    pub(crate) latency: Histogram<u64>,
+    latency: SharedHistogram,
+    /// Latencies not yet in `latency`: the lock is taken once per batch,
+    /// not per message.
+    pending: Vec<u64>,
     /// Deliveries recorded and not yet taken by [`Recorder::take_count`].
     count: u64,
 }
 
 impl Recorder {
-    pub fn new(epoch: Instant, latency: Histogram<u64>) -> Recorder {
+    pub fn new(epoch: Instant, latency: SharedHistogram) -> Recorder {
         Recorder {
             epoch,
             latency,
+            pending: Vec::new(),
             count: 0,
         }
     }
@@ -88,13 +101,31 @@ impl Recorder {
         if let Some(sent) = payload.get(..8) {
             let sent = u64::from_le_bytes(sent.try_into().expect("8 bytes"));
             let now = self.epoch.elapsed().as_nanos() as u64;
-            self.latency.saturating_record(now.saturating_sub(sent));
+            self.pending.push(now.saturating_sub(sent));
+            if self.pending.len() >= PENDING_LATENCIES {
+                self.flush();
+            }
         }
     }
 
-    /// Deliveries recorded since the last call.
+    /// Deliveries recorded since the last call; their latencies are in the
+    /// shared histogram when it returns.
     pub fn take_count(&mut self) -> u64 {
+        self.flush();
         std::mem::take(&mut self.count)
+    }
+
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        // A panic elsewhere while recording leaves counts, not broken state.
+        let mut latency = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        for &nanos in &self.pending {
+            latency.saturating_record(nanos);
+        }
+        drop(latency);
+        self.pending.clear();
     }
 }
 
@@ -225,7 +256,6 @@ impl Consumer for BusmqConsumer {
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
-    use std::sync::Mutex;
 
     use clap::Parser;
     use tokio::sync::mpsc;
@@ -236,16 +266,30 @@ mod tests {
     fn recorder_counts_and_times_payloads() {
         let epoch = Instant::now();
         let histogram = Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("bounds");
-        let mut recorder = Recorder::new(epoch, histogram);
+        let shared = Arc::new(Mutex::new(histogram));
+        let mut recorder = Recorder::new(epoch, Arc::clone(&shared));
+        let mut other = Recorder::new(epoch, Arc::clone(&shared));
         recorder.record(&0u64.to_le_bytes());
         recorder.record(b"short");
+        other.record(&0u64.to_le_bytes());
+        assert_eq!(shared.lock().unwrap().len(), 0, "kept until the batch ends");
         assert_eq!(recorder.take_count(), 2);
         assert_eq!(recorder.take_count(), 0);
+        assert_eq!(other.take_count(), 1);
         assert_eq!(
-            recorder.latency.len(),
-            1,
+            shared.lock().unwrap().len(),
+            2,
             "a payload under 8 bytes has no time"
         );
+        for _ in 0..PENDING_LATENCIES {
+            other.record(&0u64.to_le_bytes());
+        }
+        assert_eq!(
+            shared.lock().unwrap().len(),
+            2 + PENDING_LATENCIES as u64,
+            "a long batch is flushed on the way"
+        );
+        assert_eq!(other.take_count(), PENDING_LATENCIES as u64);
     }
 
     /// Queues as in-process channels: the workload loops without a server.

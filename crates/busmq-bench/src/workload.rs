@@ -1,7 +1,7 @@
 //! Producers and consumers: the load itself, and the per-cycle sampling.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -12,7 +12,7 @@ use hdrhistogram::Histogram;
 use tokio_util::sync::CancellationToken;
 
 use crate::report::{Cycle, Latency, Report};
-use crate::transport::{Consumer, Producer, Recorder, Transport};
+use crate::transport::{Consumer, Producer, Recorder, SharedHistogram, Transport};
 use crate::{BenchArgs, Mode};
 
 /// How long consumers may take to drain the backlog after producers stop.
@@ -95,15 +95,19 @@ pub async fn run<T: Transport>(args: &BenchArgs, transport: T) -> anyhow::Result
     // Consumers first, so no early message waits for a stream.
     let stop_consumers = CancellationToken::new();
     let mut consumers = Vec::new();
+    let mut histograms = Vec::new();
     for queues in consumer_queues {
         let queues = queues.into_iter().map(|q| names[q].clone()).collect();
+        let histogram: SharedHistogram = Arc::new(Mutex::new(latency_histogram()));
         for consumer in transport.consumers(queues).await? {
             consumers.push(tokio::spawn(consume(
                 consumer,
                 Arc::clone(&progress),
+                Arc::clone(&histogram),
                 stop_consumers.clone(),
             )));
         }
+        histograms.push(histogram);
     }
 
     let stop_producers = CancellationToken::new();
@@ -133,9 +137,12 @@ pub async fn run<T: Transport>(args: &BenchArgs, transport: T) -> anyhow::Result
     }
     let drained = progress.backlog() == 0;
     stop_consumers.cancel();
-    let mut latency = latency_histogram();
     for c in consumers {
-        latency.add(c.await.context("consumer task")??)?;
+        c.await.context("consumer task")??;
+    }
+    let mut latency = latency_histogram();
+    for histogram in histograms {
+        latency.add(&*histogram.lock().unwrap_or_else(|p| p.into_inner()))?;
     }
     transport.cleanup(&names).await;
 
@@ -241,9 +248,10 @@ async fn produce(
 async fn consume(
     mut consumer: impl Consumer,
     progress: Arc<Progress>,
+    latency: SharedHistogram,
     stop: CancellationToken,
-) -> anyhow::Result<Histogram<u64>> {
-    let mut recorder = Recorder::new(progress.epoch, latency_histogram());
+) -> anyhow::Result<()> {
+    let mut recorder = Recorder::new(progress.epoch, latency);
     loop {
         let more = tokio::select! {
             more = consumer.next_batch(&mut recorder) => more?,
@@ -259,7 +267,7 @@ async fn consume(
     progress
         .consumed
         .fetch_add(recorder.take_count(), Ordering::Relaxed);
-    Ok(recorder.latency)
+    Ok(())
 }
 
 #[cfg(test)]
