@@ -12,7 +12,7 @@ use std::time::Instant;
 use busmq_client::Bytes;
 
 use crate::transport::{Consumer, Producer, Recorder, Transport};
-use crate::workload::{assign, latency_histogram, queue_names};
+use crate::workload::{assign, queue_names, shared_latency_histogram};
 use crate::{BenchArgs, report::thousands};
 
 /// What `scripts/bench-idle-rss.sh` waits for before it reads the server's
@@ -45,10 +45,7 @@ pub async fn run<T: Transport>(
 
     let mut consumers = Vec::new();
     if args.idle_consumers {
-        let mut recorder = Recorder::new(
-            Instant::now(),
-            std::sync::Arc::new(std::sync::Mutex::new(latency_histogram())),
-        );
+        let mut recorder = Recorder::new(Instant::now(), shared_latency_histogram());
         for worker_queues in assign(args.consumers, queues) {
             let worker_names = worker_queues.iter().map(|&q| names[q].clone()).collect();
             for mut consumer in transport.consumers(worker_names).await? {

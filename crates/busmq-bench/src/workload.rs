@@ -46,6 +46,11 @@ pub(crate) fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid histogram bounds")
 }
 
+/// A [`latency_histogram`] for the consumers of one connection to share.
+pub(crate) fn shared_latency_histogram() -> SharedHistogram {
+    Arc::new(Mutex::new(latency_histogram()))
+}
+
 /// The queues (by index) each of `workers` handles: round robin when there
 /// are more queues than workers, else each worker one queue (shared).
 pub(crate) fn assign(workers: usize, queues: usize) -> Vec<Vec<usize>> {
@@ -98,7 +103,7 @@ pub async fn run<T: Transport>(args: &BenchArgs, transport: T) -> anyhow::Result
     let mut histograms = Vec::new();
     for queues in consumer_queues {
         let queues = queues.into_iter().map(|q| names[q].clone()).collect();
-        let histogram: SharedHistogram = Arc::new(Mutex::new(latency_histogram()));
+        let histogram = shared_latency_histogram();
         for consumer in transport.consumers(queues).await? {
             consumers.push(tokio::spawn(consume(
                 consumer,

@@ -50,8 +50,10 @@ impl Wakeups {
         }
     }
 
-    /// Applies one store notification.
-    pub fn apply(&self, notification: Notification) {
+    /// Applies one store notification ([`Self::run`] applies them in
+    /// batches; tests drive one at a time).
+    #[cfg(test)]
+    fn apply(&self, notification: Notification) {
         self.apply_all(&mut vec![notification]);
     }
 
