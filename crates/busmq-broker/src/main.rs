@@ -12,6 +12,10 @@ use busmq_storage::memory::MemoryStorage;
 use busmq_storage::remote::RemoteStorage;
 use clap::Parser;
 
+/// See [`busmq_runtime::Allocator`].
+#[global_allocator]
+static ALLOCATOR: busmq_runtime::Allocator = busmq_runtime::ALLOCATOR;
+
 /// The busmq broker: queues, consume modes and acks over gRPC (busmq.v1).
 ///
 /// Stateless: every queue lives in the store, so run as many brokers as you

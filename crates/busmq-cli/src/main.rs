@@ -7,6 +7,10 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+/// See [`busmq_runtime::Allocator`].
+#[global_allocator]
+static ALLOCATOR: busmq_runtime::Allocator = busmq_runtime::ALLOCATOR;
+
 mod channel;
 mod client;
 mod lease;

@@ -8,6 +8,10 @@ use busmq_core::Limits;
 use busmq_storage::backend::{self, BackendOptions, BackendSpec, DEFAULT_DATA_DIR};
 use clap::Parser;
 
+/// See [`busmq_runtime::Allocator`].
+#[global_allocator]
+static ALLOCATOR: busmq_runtime::Allocator = busmq_runtime::ALLOCATOR;
+
 /// The busmq storage service: the only process that talks to a store.
 /// Brokers reach it over gRPC (busmq.storage.v1), with grpc.health.v1 and
 /// server reflection on the same port. Stops gracefully on SIGTERM/Ctrl-C.
