@@ -63,7 +63,8 @@ fn draw(path: &Path, title: &str, report: &Report, text: bool) -> DrawResult {
     let root = BitMapBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
     root.fill(&WHITE)?;
     let root = if text {
-        root.titled(title, (FONT_FAMILY, 13))?
+        let size = title_size(&root, title);
+        root.titled(title, (FONT_FAMILY, size))?
     } else {
         root
     };
@@ -73,6 +74,22 @@ fn draw(path: &Path, title: &str, report: &Report, text: bool) -> DrawResult {
     root.present()?;
     Ok(())
 }
+
+/// The title's font size: 13 px, or smaller until the whole line fits
+/// the chart's width (a run's description is long), but never below 7.
+fn title_size(area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>, title: &str) -> u32 {
+    let room = area.dim_in_pixel().0.saturating_sub(2 * TITLE_MARGIN);
+    (7..=13)
+        .rev()
+        .find(|&size| {
+            area.estimate_text_size(title, &(FONT_FAMILY, size).into_text_style(area))
+                .is_ok_and(|(width, _)| width <= room)
+        })
+        .unwrap_or(7)
+}
+
+/// Pixels kept free on each side of the title.
+const TITLE_MARGIN: u32 = 8;
 
 /// Pushed/s and consumed/s per cycle, over the run's seconds.
 fn throughput(
@@ -237,6 +254,32 @@ mod tests {
         let path = dir.path().join("bench.png");
         write_png(&path, "busmq bench: test", &report()).expect("plot");
         assert_png(&path);
+    }
+
+    #[test]
+    fn a_long_title_is_shrunk_to_fit_the_width() {
+        if !font_registered() {
+            eprintln!("no TrueType font on this machine: nothing to measure");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("title.png");
+        let area = BitMapBackend::new(&path, (WIDTH, HEIGHT)).into_drawing_area();
+        let short = "busmq bench: test";
+        assert_eq!(title_size(&area, short), 13, "a short title keeps its size");
+        let long = "busmq bench: in-process broker, storage memory; mode unreliable, \
+                    4 producers, 4 consumers, 100 queues, 32 B messages, batch 64, \
+                    in flight 8/queue and 200/producer, rate max, backlog <= 2000/queue, \
+                    10s in 2s cycles";
+        let size = title_size(&area, long);
+        assert!(size < 13, "the long title was not shrunk");
+        let (width, _) = area
+            .estimate_text_size(long, &(FONT_FAMILY, size).into_text_style(&area))
+            .expect("measure");
+        assert!(
+            width <= WIDTH - 2 * TITLE_MARGIN,
+            "{width} px at {size} px does not fit"
+        );
     }
 
     #[test]
