@@ -15,8 +15,8 @@ pub use tonic_health::server::health_reporter;
 /// The memory allocator of every busmq binary (each names it as its
 /// `#[global_allocator]`). A payload is allocated by the thread that
 /// decodes its push and freed by whichever thread drops it last (after
-/// delivery, an ack, or a write to disk); glibc's malloc spent about a
-/// fifth of a reliable run's CPU on that. jemalloc rather than mimalloc:
+/// delivery, an ack, or a write to disk); glibc's malloc took a tenth of
+/// a reliable run's CPU samples. jemalloc rather than mimalloc:
 /// both fixed it, but mimalloc kept freed pages of an idle server (10,000
 /// idle queues: 165 MiB against jemalloc's 106). See BENCHMARKS.md.
 pub type Allocator = tikv_jemallocator::Jemalloc;
