@@ -219,8 +219,7 @@ mod tests {
     use crate::report::{Cycle, Latency};
 
     fn report() -> Report {
-        let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3)
-            .expect("bounds");
+        let mut h = crate::workload::latency_histogram();
         for i in 1..=10_000u64 {
             h.record(i * 100).expect("in range");
         }

@@ -267,8 +267,7 @@ mod tests {
     #[test]
     fn recorder_counts_and_times_payloads() {
         let epoch = Instant::now();
-        let histogram = Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("bounds");
-        let shared = Arc::new(Mutex::new(histogram));
+        let shared = crate::workload::shared_latency_histogram();
         let mut recorder = Recorder::new(epoch, Arc::clone(&shared));
         let mut other = Recorder::new(epoch, Arc::clone(&shared));
         recorder.record(&0u64.to_le_bytes());
