@@ -467,3 +467,74 @@ async fn sigterm_ends_consumers_with_unavailable_and_the_broker_exits_cleanly() 
     assert_eq!(again.redelivered(), 1);
     assert_eq!(next_id(&mut again).await, 1);
 }
+
+#[tokio::test]
+async fn one_pusher_and_one_consumer_cover_many_queues() {
+    let c = cluster().await;
+    let queues: Vec<_> = (0..20).map(|i| c.bus.queue(format!("many.{i}"))).collect();
+    for q in &queues {
+        q.attach(AttachOptions::default()).await.unwrap();
+    }
+    let pusher = c
+        .bus
+        .pusher(&queues, busmq_client::PusherOptions { max_in_flight: 16 })
+        .unwrap();
+    let mut tickets = Vec::new();
+    for round in 0..5u64 {
+        for i in 0..queues.len() {
+            let batch = (0..3).map(|k| format!("{i}:{}", round * 3 + k + 1));
+            tickets.push((i, round, pusher.push_to(i, batch).await.unwrap()));
+        }
+    }
+    for (i, round, ticket) in tickets {
+        let ids = ticket.await.unwrap();
+        assert_eq!(
+            (ids.first, ids.last),
+            (round * 3 + 1, round * 3 + 3),
+            "queue {i}, round {round}: ids follow push order"
+        );
+    }
+    let refused = pusher.push_to(queues.len(), ["x"]).await.unwrap_err();
+    assert_eq!(refused.code(), ErrorCode::InvalidArgument);
+    pusher.finish().await.unwrap();
+    assert!(queues.iter().all(|q| q.pushed() == 15));
+    assert_eq!(
+        c.bus
+            .pusher(&[], busmq_client::PusherOptions::default())
+            .unwrap_err()
+            .code(),
+        ErrorCode::InvalidArgument
+    );
+
+    let mut consumer = c
+        .bus
+        .consume_many(&queues, ConsumeOptions::reliable())
+        .await
+        .unwrap();
+    let mut next = vec![1u64; queues.len()];
+    for _ in 0..15 * queues.len() {
+        let got = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .expect("a message within 10 s")
+            .expect("still open")
+            .expect("no error");
+        let i = got.queue;
+        assert_eq!(got.delivery.id, next[i], "queue {i} in id order");
+        assert_eq!(got.delivery.payload, format!("{i}:{}", next[i]));
+        next[i] += 1;
+        consumer.ack_later(i, got.delivery.id);
+    }
+    consumer.flush_acks().await.unwrap();
+    for q in &queues {
+        assert_eq!(q.consumed(), 15);
+        assert_eq!(
+            q.info().await.unwrap().count,
+            0,
+            "{}: every ack landed",
+            q.name()
+        );
+    }
+    drop(consumer);
+    let empty = c.bus.consume_many(&[], ConsumeOptions::default()).await;
+    assert_eq!(empty.unwrap_err().code(), ErrorCode::InvalidArgument);
+}

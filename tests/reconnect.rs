@@ -1,6 +1,6 @@
 //! The SDK rides through a broker restart: one reliable consumer object
-//! keeps delivering after its broker is killed and started again, and no
-//! acknowledged push is lost.
+//! (of one queue, or of many on one stream) keeps delivering after its
+//! broker is killed and started again, and no acknowledged push is lost.
 
 mod common;
 
@@ -8,9 +8,34 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use busmq_client::{AttachOptions, Bus, ConsumeOptions, QueueEvent};
+use busmq_client::{AttachOptions, Bus, ConsumeOptions, Queue, QueueEvent};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
+
+type Acked = Arc<Mutex<Vec<u64>>>;
+
+/// Pushes 1, 2, ... one at a time, round robin over `queues`, recording the
+/// acknowledged ones; a push that fails while the broker is down is not
+/// retried (it was never acknowledged). Stops when the token is cancelled.
+fn produce(queues: Vec<Queue>) -> (Acked, CancellationToken, tokio::task::JoinHandle<()>) {
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let stop = CancellationToken::new();
+    let producer = tokio::spawn({
+        let (acked, stop) = (Arc::clone(&acked), stop.clone());
+        async move {
+            let mut k = 0u64;
+            while !stop.is_cancelled() {
+                k += 1;
+                let queue = &queues[k as usize % queues.len()];
+                match queue.push(k.to_string()).await {
+                    Ok(_) => acked.lock().unwrap().push(k),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        }
+    });
+    (acked, stop, producer)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_reliable_consumer_survives_a_broker_restart_without_losing_messages() {
@@ -24,24 +49,7 @@ async fn a_reliable_consumer_survives_a_broker_restart_without_losing_messages()
         .unwrap();
     let mut events = queue.events();
 
-    // Pushes 1, 2, ... one at a time, recording the acknowledged ones; a
-    // push that fails while the broker is down is not retried (it was
-    // never acknowledged).
-    let acked = Arc::new(Mutex::new(Vec::new()));
-    let stop = CancellationToken::new();
-    let producer = tokio::spawn({
-        let (queue, acked, stop) = (queue.clone(), Arc::clone(&acked), stop.clone());
-        async move {
-            let mut k = 0u64;
-            while !stop.is_cancelled() {
-                k += 1;
-                match queue.push(k.to_string()).await {
-                    Ok(_) => acked.lock().unwrap().push(k),
-                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-                }
-            }
-        }
-    });
+    let (acked, stop, producer) = produce(vec![queue.clone()]);
 
     let mut consumer = queue
         .consume(ConsumeOptions::reliable().prefetch(20))
@@ -116,4 +124,68 @@ async fn a_reliable_consumer_survives_a_broker_restart_without_losing_messages()
         }
     }
     assert!(received.contains(&last));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reliable_consumer_of_many_queues_survives_a_broker_restart_without_losing_messages() {
+    let storage = busmq_testkit::storage().await;
+    let broker = common::broker_with_short_lock_lease(&storage).await;
+    let bus = Bus::connect(broker.url()).await.unwrap();
+    let mut queues = Vec::new();
+    for i in 0..3 {
+        let queue = bus.queue(format!("reconnect.many.{i}"));
+        queue
+            .attach(AttachOptions::ttl(Duration::from_secs(600)))
+            .await
+            .unwrap();
+        queues.push(queue);
+    }
+    let (acked, stop, producer) = produce(queues.clone());
+    let mut consumer = bus
+        .consume_many(&queues, ConsumeOptions::reliable().prefetch(20))
+        .await
+        .unwrap();
+
+    let mut received = BTreeSet::new();
+    let mut restarted = false;
+    let mut after_restart = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let next = async |consumer: &mut busmq_client::ManyConsumer| {
+        let got = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+            .await
+            .expect("a delivery within 30 s")
+            .expect("the consumer keeps running")
+            .expect("no error reaches the stream");
+        let k: u64 = std::str::from_utf8(&got.delivery.payload)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(k as usize % 3, got.queue, "payload {k} came from its queue");
+        // Acks fail while the broker is down; what they covered comes back.
+        let _ = consumer.ack(got.queue, got.delivery.id).await;
+        k
+    };
+    while after_restart < 300 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no progress after the restart ({after_restart} messages)"
+        );
+        received.insert(next(&mut consumer).await);
+        if restarted {
+            after_restart += 1;
+        } else if received.len() >= 300 {
+            broker.kill9();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            broker.restart().await;
+            restarted = true;
+        }
+    }
+    stop.cancel();
+    producer.await.unwrap();
+    assert!(consumer.reconnects() >= 1, "the consumer reconnected");
+
+    let acked: Vec<u64> = acked.lock().unwrap().clone();
+    while !acked.iter().all(|k| received.contains(k)) {
+        received.insert(next(&mut consumer).await);
+    }
 }

@@ -17,6 +17,17 @@ pub enum Mode {
     Persistent,
 }
 
+/// How a busmq producer or consumer task talks to its queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Streams {
+    /// One stream for all the task's queues: a PushStream to many queues
+    /// (`Bus::pusher`), a ConsumeMany stream (`Bus::consume_many`).
+    Many,
+    /// One stream per queue (`Queue::pusher`, `Queue::consume`).
+    PerQueue,
+}
+
 /// `busmq bench`: producers and consumers pushing and consuming at once.
 #[derive(Debug, Clone, Args, serde::Serialize)]
 pub struct BenchArgs {
@@ -57,12 +68,20 @@ pub struct BenchArgs {
     /// producers run as they did before this bound existed.
     #[arg(long, default_value_t = 200)]
     pub window: usize,
-    /// Messages the broker may have on the way to each consumer stream.
+    /// Messages the broker may have on the way to each consumer stream
+    /// (with `--streams many`: per queue and per frame, a frame carrying at
+    /// most 1,024 messages in all).
     #[arg(long, default_value_t = 1024)]
     pub prefetch: u32,
     /// Consume mode.
     #[arg(long, value_enum, default_value_t = Mode::Unreliable)]
     pub mode: Mode,
+    /// How each busmq producer and consumer task talks to its queues: all
+    /// on one stream (`many`: as a Kafka producer and fetch cover many
+    /// partitions; a consume frame carries several queues' messages) or a
+    /// stream per queue.
+    #[arg(long, value_enum, default_value_t = Streams::Many)]
+    pub streams: Streams,
     /// How long producers push.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     #[serde(with = "secs")]
@@ -170,8 +189,12 @@ impl BenchArgs {
             n => format!("<= {n}/queue"),
         };
         let mode = format!("{:?}", self.mode).to_lowercase();
+        let streams = match self.streams {
+            Streams::Many => "one stream per task",
+            Streams::PerQueue => "one stream per queue",
+        };
         format!(
-            "busmq bench: {target}; mode {mode}, {} producers, {} consumers, {} queues, {} B messages, batch {}, in flight {}/queue and {}/producer, rate {rate}, backlog {backlog}, {:?} in {:?} cycles",
+            "busmq bench: {target}; mode {mode} ({streams}), {} producers, {} consumers, {} queues, {} B messages, batch {}, in flight {}/queue and {}/producer, rate {rate}, backlog {backlog}, {:?} in {:?} cycles",
             self.producers,
             self.consumers,
             self.queues,

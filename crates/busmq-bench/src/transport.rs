@@ -12,6 +12,7 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use hdrhistogram::Histogram;
 
+use crate::args::Streams;
 use crate::{BenchArgs, Mode};
 
 /// Resolves with the number of messages of one push batch once the system
@@ -32,7 +33,8 @@ pub trait Transport: Send + Sync + 'static {
         queues: Vec<String>,
     ) -> impl Future<Output = anyhow::Result<Self::Producer>> + Send;
 
-    /// One consumer task's connection: a consumer per queue of `queues`.
+    /// One consumer task's connection: consumers covering `queues` (one for
+    /// all of them, or one per queue).
     fn consumers(
         &self,
         queues: Vec<String>,
@@ -135,8 +137,10 @@ impl Recorder {
 pub struct Busmq {
     url: String,
     mode: Mode,
+    streams: Streams,
     prefetch: u32,
     in_flight: usize,
+    window: usize,
     setup: Bus,
 }
 
@@ -148,8 +152,10 @@ impl Busmq {
         Ok(Busmq {
             url: url.to_owned(),
             mode: args.mode,
+            streams: args.streams,
             prefetch: args.prefetch,
             in_flight: args.in_flight,
+            window: args.window,
             setup,
         })
     }
@@ -180,25 +186,45 @@ impl Transport for Busmq {
 
     async fn producer(&self, queues: Vec<String>) -> anyhow::Result<BusmqProducer> {
         let bus = Bus::connect(&self.url).await?;
-        let pushers = queues
-            .iter()
-            .map(|q| {
-                bus.queue(q).pusher(PusherOptions {
-                    max_in_flight: self.in_flight,
+        let handles: Vec<_> = queues.iter().map(|q| bus.queue(q)).collect();
+        let pushers = match self.streams {
+            // The workload bounds batches in flight per connection itself.
+            Streams::Many => vec![bus.pusher(
+                &handles,
+                PusherOptions {
+                    max_in_flight: (self.in_flight * handles.len()).min(self.window),
+                },
+            )?],
+            Streams::PerQueue => handles
+                .iter()
+                .map(|q| {
+                    q.pusher(PusherOptions {
+                        max_in_flight: self.in_flight,
+                    })
                 })
-            })
-            .collect();
+                .collect(),
+        };
         Ok(BusmqProducer { _bus: bus, pushers })
     }
 
     async fn consumers(&self, queues: Vec<String>) -> anyhow::Result<Vec<BusmqConsumer>> {
         let bus = Bus::connect(&self.url).await?;
+        let ack = self.mode == Mode::Reliable;
+        if self.streams == Streams::Many {
+            let handles: Vec<_> = queues.iter().map(|q| bus.queue(q)).collect();
+            let consumer = bus.consume_many(&handles, self.consume_options()).await?;
+            return Ok(vec![BusmqConsumer::Many {
+                consumer: Box::new(consumer),
+                ack,
+                last: Vec::new(),
+            }]);
+        }
         let mut consumers = Vec::with_capacity(queues.len());
         for q in queues {
             let consumer = bus.queue(&q).consume(self.consume_options()).await?;
-            consumers.push(BusmqConsumer {
-                consumer,
-                ack: self.mode == Mode::Reliable,
+            consumers.push(BusmqConsumer::PerQueue {
+                consumer: Box::new(consumer),
+                ack,
             });
         }
         Ok(consumers)
@@ -213,6 +239,7 @@ impl Transport for Busmq {
 
 pub struct BusmqProducer {
     _bus: Bus,
+    /// One for every queue, or one per queue.
     pushers: Vec<Pusher>,
 }
 
@@ -223,34 +250,73 @@ impl Producer for BusmqProducer {
         payload: Bytes,
         count: usize,
     ) -> anyhow::Result<Ticket> {
-        let ticket = self.pushers[queue]
-            .push(std::iter::repeat_n(payload, count))
-            .await?;
+        let batch = std::iter::repeat_n(payload, count);
+        let ticket = match self.pushers.as_slice() {
+            [one] => one.push_to(queue, batch).await?,
+            per_queue => per_queue[queue].push(batch).await?,
+        };
         Ok(Box::pin(async move { Ok(ticket.await?.len()) }))
     }
 }
 
-pub struct BusmqConsumer {
-    consumer: busmq_client::Consumer,
-    ack: bool,
+pub enum BusmqConsumer {
+    /// A stream per queue.
+    PerQueue {
+        consumer: Box<busmq_client::Consumer>,
+        ack: bool,
+    },
+    /// One stream for many queues; `last` collects each queue's highest id
+    /// of the frame being read, to ack once it ends.
+    Many {
+        consumer: Box<busmq_client::ManyConsumer>,
+        ack: bool,
+        last: Vec<(usize, u64)>,
+    },
 }
 
 impl Consumer for BusmqConsumer {
     async fn next_batch(&mut self, recorder: &mut Recorder) -> anyhow::Result<bool> {
-        loop {
-            let Some(delivery) = self.consumer.next().await else {
-                return Ok(false);
-            };
-            let delivery = delivery?;
-            recorder.record(&delivery.payload);
-            // The end of a received batch: ack it, cumulatively and
-            // pipelined (the consumer goes on while the ack is on its way).
-            if self.consumer.buffered_len() == 0 {
-                if self.ack {
-                    self.consumer.ack_later(delivery.id);
+        match self {
+            BusmqConsumer::PerQueue { consumer, ack } => loop {
+                let Some(delivery) = consumer.next().await else {
+                    return Ok(false);
+                };
+                let delivery = delivery?;
+                recorder.record(&delivery.payload);
+                // The end of a received batch: ack it, cumulatively and
+                // pipelined (the consumer goes on while the ack is on its way).
+                if consumer.buffered_len() == 0 {
+                    if *ack {
+                        consumer.ack_later(delivery.id);
+                    }
+                    return Ok(true);
                 }
-                return Ok(true);
-            }
+            },
+            BusmqConsumer::Many {
+                consumer,
+                ack,
+                last,
+            } => loop {
+                let Some(received) = consumer.next().await else {
+                    return Ok(false);
+                };
+                let received = received?;
+                recorder.record(&received.delivery.payload);
+                if *ack {
+                    // A frame holds each queue's messages together, in id
+                    // order: a new queue starts a new entry.
+                    match last.last_mut() {
+                        Some((queue, id)) if *queue == received.queue => *id = received.delivery.id,
+                        _ => last.push((received.queue, received.delivery.id)),
+                    }
+                }
+                if consumer.buffered_len() == 0 {
+                    for (queue, id) in last.drain(..) {
+                        consumer.ack_later(queue, id);
+                    }
+                    return Ok(true);
+                }
+            },
         }
     }
 }

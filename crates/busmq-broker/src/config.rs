@@ -36,6 +36,16 @@ pub const DEFAULT_VISIBILITY: Duration = Duration::from_secs(30);
 /// The largest prefetch a consumer may ask for.
 pub const MAX_PREFETCH: u32 = 10_000;
 
+/// Messages of all queues in one ConsumeMany event when the consumer names
+/// no prefetch.
+pub const DEFAULT_MANY_PREFETCH: u32 = 1024;
+
+/// The largest prefetch of a ConsumeMany stream.
+pub const MAX_MANY_PREFETCH: u32 = 65_536;
+
+/// The most queues one ConsumeMany stream may consume.
+pub const MAX_MANY_QUEUES: usize = 100_000;
+
 /// The longest ttl a queue may have (ten years): larger values are typos,
 /// and would overflow deadline arithmetic.
 pub const MAX_TTL_SECS: u64 = 10 * 365 * 24 * 3600;

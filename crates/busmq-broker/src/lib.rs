@@ -20,6 +20,7 @@ pub mod config;
 mod consume;
 pub mod objects;
 pub mod pubsub;
+mod push_stream;
 pub mod service;
 pub mod wakeup;
 

@@ -15,13 +15,15 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::{
-    BrokerConfig, DEFAULT_LEASE_PREFETCH, DEFAULT_VISIBILITY, MAX_PREFETCH, MAX_TTL_SECS,
+    BrokerConfig, DEFAULT_LEASE_PREFETCH, DEFAULT_MANY_PREFETCH, DEFAULT_VISIBILITY,
+    MAX_MANY_PREFETCH, MAX_MANY_QUEUES, MAX_PREFETCH, MAX_TTL_SECS,
 };
-use crate::consume::{ConsumeTask, Mode, STREAM_BUFFER};
+use crate::consume::{ConsumeManyTask, ConsumeTask, Mode, QueueReader, STREAM_BUFFER};
+use crate::push_stream;
 use crate::wakeup::Wakeups;
 
-/// Push batches a PushStream may have answered but not yet sent.
-const PUSH_ACK_BUFFER: usize = 64;
+/// Existence checks of a ConsumeMany request in flight at once.
+const EXISTENCE_CHECKS: usize = 64;
 
 /// The queue service of one broker.
 pub struct QueuesService {
@@ -50,6 +52,24 @@ impl QueuesService {
 
     fn name(&self, queue: &str) -> Result<QueueName, Status> {
         QueueName::parse(queue, &self.config.limits).map_err(to_status)
+    }
+
+    /// The reader a Consume request asks for, or why it makes no sense.
+    fn reader(&self, req: &v1::ConsumeRequest) -> Result<QueueReader, Status> {
+        let queue = self.name(&req.queue)?;
+        let (mode, prefetch) = consumer_settings(req, &self.config)?;
+        if req.max == Some(0) {
+            return Err(invalid(
+                "max must be at least 1 (leave it unset for no limit)",
+            ));
+        }
+        Ok(QueueReader {
+            storage: Arc::clone(&self.storage),
+            queue,
+            mode,
+            remaining: req.max,
+            prefetch,
+        })
     }
 
     /// Settles one lease-mode delivery named by `token`.
@@ -127,6 +147,14 @@ pub(crate) fn consumer_settings(
         }
     };
     Ok((mode, prefetch))
+}
+
+/// NOT_FOUND unless `queue` exists.
+async fn check_exists(storage: &dyn Storage, queue: &QueueName) -> Result<(), Status> {
+    match store(storage.info(queue).await)? {
+        Some(_) => Ok(()),
+        None => Err(to_status(Error::QueueNotFound(queue.to_string()))),
+    }
 }
 
 /// The ttl an attach asks for: `None` keeps the queue's (or the default).
@@ -212,36 +240,13 @@ impl Queues for QueuesService {
         &self,
         request: Request<Streaming<v1::PushStreamRequest>>,
     ) -> Result<Response<Self::PushStreamStream>, Status> {
-        let mut incoming = request.into_inner();
-        let (tx, rx) = mpsc::channel(PUSH_ACK_BUFFER);
-        let storage = Arc::clone(&self.storage);
-        let limits = self.config.limits;
-        tokio::spawn(async move {
-            // Batches are applied strictly in stream order, so a client's
-            // pushes to one queue keep their order.
-            while let Some(next) = incoming.next().await {
-                let answer = match next {
-                    Ok(req) => {
-                        let sequence = req.sequence;
-                        let pushed = async {
-                            let queue = QueueName::parse(&req.queue, &limits)?;
-                            limits.check_batch(&req.messages)?;
-                            storage.push(&queue, req.messages).await
-                        };
-                        pushed.await.map_err(to_status).map(|ids| v1::PushAck {
-                            sequence,
-                            first_id: ids.first,
-                            last_id: ids.last,
-                        })
-                    }
-                    Err(status) => Err(status),
-                };
-                let failed = answer.is_err();
-                if tx.send(answer).await.is_err() || failed {
-                    return;
-                }
-            }
-        });
+        let (tx, rx) = mpsc::channel(push_stream::ACK_BUFFER);
+        tokio::spawn(push_stream::run(
+            Arc::clone(&self.storage),
+            self.config.limits,
+            request.into_inner(),
+            tx,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -251,27 +256,68 @@ impl Queues for QueuesService {
         &self,
         request: Request<v1::ConsumeRequest>,
     ) -> Result<Response<Self::ConsumeStream>, Status> {
-        let req = request.into_inner();
-        let queue = self.name(&req.queue)?;
-        let (mode, prefetch) = consumer_settings(&req, &self.config)?;
-        if req.max == Some(0) {
-            return Err(invalid(
-                "max must be at least 1 (leave it unset for no limit)",
-            ));
-        }
+        let reader = self.reader(&request.into_inner())?;
         // Subscribe before the existence check so nothing after it is missed.
-        let signal = self.wakeups.subscribe(&queue);
-        if store(self.storage.info(&queue).await)?.is_none() {
-            return Err(to_status(Error::QueueNotFound(queue.to_string())));
-        }
+        let signal = self.wakeups.subscribe(&reader.queue);
+        check_exists(&*self.storage, &reader.queue).await?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let task = ConsumeTask {
-            storage: Arc::clone(&self.storage),
-            queue,
-            mode,
-            remaining: req.max,
-            prefetch,
+            reader,
             signal,
+            shutdown: self.shutdown.clone(),
+            tx,
+        };
+        tokio::spawn(task.run());
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type ConsumeManyStream = ReceiverStream<Result<v1::ConsumeManyEvent, Status>>;
+
+    async fn consume_many(
+        &self,
+        request: Request<v1::ConsumeManyRequest>,
+    ) -> Result<Response<Self::ConsumeManyStream>, Status> {
+        let req = request.into_inner();
+        if req.queues.is_empty() || req.queues.len() > MAX_MANY_QUEUES {
+            return Err(invalid(format!(
+                "name 1..={MAX_MANY_QUEUES} queues (got {})",
+                req.queues.len()
+            )));
+        }
+        let prefetch = match req.prefetch {
+            None => DEFAULT_MANY_PREFETCH,
+            Some(p) if (1..=MAX_MANY_PREFETCH).contains(&p) => p,
+            Some(p) => {
+                return Err(invalid(format!(
+                    "prefetch {p} is not in 1..={MAX_MANY_PREFETCH}"
+                )));
+            }
+        };
+        let mut readers = Vec::with_capacity(req.queues.len());
+        let mut named = std::collections::HashSet::with_capacity(req.queues.len());
+        for queue in &req.queues {
+            let reader = self.reader(queue)?;
+            if !named.insert(reader.queue.clone()) {
+                return Err(invalid(format!("queue {} is named twice", reader.queue)));
+            }
+            readers.push(reader);
+        }
+        let queues: Vec<QueueName> = readers.iter().map(|r| r.queue.clone()).collect();
+        // Subscribe before the existence checks so nothing after them is missed.
+        let interest = self.wakeups.subscribe_many(queues.clone());
+        let mut checks = futures::stream::iter(queues.into_iter().map(|queue| {
+            let storage = Arc::clone(&self.storage);
+            async move { check_exists(&*storage, &queue).await }
+        }))
+        .buffered(EXISTENCE_CHECKS);
+        while let Some(checked) = checks.next().await {
+            checked?;
+        }
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let task = ConsumeManyTask {
+            readers,
+            prefetch,
+            interest,
             shutdown: self.shutdown.clone(),
             tx,
         };

@@ -2,7 +2,10 @@
 //!
 //! One task per broker reads the store's notification stream and pokes the
 //! consumers waiting on the named queue. No consumer polls: an idle consumer
-//! costs one watch receiver and nothing else.
+//! costs one watch receiver and nothing else. A consumer of many queues
+//! (ConsumeMany) registers one [`ReadySet`] for all of them instead: a
+//! change marks the queue's slot in it and wakes the consumer once, however
+//! many of its queues changed, so it never looks at queues that did not.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -10,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use busmq_core::QueueName;
 use busmq_storage::{Notification, Notifications};
 use futures::{FutureExt, StreamExt};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 /// What a waiting consumer learns about its queue.
@@ -24,14 +27,45 @@ pub enum QueueSignal {
     Expired,
 }
 
+/// Who waits on one queue.
+struct Waiters {
+    /// Consumers of this queue alone.
+    watch: watch::Sender<QueueSignal>,
+    /// Consumers of many queues: their ready set and this queue's slot in it.
+    sets: Vec<(Arc<ReadySet>, u32)>,
+}
+
+impl Waiters {
+    fn new() -> Self {
+        Waiters {
+            watch: watch::channel(QueueSignal::Open).0,
+            sets: Vec::new(),
+        }
+    }
+
+    /// "Look again."
+    fn poke(&self) {
+        self.watch.send_modify(|_| {});
+        for (set, slot) in &self.sets {
+            set.mark(*slot, QueueSignal::Open);
+        }
+    }
+
+    fn is_unused(&self) -> bool {
+        self.watch.receiver_count() == 0 && self.sets.is_empty()
+    }
+}
+
+type Registry = HashMap<QueueName, Waiters>;
+
 /// The consumers waiting on each queue.
 #[derive(Default)]
 pub struct Wakeups {
-    queues: Mutex<HashMap<QueueName, watch::Sender<QueueSignal>>>,
+    queues: Mutex<Registry>,
 }
 
 impl Wakeups {
-    fn map(&self) -> MutexGuard<'_, HashMap<QueueName, watch::Sender<QueueSignal>>> {
+    fn map(&self) -> MutexGuard<'_, Registry> {
         self.queues.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -41,12 +75,33 @@ impl Wakeups {
         let rx = self
             .map()
             .entry(queue.clone())
-            .or_insert_with(|| watch::channel(QueueSignal::Open).0)
+            .or_insert_with(Waiters::new)
+            .watch
             .subscribe();
         Subscription {
             rx: Some(rx),
             wakeups: Arc::clone(self),
             queue: queue.clone(),
+        }
+    }
+
+    /// Registers one consumer's interest in each of `queues` (distinct),
+    /// slot `i` being `queues[i]`. Every slot starts marked, so the first
+    /// look at each queue happens without waiting for a change.
+    pub fn subscribe_many(self: &Arc<Self>, queues: Vec<QueueName>) -> ManySubscription {
+        let set = Arc::new(ReadySet::all_marked(queues.len()));
+        let mut map = self.map();
+        for (slot, queue) in queues.iter().enumerate() {
+            map.entry(queue.clone())
+                .or_insert_with(Waiters::new)
+                .sets
+                .push((Arc::clone(&set), slot as u32));
+        }
+        drop(map);
+        ManySubscription {
+            set,
+            wakeups: Arc::clone(self),
+            queues,
         }
     }
 
@@ -66,8 +121,8 @@ impl Wakeups {
         for n in batch.drain(..) {
             match n {
                 Notification::Data(queue) if !lagged => {
-                    if let Some(tx) = map.get(&queue) {
-                        tx.send_modify(|_| {});
+                    if let Some(waiters) = map.get(&queue) {
+                        waiters.poke();
                     }
                 }
                 Notification::Data(_) | Notification::Lagged => {}
@@ -76,8 +131,8 @@ impl Wakeups {
             }
         }
         if lagged {
-            for tx in map.values() {
-                tx.send_modify(|_| {});
+            for waiters in map.values() {
+                waiters.poke();
             }
         }
     }
@@ -121,13 +176,12 @@ const COALESCE_MAX: usize = 1024;
 /// Ends `queue`'s waits with `signal`. Dropping the sender after the final
 /// value leaves waiting receivers with it; a queue re-created later gets a
 /// fresh sender.
-fn end(
-    map: &mut HashMap<QueueName, watch::Sender<QueueSignal>>,
-    queue: &QueueName,
-    signal: QueueSignal,
-) {
-    if let Some(tx) = map.remove(queue) {
-        tx.send_replace(signal);
+fn end(map: &mut Registry, queue: &QueueName, signal: QueueSignal) {
+    if let Some(waiters) = map.remove(queue) {
+        waiters.watch.send_replace(signal);
+        for (set, slot) in &waiters.sets {
+            set.mark(*slot, signal);
+        }
     }
 }
 
@@ -167,11 +221,103 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         drop(self.rx.take());
         let mut map = self.wakeups.map();
-        if map
-            .get(&self.queue)
-            .is_some_and(|tx| tx.receiver_count() == 0)
-        {
+        if map.get(&self.queue).is_some_and(Waiters::is_unused) {
             map.remove(&self.queue);
+        }
+    }
+}
+
+/// The queues of one many-queue consumer that changed since it last
+/// looked, by slot; wakes the consumer on the first mark after a look.
+pub struct ReadySet {
+    marks: Mutex<Marks>,
+    notify: Notify,
+}
+
+struct Marks {
+    /// Marked slots in the order they were marked, each once.
+    order: Vec<u32>,
+    /// Per slot: marked, and with which signal (an end wins over `Open`).
+    signal: Vec<Option<QueueSignal>>,
+}
+
+impl ReadySet {
+    fn all_marked(slots: usize) -> Self {
+        ReadySet {
+            marks: Mutex::new(Marks {
+                order: (0..slots as u32).collect(),
+                signal: vec![Some(QueueSignal::Open); slots],
+            }),
+            notify: Notify::new(),
+        }
+    }
+
+    fn marks(&self) -> MutexGuard<'_, Marks> {
+        self.marks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn mark(&self, slot: u32, signal: QueueSignal) {
+        let mut marks = self.marks();
+        let Some(current) = marks.signal.get_mut(slot as usize) else {
+            return;
+        };
+        let first = current.is_none();
+        if !matches!(current, Some(QueueSignal::Closed | QueueSignal::Expired)) {
+            *current = Some(signal);
+        }
+        if first {
+            marks.order.push(slot);
+            drop(marks);
+            // A permit is kept when nobody waits, so a mark between a
+            // consumer's `take` and its wait is not missed.
+            self.notify.notify_one();
+        }
+    }
+
+    /// Moves every marked slot, with its signal, into `into` and unmarks
+    /// it. Call right before looking at those queues: a change after this
+    /// marks the slot again.
+    pub fn take(&self, into: &mut Vec<(u32, QueueSignal)>) {
+        let mut marks = self.marks();
+        let Marks { order, signal } = &mut *marks;
+        into.extend(
+            order
+                .drain(..)
+                .filter_map(|slot| signal[slot as usize].take().map(|s| (slot, s))),
+        );
+    }
+
+    /// Waits until a slot is marked (at once if one was marked since the
+    /// last wait returned).
+    pub async fn marked(&self) {
+        self.notify.notified().await;
+    }
+}
+
+/// One many-queue consumer's interest in its queues; unregisters on drop.
+pub struct ManySubscription {
+    set: Arc<ReadySet>,
+    wakeups: Arc<Wakeups>,
+    queues: Vec<QueueName>,
+}
+
+impl ManySubscription {
+    /// The slots that changed, and the wake-up.
+    pub fn ready(&self) -> &ReadySet {
+        &self.set
+    }
+}
+
+impl Drop for ManySubscription {
+    fn drop(&mut self) {
+        let mut map = self.wakeups.map();
+        for queue in &self.queues {
+            if let Some(waiters) = map.get_mut(queue) {
+                waiters.sets.retain(|(set, _)| !Arc::ptr_eq(set, &self.set));
+                if waiters.is_unused() {
+                    map.remove(queue);
+                }
+            }
         }
     }
 }

@@ -1,157 +1,17 @@
 //! The broker's queue semantics, in-process: a broker on port 0 over the
 //! memory store, driven through the generated gRPC client.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use busmq_broker::BrokerConfig;
 use busmq_core::Limits;
-use busmq_proto::v1::{
-    self, ConsumeEvent, ConsumeMode, ConsumeRequest, consume_event::Event,
-    queues_client::QueuesClient,
-};
-use busmq_storage::memory::MemoryStorage;
+use busmq_proto::v1::{self, ConsumeMode, ConsumeRequest, consume_event::Event};
 use bytes::Bytes;
-use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
-use tonic::{Code, Streaming};
-
-struct Broker {
-    client: QueuesClient<Channel>,
-    shutdown: CancellationToken,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-async fn broker() -> Broker {
-    broker_with(BrokerConfig::default()).await
-}
-
-async fn broker_with(config: BrokerConfig) -> Broker {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
-    tokio::spawn(busmq_broker::serve(
-        listener,
-        Arc::new(MemoryStorage::new()),
-        config,
-        shutdown.clone(),
-    ));
-    let client = QueuesClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    Broker { client, shutdown }
-}
-
-impl Broker {
-    async fn attach(&self, queue: &str) -> v1::AttachResponse {
-        self.client
-            .clone()
-            .attach(v1::AttachRequest {
-                max_deliveries: None,
-                queue: queue.into(),
-                ttl_seconds: None,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-    }
-
-    async fn push(
-        &self,
-        queue: &str,
-        messages: Vec<Bytes>,
-    ) -> Result<v1::PushResponse, tonic::Status> {
-        self.client
-            .clone()
-            .push(v1::PushRequest {
-                queue: queue.into(),
-                messages,
-            })
-            .await
-            .map(|r| r.into_inner())
-    }
-
-    async fn consume(&self, req: ConsumeRequest) -> Result<Consumer, tonic::Status> {
-        let mut stream = self.client.clone().consume(req).await?.into_inner();
-        // The first event is always `consuming`; errors arrive instead.
-        match stream.message().await? {
-            Some(ConsumeEvent {
-                event: Some(Event::Consuming(c)),
-            }) => Ok(Consumer {
-                stream,
-                redelivered: c.redelivered,
-            }),
-            other => panic!("expected consuming, got {other:?}"),
-        }
-    }
-
-    async fn ack(&self, queue: &str, id: u64) -> Result<u64, tonic::Status> {
-        self.client
-            .clone()
-            .ack(v1::AckRequest {
-                lease: None,
-                queue: queue.into(),
-                id,
-            })
-            .await
-            .map(|r| r.into_inner().removed)
-    }
-
-    async fn info(&self, queue: &str) -> v1::QueueInfo {
-        self.client
-            .clone()
-            .info(v1::InfoRequest {
-                queue: queue.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-    }
-}
-
-struct Consumer {
-    stream: Streaming<ConsumeEvent>,
-    redelivered: u64,
-}
-
-impl Consumer {
-    /// Next messages, or `None` when the stream ended; panics on `closed`.
-    async fn next(&mut self) -> Option<Vec<v1::Message>> {
-        match self.stream.message().await.unwrap()?.event? {
-            Event::Messages(batch) => Some(batch.messages),
-            other => panic!("unexpected event {other:?}"),
-        }
-    }
-
-    async fn take(&mut self, n: usize) -> Vec<v1::Message> {
-        let mut got = Vec::new();
-        while got.len() < n {
-            let batch = tokio::time::timeout(Duration::from_secs(10), self.next())
-                .await
-                .expect("messages within 10 s")
-                .expect("stream still open");
-            got.extend(batch);
-        }
-        got
-    }
-}
-
-fn req(queue: &str, mode: ConsumeMode) -> ConsumeRequest {
-    ConsumeRequest {
-        queue: queue.into(),
-        mode: mode as i32,
-        ..Default::default()
-    }
-}
-
-fn msgs(range: std::ops::Range<u32>) -> Vec<Bytes> {
-    range.map(|i| Bytes::from(format!("m{i}"))).collect()
-}
+use common::{Broker, Consumer, broker, broker_with, msgs, req};
+use tonic::Code;
 
 #[tokio::test]
 async fn ids_are_dense_from_one_and_order_is_push_order() {
@@ -668,6 +528,58 @@ async fn push_stream_answers_each_batch_in_order() {
         acks.message().await.unwrap_err().code(),
         Code::InvalidArgument
     );
+}
+
+#[tokio::test]
+async fn one_push_stream_feeds_many_queues_each_in_stream_order() {
+    let b = broker().await;
+    let queues = ["fan.a", "fan.b", "fan.c"];
+    for q in queues {
+        b.attach(q).await;
+    }
+    // Batch `seq` goes to queue seq % 3 and says so in its payloads.
+    let requests = (0..60u64).map(move |seq| v1::PushStreamRequest {
+        sequence: seq,
+        queue: queues[seq as usize % 3].into(),
+        messages: (0..10).map(|i| Bytes::from(format!("{seq}.{i}"))).collect(),
+    });
+    let mut acks = b
+        .client
+        .clone()
+        .push_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut answered = std::collections::BTreeMap::new();
+    while let Some(ack) = acks.message().await.unwrap() {
+        assert!(
+            answered
+                .insert(ack.sequence, (ack.first_id, ack.last_id))
+                .is_none(),
+            "sequence {} answered twice",
+            ack.sequence
+        );
+    }
+    assert_eq!(answered.len(), 60, "every batch answered");
+    // Per queue, ids follow stream order: the k-th batch of a queue holds
+    // ids 10k+1..=10k+10.
+    for (seq, ids) in &answered {
+        let k = seq / 3;
+        assert_eq!(*ids, (10 * k + 1, 10 * k + 10), "batch {seq}");
+    }
+    for (i, q) in queues.iter().enumerate() {
+        let mut c = b.consume(req(q, ConsumeMode::Unreliable)).await.unwrap();
+        let got: Vec<String> = c
+            .take(200)
+            .await
+            .iter()
+            .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
+            .collect();
+        let want: Vec<String> = (0..20u64)
+            .flat_map(|k| (0..10).map(move |j| format!("{}.{j}", 3 * k + i as u64)))
+            .collect();
+        assert_eq!(got, want, "queue {q} in stream order");
+    }
 }
 
 #[tokio::test]

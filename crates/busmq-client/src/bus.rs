@@ -11,7 +11,10 @@ use busmq_proto::v1::queues_client::QueuesClient;
 use tonic::transport::{Channel as Transport, Endpoint};
 
 use crate::channel::{DEFAULT_LOCAL_ROLE, DEFAULT_REMOTE_ROLE};
-use crate::{Channel, Error, Persistable, PubSub, Queue, Reconnect, Result};
+use crate::{
+    Channel, ConsumeOptions, Error, ManyConsumer, Persistable, PubSub, Pusher, PusherOptions,
+    Queue, Reconnect, Result,
+};
 
 /// The default broker address (`busmq serve` listens there).
 pub const DEFAULT_URL: &str = "http://127.0.0.1:50051";
@@ -128,6 +131,63 @@ impl Bus {
     /// `[A-Za-z0-9._:-]` by default), so a bad one fails on first use.
     pub fn queue(&self, name: impl Into<String>) -> Queue {
         Queue::new(self.client.clone(), name.into(), self.reconnect)
+    }
+
+    /// Consumes every queue of `queues` with the same `options`, on one
+    /// stream: the server sends several queues' messages per frame, so a
+    /// consumer of thousands of queues costs about what a consumer of a
+    /// few does (see [`ManyConsumer`]). Each queue must exist (attach it
+    /// first); a queue named twice is refused with `InvalidArgument`, as
+    /// is an empty slice or one of more than 100,000 queues.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), busmq_client::Error> {
+    /// use busmq_client::{AttachOptions, Bus, ConsumeOptions};
+    /// use futures::StreamExt;
+    ///
+    /// let bus = Bus::connect("http://127.0.0.1:50051").await?;
+    /// let mut queues = Vec::new();
+    /// for name in ["orders.eu", "orders.us"] {
+    ///     let queue = bus.queue(name);
+    ///     queue.attach(AttachOptions::default()).await?;
+    ///     queues.push(queue);
+    /// }
+    /// let mut consumer = bus.consume_many(&queues, ConsumeOptions::reliable()).await?;
+    /// while let Some(received) = consumer.next().await {
+    ///     let received = received?;
+    ///     println!("{}: {:?}", consumer.queues()[received.queue].name(), received.delivery.payload);
+    ///     consumer.ack_later(received.queue, received.delivery.id);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn consume_many(
+        &self,
+        queues: &[Queue],
+        options: ConsumeOptions,
+    ) -> Result<ManyConsumer> {
+        ManyConsumer::start(
+            self.client.clone(),
+            queues.to_vec(),
+            options,
+            self.reconnect,
+        )
+        .await
+    }
+
+    /// A [`Pusher`] to every queue of `queues` on one stream, as a Kafka
+    /// producer sends to many partitions on one connection: push to the
+    /// queue at position `i` with [`Pusher::push_to`]`(i, ..)`. Batches of
+    /// one queue keep their order; batches of different queues are stored
+    /// concurrently. A producer of thousands of queues then holds one
+    /// stream instead of one per queue. An empty slice is refused
+    /// (`InvalidArgument`).
+    ///
+    /// Must be called within a Tokio runtime.
+    pub fn pusher(&self, queues: &[Queue], options: PusherOptions) -> Result<Pusher> {
+        if queues.is_empty() {
+            return Err(Error::InvalidOptions("a pusher needs a queue".into()));
+        }
+        Ok(Pusher::start(self.client.clone(), queues.to_vec(), options))
     }
 
     /// A handle on the publish/subscribe channel `name`: node-busmq's

@@ -213,7 +213,7 @@ impl ConsumeOptions {
         })
     }
 
-    fn request(&self, queue: &str) -> Result<pb::ConsumeRequest> {
+    pub(crate) fn request(&self, queue: &str) -> Result<pb::ConsumeRequest> {
         let mode = self.mode()?;
         Ok(pb::ConsumeRequest {
             queue: queue.to_owned(),
@@ -262,6 +262,15 @@ pub enum ClosedReason {
     Expired,
     /// The server did not say.
     Unspecified,
+}
+
+/// Why the server says a queue went away.
+pub(crate) fn closed_reason(closed: &pb::Closed) -> ClosedReason {
+    match pb::ClosedReason::try_from(closed.reason) {
+        Ok(pb::ClosedReason::Closed) => ClosedReason::Closed,
+        Ok(pb::ClosedReason::Expired) => ClosedReason::Expired,
+        _ => ClosedReason::Unspecified,
+    }
 }
 
 /// A running consumer: a [`Stream`] of [`Delivery`]s in id order, from
@@ -441,11 +450,7 @@ impl Consumer {
             }
             Some(Event::Consuming(c)) => self.redelivered += c.redelivered,
             Some(Event::Closed(c)) => {
-                self.closed = Some(match pb::ClosedReason::try_from(c.reason) {
-                    Ok(pb::ClosedReason::Closed) => ClosedReason::Closed,
-                    Ok(pb::ClosedReason::Expired) => ClosedReason::Expired,
-                    _ => ClosedReason::Unspecified,
-                });
+                self.closed = Some(closed_reason(&c));
                 self.queue.shared.emit(QueueEvent::Closed);
                 self.finish();
             }

@@ -7,7 +7,9 @@
 //! node-busmq emits events, this SDK hands out async streams: a
 //! [`Consumer`] is a stream of [`Delivery`]s, and [`Queue::events`] is a
 //! stream of [`QueueEvent`]s. For high push rates, a [`Pusher`] keeps many
-//! batches in flight on one stream. Lease mode
+//! batches in flight on one stream. An application of many queues pushes
+//! to all of them on one stream ([`Bus::pusher`]) and consumes them on one
+//! ([`Bus::consume_many`], a [`ManyConsumer`]). Lease mode
 //! ([`ConsumeOptions::lease`]) gives competing consumers per-message acks
 //! ([`Consumer::ack_lease`], [`Consumer::nack`]) with a visibility timeout
 //! and a dead-letter queue ([`Queue::dead_letters`]). [`Bus::channel`]
@@ -55,6 +57,7 @@ mod ack;
 mod bus;
 mod channel;
 mod consume;
+mod consume_many;
 mod error;
 mod events;
 mod lease;
@@ -69,6 +72,7 @@ pub use channel::{
     Channel, ChannelEvent, ChannelSender, ChannelSession, DEFAULT_LOCAL_ROLE, DEFAULT_REMOTE_ROLE,
 };
 pub use consume::{ClosedReason, ConsumeMode, ConsumeOptions, Consumer, Delivery};
+pub use consume_many::{ManyConsumer, ManyDelivery};
 pub use error::{Error, ErrorCode, Result};
 pub use events::{QueueEvent, QueueEvents};
 pub use lease::{LeaseToken, Nacked};

@@ -1,4 +1,5 @@
-//! Pushing at high rate: many batches in flight on one `PushStream` call.
+//! Pushing at high rate: many batches in flight on one `PushStream` call,
+//! to one queue or many.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -13,9 +14,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
+use busmq_proto::v1::queues_client::QueuesClient;
+use tonic::transport::Channel;
+
+use crate::queue::Shared;
 use crate::{Error, IdRange, Queue, Result};
 
-/// Options of [`Queue::pusher`].
+/// Options of [`Queue::pusher`] and [`Bus::pusher`](crate::Bus::pusher).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PusherOptions {
     /// Batches sent and not yet answered, at most. [`Pusher::push`] waits
@@ -32,6 +37,8 @@ impl Default for PusherOptions {
 /// A batch waiting for its answer.
 struct Pending {
     done: oneshot::Sender<Result<IdRange>>,
+    /// The batch's queue, by position in the pusher's queues.
+    queue: usize,
     count: u64,
     // Frees the in-flight slot when the answer arrives.
     _slot: OwnedSemaphorePermit,
@@ -53,15 +60,19 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Pushes batches to one queue at a high rate over one `PushStream` call,
-/// pipelining up to [`PusherOptions::max_in_flight`] batches instead of
-/// waiting for each answer; from [`Queue::pusher`].
+/// Pushes batches at a high rate over one `PushStream` call, pipelining up
+/// to [`PusherOptions::max_in_flight`] batches instead of waiting for each
+/// answer: to one queue ([`Queue::pusher`]) or to many
+/// ([`Bus::pusher`](crate::Bus::pusher), as a Kafka producer sends to many
+/// partitions on one connection).
 ///
 /// [`push`](Self::push) returns as soon as the batch is sent, with a
-/// [`PushTicket`] that resolves to the batch's ids. Batches are stored in the
-/// order they were pushed. The first failing batch ends the stream: it and
-/// every batch after it fail with the same error, and batches answered
-/// before it are stored. Call [`finish`](Self::finish) to wait for every
+/// [`PushTicket`] that resolves to the batch's ids. The batches of one
+/// queue are stored in the order they were pushed; batches of different
+/// queues are stored concurrently. The first failing batch ends the stream:
+/// it and every batch after it fail with the same error (a batch in flight
+/// to another queue may have been stored), and batches answered before it
+/// are stored. Call [`finish`](Self::finish) to wait for every
 /// answer; dropping the pusher ends the stream after what was sent (the
 /// answers are then not reported).
 ///
@@ -83,7 +94,7 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 /// # Ok(()) }
 /// ```
 pub struct Pusher {
-    queue: Queue,
+    queues: Vec<Queue>,
     state: Arc<Mutex<State>>,
     slots: Arc<Semaphore>,
     max_in_flight: usize,
@@ -94,7 +105,7 @@ pub struct Pusher {
 impl std::fmt::Debug for Pusher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pusher")
-            .field("queue", &self.queue.name())
+            .field("queues", &self.queues.len())
             .field("in_flight", &self.in_flight())
             .field("max_in_flight", &self.max_in_flight)
             .finish_non_exhaustive()
@@ -102,19 +113,26 @@ impl std::fmt::Debug for Pusher {
 }
 
 impl Pusher {
-    pub(crate) fn start(queue: Queue, options: PusherOptions) -> Pusher {
+    /// A pusher to `queues` (at least one) over `client`'s connection.
+    pub(crate) fn start(
+        client: QueuesClient<Channel>,
+        queues: Vec<Queue>,
+        options: PusherOptions,
+    ) -> Pusher {
+        assert!(!queues.is_empty(), "a pusher needs a queue");
         let max_in_flight = options.max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
         let state = Arc::new(Mutex::new(State::default()));
         let slots = Arc::new(Semaphore::new(max_in_flight));
         let (requests, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(run(
-            queue.clone(),
+            client,
+            queues.iter().map(|q| Arc::clone(&q.shared)).collect(),
             UnboundedReceiverStream::new(rx),
             state.clone(),
             slots.clone(),
         ));
         Pusher {
-            queue,
+            queues,
             state,
             slots,
             max_in_flight,
@@ -124,7 +142,8 @@ impl Pusher {
     }
 
     /// Sends a batch (one or more messages, stored with consecutive ids in
-    /// this order). Waits only while `max_in_flight` batches are
+    /// this order) to the pusher's first queue (its only one when made by
+    /// [`Queue::pusher`]). Waits only while `max_in_flight` batches are
     /// unanswered. The returned ticket resolves to the batch's ids.
     ///
     /// An empty batch is refused here (`InvalidArgument`) rather than sent,
@@ -135,6 +154,23 @@ impl Pusher {
         I: IntoIterator,
         I::Item: Into<Bytes>,
     {
+        self.push_to(0, messages).await
+    }
+
+    /// Like [`push`](Self::push), to the pusher's queue at position
+    /// `queue` in the slice given to [`Bus::pusher`](crate::Bus::pusher).
+    /// A position past the end is refused (`InvalidArgument`).
+    pub async fn push_to<I>(&self, queue: usize, messages: I) -> Result<PushTicket>
+    where
+        I: IntoIterator,
+        I::Item: Into<Bytes>,
+    {
+        let Some(target) = self.queues.get(queue) else {
+            return Err(Error::InvalidOptions(format!(
+                "queue position {queue}: this pusher has {} queues",
+                self.queues.len()
+            )));
+        };
         let messages: Vec<Bytes> = messages.into_iter().map(Into::into).collect();
         if messages.is_empty() {
             return Err(Error::Bus(busmq_core::Error::EmptyBatch));
@@ -161,13 +197,14 @@ impl Pusher {
             sequence,
             Pending {
                 done,
+                queue,
                 count,
                 _slot: slot,
             },
         );
         let request = pb::PushStreamRequest {
             sequence,
-            queue: self.queue.name().to_owned(),
+            queue: target.name().to_owned(),
             messages,
         };
         if requests.send(request).is_err() {
@@ -185,9 +222,15 @@ impl Pusher {
         lock(&self.state).pending.len()
     }
 
-    /// The queue this pusher writes to.
+    /// The first queue this pusher writes to (its only one when made by
+    /// [`Queue::pusher`]).
     pub fn queue(&self) -> &Queue {
-        &self.queue
+        &self.queues[0]
+    }
+
+    /// Every queue this pusher writes to, in position order.
+    pub fn queues(&self) -> &[Queue] {
+        &self.queues
     }
 
     /// Ends the stream after every batch sent and waits for their answers.
@@ -223,14 +266,14 @@ fn ended_error(state: &State) -> Error {
 /// Runs the call: matches answers to pending batches, and fails every
 /// pending and later batch when the stream ends early.
 async fn run(
-    queue: Queue,
+    mut client: QueuesClient<Channel>,
+    queues: Vec<Arc<Shared>>,
     requests: UnboundedReceiverStream<pb::PushStreamRequest>,
     state: Arc<Mutex<State>>,
     slots: Arc<Semaphore>,
 ) {
-    let shared = queue.shared.clone();
     let outcome: Result<()> = async {
-        let mut answers = shared.client().push_stream(requests).await?.into_inner();
+        let mut answers = client.push_stream(requests).await?.into_inner();
         while let Some(ack) = answers.message().await? {
             let pending = lock(&state).pending.remove(&ack.sequence);
             let Some(pending) = pending else {
@@ -250,7 +293,9 @@ async fn run(
                     pending.count
                 )));
             }
-            shared.pushed.fetch_add(pending.count, Ordering::Relaxed);
+            queues[pending.queue]
+                .pushed
+                .fetch_add(pending.count, Ordering::Relaxed);
             // The ticket may have been dropped: nobody to tell.
             let _ = pending.done.send(Ok(ids));
         }
@@ -269,7 +314,10 @@ async fn run(
         Ok(()) => None,
     };
     if let Some(err) = failure {
-        let err = shared.failed(err);
+        for shared in &queues[1..] {
+            shared.emit(crate::QueueEvent::Error(err.to_string()));
+        }
+        let err = queues[0].failed(err);
         for (_, pending) in st.pending.drain() {
             let _ = pending.done.send(Err(err.clone()));
         }

@@ -356,7 +356,7 @@ impl Queue {
     ///
     /// Must be called within a Tokio runtime.
     pub fn pusher(&self, options: PusherOptions) -> Pusher {
-        Pusher::start(self.clone(), options)
+        Pusher::start(self.shared.client(), vec![self.clone()], options)
     }
 
     /// Starts consuming: node-busmq's `queue.consume(options)`. The

@@ -3,6 +3,7 @@
 //! applications do not write raintank-queue's "connect, then join again"
 //! loop themselves.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -129,11 +130,32 @@ pub(crate) async fn reopen(
     request: pb::ConsumeRequest,
     policy: Reconnect,
 ) -> Result<Reopened> {
+    retry_open(
+        policy,
+        || open(&shared, request.clone()),
+        || reattach(std::slice::from_ref(&shared)),
+    )
+    .await
+}
+
+/// Calls `open` until it succeeds, pausing with backoff, as long as its
+/// failure is transient, a lock or lease of the broken stream that is
+/// lapsing, or a queue gone away that `reattach` (true when it attached
+/// anything) attached again; gives up after `policy.give_up_after`.
+pub(crate) async fn retry_open<T, O, A>(
+    policy: Reconnect,
+    mut open: impl FnMut() -> O,
+    mut reattach: impl FnMut() -> A,
+) -> Result<T>
+where
+    O: Future<Output = Result<T, tonic::Status>>,
+    A: Future<Output = bool>,
+{
     let mut backoff = Backoff::new(policy);
     loop {
         backoff.pause().await;
-        let status = match open(&shared, request.clone()).await {
-            Ok(reopened) => return Ok(reopened),
+        let status = match open().await {
+            Ok(opened) => return Ok(opened),
             Err(status) => status,
         };
         let err = Error::from(status.clone());
@@ -144,15 +166,9 @@ pub(crate) async fn reopen(
                 // The broken stream's lock or leases are lapsing.
                 ErrorCode::FailedPrecondition => true,
                 // The queue expired or was lost with a memory store: attach
-                // it again as this handle did (a failure shows in the next
+                // it again as its handle did (a failure shows in the next
                 // attempt).
-                ErrorCode::NotFound => match shared.attach_request() {
-                    Some(attach) => {
-                        let _ = shared.client().attach(attach).await;
-                        true
-                    }
-                    None => false,
-                },
+                ErrorCode::NotFound => reattach().await,
                 _ => false,
             }
         };
@@ -160,6 +176,19 @@ pub(crate) async fn reopen(
             return Err(err);
         }
     }
+}
+
+/// Attaches again each of `queues` whose handle holds attachments; false
+/// when none does.
+pub(crate) async fn reattach(queues: &[Arc<Shared>]) -> bool {
+    let mut any = false;
+    for shared in queues {
+        if let Some(attach) = shared.attach_request() {
+            let _ = shared.client().attach(attach).await;
+            any = true;
+        }
+    }
+    any
 }
 
 async fn open(shared: &Shared, request: pb::ConsumeRequest) -> Result<Reopened, tonic::Status> {

@@ -140,6 +140,16 @@ impl Queues for Mock {
     }
 
     type ConsumeStream = BoxStream<pb::ConsumeEvent>;
+    type ConsumeManyStream = BoxStream<pb::ConsumeManyEvent>;
+
+    async fn consume_many(
+        &self,
+        _request: Request<pb::ConsumeManyRequest>,
+    ) -> Result<Response<Self::ConsumeManyStream>, Status> {
+        // These tests cover the one-queue consumer; ConsumeMany is tested
+        // against the real broker.
+        Err(Status::unimplemented("ConsumeMany is not mocked"))
+    }
 
     async fn consume(
         &self,

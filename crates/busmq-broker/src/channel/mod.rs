@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::BrokerConfig;
-use crate::consume::{ConsumeTask, Mode, STREAM_BUFFER};
+use crate::consume::{ConsumeTask, Mode, QueueReader, STREAM_BUFFER};
 use crate::service::{attach_ttl, consumer_settings, invalid};
 use crate::wakeup::Wakeups;
 
@@ -80,11 +80,13 @@ impl ChannelsService {
         let (tx, mut events) = mpsc::channel(STREAM_BUFFER);
         let reliable = matches!(mode, Mode::Reliable { .. });
         let task = ConsumeTask {
-            storage: Arc::clone(&self.storage),
-            queue: queues.inbound.clone(),
-            mode,
-            remaining: None,
-            prefetch,
+            reader: QueueReader {
+                storage: Arc::clone(&self.storage),
+                queue: queues.inbound.clone(),
+                mode,
+                remaining: None,
+                prefetch,
+            },
             signal: self.wakeups.subscribe(&queues.inbound),
             shutdown: self.shutdown.clone(),
             tx,

@@ -1,0 +1,155 @@
+//! What the broker's integration tests share: a broker on port 0 over the
+//! memory store, and the generated gRPC client with a few conveniences.
+
+#![allow(dead_code)] // each test binary uses its own part
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use busmq_broker::BrokerConfig;
+use busmq_proto::v1::{
+    self, ConsumeEvent, ConsumeMode, ConsumeRequest, consume_event::Event,
+    queues_client::QueuesClient,
+};
+use busmq_storage::memory::MemoryStorage;
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+use tonic::Streaming;
+use tonic::transport::Channel;
+
+pub struct Broker {
+    pub client: QueuesClient<Channel>,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn broker() -> Broker {
+    broker_with(BrokerConfig::default()).await
+}
+
+pub async fn broker_with(config: BrokerConfig) -> Broker {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(busmq_broker::serve(
+        listener,
+        Arc::new(MemoryStorage::new()),
+        config,
+        shutdown.clone(),
+    ));
+    let client = QueuesClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    Broker { client, shutdown }
+}
+
+impl Broker {
+    pub async fn attach(&self, queue: &str) -> v1::AttachResponse {
+        self.client
+            .clone()
+            .attach(v1::AttachRequest {
+                max_deliveries: None,
+                queue: queue.into(),
+                ttl_seconds: None,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    pub async fn push(
+        &self,
+        queue: &str,
+        messages: Vec<Bytes>,
+    ) -> Result<v1::PushResponse, tonic::Status> {
+        self.client
+            .clone()
+            .push(v1::PushRequest {
+                queue: queue.into(),
+                messages,
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    pub async fn consume(&self, req: ConsumeRequest) -> Result<Consumer, tonic::Status> {
+        let mut stream = self.client.clone().consume(req).await?.into_inner();
+        // The first event is always `consuming`; errors arrive instead.
+        match stream.message().await? {
+            Some(ConsumeEvent {
+                event: Some(Event::Consuming(c)),
+            }) => Ok(Consumer {
+                stream,
+                redelivered: c.redelivered,
+            }),
+            other => panic!("expected consuming, got {other:?}"),
+        }
+    }
+
+    pub async fn ack(&self, queue: &str, id: u64) -> Result<u64, tonic::Status> {
+        self.client
+            .clone()
+            .ack(v1::AckRequest {
+                lease: None,
+                queue: queue.into(),
+                id,
+            })
+            .await
+            .map(|r| r.into_inner().removed)
+    }
+
+    pub async fn info(&self, queue: &str) -> v1::QueueInfo {
+        self.client
+            .clone()
+            .info(v1::InfoRequest {
+                queue: queue.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+}
+
+pub struct Consumer {
+    pub stream: Streaming<ConsumeEvent>,
+    pub redelivered: u64,
+}
+
+impl Consumer {
+    /// Next messages, or `None` when the stream ended; panics on `closed`.
+    pub async fn next(&mut self) -> Option<Vec<v1::Message>> {
+        match self.stream.message().await.unwrap()?.event? {
+            Event::Messages(batch) => Some(batch.messages),
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+
+    pub async fn take(&mut self, n: usize) -> Vec<v1::Message> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            let batch = tokio::time::timeout(Duration::from_secs(10), self.next())
+                .await
+                .expect("messages within 10 s")
+                .expect("stream still open");
+            got.extend(batch);
+        }
+        got
+    }
+}
+
+pub fn req(queue: &str, mode: ConsumeMode) -> ConsumeRequest {
+    ConsumeRequest {
+        queue: queue.into(),
+        mode: mode as i32,
+        ..Default::default()
+    }
+}
+
+pub fn msgs(range: std::ops::Range<u32>) -> Vec<Bytes> {
+    range.map(|i| Bytes::from(format!("m{i}"))).collect()
+}

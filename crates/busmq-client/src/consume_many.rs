@@ -1,0 +1,448 @@
+//! Consuming many queues on one stream ([`Bus::consume_many`]).
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use busmq_proto::v1 as pb;
+use busmq_proto::v1::consume_event::Event;
+use futures::Stream;
+use futures::future::BoxFuture;
+use futures::stream::FusedStream;
+use tonic::codec::Streaming;
+use tonic::transport::Channel;
+
+use crate::ack::DeferredAcks;
+use crate::consume::closed_reason;
+use crate::queue::Shared;
+use crate::reconnect::{Reconnect, is_transient, reattach, retry_open};
+use crate::{ClosedReason, ConsumeMode, ConsumeOptions, Delivery, Queue, QueueEvent, Result};
+
+type Client = pb::queues_client::QueuesClient<Channel>;
+type Opened = (
+    Streaming<pb::ConsumeManyEvent>,
+    Option<pb::ConsumeManyEvent>,
+);
+
+/// A reconnect on its way.
+type Reopening = std::sync::Mutex<BoxFuture<'static, Result<Opened>>>;
+
+/// One message received by a [`ManyConsumer`], with the queue it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManyDelivery {
+    /// The queue's position in the slice given to [`Bus::consume_many`](crate::Bus::consume_many).
+    pub queue: usize,
+    /// The message.
+    pub delivery: Delivery,
+}
+
+/// Where one queue of a [`ManyConsumer`] stands.
+#[derive(Debug, Default)]
+struct Progress {
+    received: u64,
+    last_id: Option<u64>,
+    /// `max` reached, or the queue went away.
+    done: bool,
+    closed: Option<ClosedReason>,
+}
+
+/// A running consumer of many queues on one stream: a [`Stream`] of
+/// [`ManyDelivery`]s, each queue's in id order, from
+/// [`Bus::consume_many`](crate::Bus::consume_many).
+///
+/// Every queue is consumed with the same [`ConsumeOptions`], as if by its
+/// own [`Consumer`](crate::Consumer): `max` and `prefetch` count per
+/// queue, reliable mode holds each queue's reliable lock, and each queue's
+/// handle reports its events (`Consuming`, `Message`, `Closed`). What
+/// differs is the cost: the server sends the messages of many queues in
+/// one frame (at most 1,024 messages), as a Kafka fetch covers many
+/// partitions, so a consumer of thousands of queues does not pay a frame
+/// and a wake-up per queue and batch.
+///
+/// A queue that reaches `max` or is closed ends alone; the stream ends when
+/// every queue has, after the first error, or when stopped. A broken stream
+/// is opened again by itself, as the bus's [`Reconnect`] policy says,
+/// resuming every queue still consuming.
+pub struct ManyConsumer {
+    client: Client,
+    queues: Vec<Queue>,
+    mode: ConsumeMode,
+    /// The request for each queue, repeated (adjusted) on a reconnect.
+    requests: Vec<pb::ConsumeRequest>,
+    progress: Vec<Progress>,
+    /// The queue of each position in the current stream's request: a
+    /// resumed stream names only the queues still consuming.
+    wire: Vec<usize>,
+    stream: Option<Streaming<pb::ConsumeManyEvent>>,
+    /// A reconnect in progress, with the positions it names. In a mutex
+    /// only to keep the consumer `Sync`; polled through `&mut self`.
+    reopening: Option<(Vec<usize>, Reopening)>,
+    reconnect: Reconnect,
+    reconnects: u64,
+    buffer: VecDeque<(usize, pb::Message)>,
+    redelivered: u64,
+    running: bool,
+    /// The task sending each queue's [`ManyConsumer::ack_later`] acks.
+    deferred_acks: HashMap<usize, DeferredAcks>,
+}
+
+impl std::fmt::Debug for ManyConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManyConsumer")
+            .field("queues", &self.queues.len())
+            .field("mode", &self.mode)
+            .field("running", &self.running)
+            .field("buffered", &self.buffer.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ManyConsumer {
+    pub(crate) async fn start(
+        client: Client,
+        queues: Vec<Queue>,
+        options: ConsumeOptions,
+        reconnect: Reconnect,
+    ) -> Result<ManyConsumer> {
+        let mode = options.mode()?;
+        let requests = queues
+            .iter()
+            .map(|q| options.request(q.name()))
+            .collect::<Result<Vec<_>>>()?;
+        let (stream, first) = open(client.clone(), requests.clone())
+            .await
+            .map_err(crate::Error::from)?;
+        for queue in &queues {
+            queue.shared.consumers.fetch_add(1, Ordering::Relaxed);
+            queue.shared.emit(QueueEvent::Consuming(true));
+        }
+        let queues_len = queues.len();
+        let mut consumer = ManyConsumer {
+            client,
+            progress: queues.iter().map(|_| Progress::default()).collect(),
+            queues,
+            mode,
+            requests,
+            wire: (0..queues_len).collect(),
+            stream: Some(stream),
+            reopening: None,
+            reconnect,
+            reconnects: 0,
+            buffer: VecDeque::new(),
+            redelivered: 0,
+            running: true,
+            deferred_acks: HashMap::new(),
+        };
+        match first {
+            Some(event) => consumer.handle(event),
+            None => consumer.finish(),
+        }
+        Ok(consumer)
+    }
+
+    /// The mode every queue is consumed in.
+    pub fn mode(&self) -> ConsumeMode {
+        self.mode
+    }
+
+    /// The queues, in the order [`ManyDelivery::queue`] refers to.
+    pub fn queues(&self) -> &[Queue] {
+        &self.queues
+    }
+
+    /// How many times the stream broke and was opened again.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects
+    }
+
+    /// Reliable mode: how many un-acked messages of earlier consumers, over
+    /// all queues, the server put back to be delivered again.
+    pub fn redelivered(&self) -> u64 {
+        self.redelivered
+    }
+
+    /// Why queue `queue` went away, once it was closed or expired.
+    pub fn closed(&self, queue: usize) -> Option<ClosedReason> {
+        self.progress.get(queue).and_then(|p| p.closed)
+    }
+
+    /// True until the consumer stops (stopped, every queue done, or
+    /// failed). Messages already received may still be buffered.
+    pub fn is_running(&self) -> bool {
+        self.running
+    }
+
+    /// Messages received and not yet yielded. Zero after a yield means the
+    /// delivery was the last of its frame: a good moment to ack.
+    pub fn buffered_len(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// Acknowledges, in reliable mode, message `id` of queue `queue` and
+    /// every lower id of it (cumulative); returns how many messages this
+    /// removed. Ignored (returns 0) when the consumer is not reliable.
+    pub async fn ack(&self, queue: usize, id: u64) -> Result<u64> {
+        match self.queues.get(queue) {
+            Some(q) if self.mode == ConsumeMode::Reliable => q.ack(id).await,
+            _ => Ok(0),
+        }
+    }
+
+    /// Like [`Consumer::ack_later`](crate::Consumer::ack_later), for queue
+    /// `queue`: acks every id up to `id` without waiting, in the
+    /// background; each queue's acks fold into the latest.
+    pub fn ack_later(&mut self, queue: usize, id: u64) {
+        if self.mode != ConsumeMode::Reliable {
+            return;
+        }
+        let Some(q) = self.queues.get(queue) else {
+            return;
+        };
+        self.deferred_acks
+            .entry(queue)
+            .or_insert_with(|| DeferredAcks::start(q.clone()))
+            .ack(id);
+    }
+
+    /// Waits until every ack asked for with [`ManyConsumer::ack_later`] is
+    /// confirmed by the server, or returns the first failure.
+    pub async fn flush_acks(&self) -> Result<()> {
+        for acks in self.deferred_acks.values() {
+            acks.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Stops consuming every queue; the stream then yields what it already
+    /// received and ends.
+    pub fn stop(&mut self) {
+        self.finish();
+    }
+
+    fn handle(&mut self, event: pb::ConsumeManyEvent) {
+        for part in event.events {
+            let Some(&queue) = self.wire.get(part.queue as usize) else {
+                // A position this consumer never asked for: a broken server.
+                continue;
+            };
+            match part.event.and_then(|e| e.event) {
+                Some(Event::Messages(batch)) => {
+                    let progress = &mut self.progress[queue];
+                    progress.received += batch.messages.len() as u64;
+                    if let Some(last) = batch.messages.last() {
+                        progress.last_id = Some(last.id);
+                    }
+                    if self.requests[queue]
+                        .max
+                        .is_some_and(|max| progress.received >= max)
+                    {
+                        self.end_queue(queue);
+                    }
+                    self.buffer
+                        .extend(batch.messages.into_iter().map(|m| (queue, m)));
+                }
+                Some(Event::Consuming(c)) => self.redelivered += c.redelivered,
+                Some(Event::Closed(c)) => {
+                    self.progress[queue].closed = Some(closed_reason(&c));
+                    self.queues[queue].shared.emit(QueueEvent::Closed);
+                    self.end_queue(queue);
+                }
+                None => {}
+            }
+        }
+        if self.progress.iter().all(|p| p.done) {
+            self.finish();
+        }
+    }
+
+    fn end_queue(&mut self, queue: usize) {
+        let progress = &mut self.progress[queue];
+        if !progress.done {
+            progress.done = true;
+            if self.running {
+                stopped(&self.queues[queue].shared);
+            }
+        }
+    }
+
+    /// The positions and requests that resume every queue still consuming.
+    fn resume(&self) -> (Vec<usize>, Vec<pb::ConsumeRequest>) {
+        let mut wire = Vec::new();
+        let mut requests = Vec::new();
+        for (queue, progress) in self.progress.iter().enumerate() {
+            if progress.done {
+                continue;
+            }
+            let mut request = self.requests[queue].clone();
+            if let Some(max) = request.max {
+                request.max = Some(max.saturating_sub(progress.received));
+            }
+            if self.mode == ConsumeMode::Persistent
+                && let Some(last) = progress.last_id
+            {
+                request.index = Some(last + 1);
+            }
+            wire.push(queue);
+            requests.push(request);
+        }
+        (wire, requests)
+    }
+
+    /// Starts reopening the stream after `status` broke it; false when the
+    /// consumer must end with the error instead.
+    fn try_reconnect(&mut self, status: &tonic::Status) -> bool {
+        if !self.running || !self.reconnect.enabled || !is_transient(status) {
+            return false;
+        }
+        let (wire, requests) = self.resume();
+        if wire.is_empty() {
+            return false;
+        }
+        self.stream = None;
+        let message = crate::Error::from(status.clone()).to_string();
+        for &queue in &wire {
+            self.queues[queue]
+                .shared
+                .emit(QueueEvent::Reconnecting(message.clone()));
+        }
+        let client = self.client.clone();
+        let shared: Vec<Arc<Shared>> = wire
+            .iter()
+            .map(|&q| Arc::clone(&self.queues[q].shared))
+            .collect();
+        let policy = self.reconnect;
+        let reopening = async move {
+            retry_open(
+                policy,
+                || open(client.clone(), requests.clone()),
+                || reattach(&shared),
+            )
+            .await
+        };
+        self.reopening = Some((wire, std::sync::Mutex::new(Box::pin(reopening))));
+        true
+    }
+
+    /// Ends the call (if still open) and reports the stop of every queue
+    /// still consuming.
+    fn finish(&mut self) {
+        self.stream = None;
+        self.reopening = None;
+        if self.running {
+            self.running = false;
+            for (queue, progress) in self.queues.iter().zip(&self.progress) {
+                if !progress.done {
+                    stopped(&queue.shared);
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, err: impl Into<crate::Error>) -> crate::Error {
+        let err = err.into();
+        for queue in &self.queues {
+            queue.shared.emit(QueueEvent::Error(err.to_string()));
+        }
+        self.finish();
+        err
+    }
+}
+
+/// One queue stopped being consumed.
+fn stopped(shared: &Shared) {
+    shared.consumers.fetch_sub(1, Ordering::Relaxed);
+    shared.emit(QueueEvent::Consuming(false));
+}
+
+/// Opens a stream for `queues` and reads its first event (the server's
+/// `consuming` for each, or its refusal).
+async fn open(
+    mut client: Client,
+    queues: Vec<pb::ConsumeRequest>,
+) -> Result<Opened, tonic::Status> {
+    let mut stream = client
+        .consume_many(pb::ConsumeManyRequest {
+            queues,
+            prefetch: None,
+        })
+        .await?
+        .into_inner();
+    let first = stream.message().await?;
+    Ok((stream, first))
+}
+
+impl Stream for ManyConsumer {
+    type Item = Result<ManyDelivery>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Some((queue, message)) = this.buffer.pop_front() {
+                let s = &this.queues[queue].shared;
+                s.consumed.fetch_add(1, Ordering::Relaxed);
+                s.emit(QueueEvent::Message { id: message.id });
+                return Poll::Ready(Some(Ok(ManyDelivery {
+                    queue,
+                    delivery: Delivery {
+                        id: message.id,
+                        payload: message.payload,
+                        attempt: message.attempt,
+                    },
+                })));
+            }
+            if let Some((_, reopening)) = this.reopening.as_mut() {
+                let reopening = reopening.get_mut().unwrap_or_else(|p| p.into_inner());
+                match reopening.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok((stream, first))) => {
+                        let (wire, _) = this.reopening.take().expect("reopening");
+                        this.wire = wire;
+                        this.stream = Some(stream);
+                        this.reconnects += 1;
+                        for &queue in &this.wire {
+                            this.queues[queue].shared.emit(QueueEvent::Reconnected);
+                        }
+                        match first {
+                            Some(event) => this.handle(event),
+                            None => this.finish(),
+                        }
+                        continue;
+                    }
+                    Poll::Ready(Err(err)) => {
+                        let err = this.fail(err);
+                        return Poll::Ready(Some(Err(err)));
+                    }
+                }
+            }
+            let Some(stream) = this.stream.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match Pin::new(stream).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(event))) => this.handle(event),
+                Poll::Ready(Some(Err(status))) => {
+                    if this.try_reconnect(&status) {
+                        continue;
+                    }
+                    let err = this.fail(status);
+                    return Poll::Ready(Some(Err(err)));
+                }
+                Poll::Ready(None) => this.finish(),
+            }
+        }
+    }
+}
+
+impl FusedStream for ManyConsumer {
+    fn is_terminated(&self) -> bool {
+        self.stream.is_none() && self.reopening.is_none() && self.buffer.is_empty()
+    }
+}
+
+impl Drop for ManyConsumer {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
