@@ -12,12 +12,17 @@ use busmq_client::{AttachOptions, Bus, ConsumeOptions, Queue, QueueEvent};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-type Acked = Arc<Mutex<Vec<u64>>>;
-
-/// Pushes 1, 2, ... one at a time, round robin over `queues`, recording the
-/// acknowledged ones; a push that fails while the broker is down is not
-/// retried (it was never acknowledged). Stops when the token is cancelled.
-fn produce(queues: Vec<Queue>) -> (Acked, CancellationToken, tokio::task::JoinHandle<()>) {
+/// Pushes 1, 2, ... one at a time, round robin over `queues`, while `next`
+/// takes deliveries (each returns the number its payload carries). Once
+/// 300 arrived, `broker` is killed and started again; after 300 more the
+/// pushes stop, and `next` goes on until every push the broker
+/// acknowledged has arrived (pushes that failed while it was down were
+/// never acknowledged and are not retried).
+async fn survive_a_restart(
+    broker: &busmq_testkit::Process,
+    queues: Vec<Queue>,
+    mut next: impl AsyncFnMut() -> u64,
+) {
     let acked = Arc::new(Mutex::new(Vec::new()));
     let stop = CancellationToken::new();
     let producer = tokio::spawn({
@@ -34,7 +39,39 @@ fn produce(queues: Vec<Queue>) -> (Acked, CancellationToken, tokio::task::JoinHa
             }
         }
     });
-    (acked, stop, producer)
+
+    let mut received = BTreeSet::new();
+    let mut restarted = false;
+    let mut after_restart = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while after_restart < 300 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no progress after the restart ({after_restart} messages)"
+        );
+        received.insert(next().await);
+        if restarted {
+            after_restart += 1;
+        } else if received.len() >= 300 {
+            broker.kill9();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            broker.restart().await;
+            restarted = true;
+        }
+    }
+    stop.cancel();
+    producer.await.unwrap();
+
+    let acked: Vec<u64> = acked.lock().unwrap().clone();
+    assert!(!acked.is_empty());
+    while !acked.iter().all(|k| received.contains(k)) {
+        received.insert(next().await);
+    }
+}
+
+/// The number a test payload carries.
+fn number(payload: &[u8]) -> u64 {
+    std::str::from_utf8(payload).unwrap().parse().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -48,48 +85,25 @@ async fn a_reliable_consumer_survives_a_broker_restart_without_losing_messages()
         .await
         .unwrap();
     let mut events = queue.events();
-
-    let (acked, stop, producer) = produce(vec![queue.clone()]);
-
     let mut consumer = queue
         .consume(ConsumeOptions::reliable().prefetch(20))
         .await
         .unwrap();
-    let mut received = BTreeSet::new();
-    let mut restarted = false;
-    let mut after_restart = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while after_restart < 300 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no progress after the restart ({after_restart} messages)"
-        );
+
+    survive_a_restart(&broker, vec![queue.clone()], async || {
         let delivery = tokio::time::timeout(Duration::from_secs(30), consumer.next())
             .await
             .expect("a delivery within 30 s")
             .expect("the consumer keeps running")
             .expect("no error reaches the stream");
-        let k: u64 = std::str::from_utf8(&delivery.payload)
-            .unwrap()
-            .parse()
-            .unwrap();
-        received.insert(k);
         // Acks fail while the broker is down; the messages they covered
         // come back after the reconnect (at least once).
         if consumer.buffered_len() == 0 {
             let _ = consumer.ack(delivery.id).await;
         }
-        if restarted {
-            after_restart += 1;
-        } else if received.len() >= 300 {
-            broker.kill9();
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            broker.restart().await;
-            restarted = true;
-        }
-    }
-    stop.cancel();
-    producer.await.unwrap();
+        number(&delivery.payload)
+    })
+    .await;
 
     assert!(consumer.reconnects() >= 1, "the consumer reconnected");
     let mut saw = (false, false);
@@ -103,27 +117,6 @@ async fn a_reliable_consumer_survives_a_broker_restart_without_losing_messages()
         }
     }
     assert_eq!(saw, (true, true), "reconnecting and reconnected events");
-
-    // Every acknowledged push is delivered: drain what is left.
-    let acked: Vec<u64> = acked.lock().unwrap().clone();
-    let last = *acked.last().unwrap();
-    while !acked.iter().all(|k| received.contains(k)) {
-        let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
-            .await
-            .expect("the rest arrives")
-            .unwrap()
-            .unwrap();
-        received.insert(
-            std::str::from_utf8(&delivery.payload)
-                .unwrap()
-                .parse()
-                .unwrap(),
-        );
-        if consumer.buffered_len() == 0 {
-            consumer.ack(delivery.id).await.unwrap();
-        }
-    }
-    assert!(received.contains(&last));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -140,52 +133,23 @@ async fn a_reliable_consumer_of_many_queues_survives_a_broker_restart_without_lo
             .unwrap();
         queues.push(queue);
     }
-    let (acked, stop, producer) = produce(queues.clone());
     let mut consumer = bus
         .consume_many(&queues, ConsumeOptions::reliable().prefetch(20))
         .await
         .unwrap();
 
-    let mut received = BTreeSet::new();
-    let mut restarted = false;
-    let mut after_restart = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let next = async |consumer: &mut busmq_client::ManyConsumer| {
+    survive_a_restart(&broker, queues.clone(), async || {
         let got = tokio::time::timeout(Duration::from_secs(30), consumer.next())
             .await
             .expect("a delivery within 30 s")
             .expect("the consumer keeps running")
             .expect("no error reaches the stream");
-        let k: u64 = std::str::from_utf8(&got.delivery.payload)
-            .unwrap()
-            .parse()
-            .unwrap();
+        let k = number(&got.delivery.payload);
         assert_eq!(k as usize % 3, got.queue, "payload {k} came from its queue");
         // Acks fail while the broker is down; what they covered comes back.
         let _ = consumer.ack(got.queue, got.delivery.id).await;
         k
-    };
-    while after_restart < 300 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no progress after the restart ({after_restart} messages)"
-        );
-        received.insert(next(&mut consumer).await);
-        if restarted {
-            after_restart += 1;
-        } else if received.len() >= 300 {
-            broker.kill9();
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            broker.restart().await;
-            restarted = true;
-        }
-    }
-    stop.cancel();
-    producer.await.unwrap();
+    })
+    .await;
     assert!(consumer.reconnects() >= 1, "the consumer reconnected");
-
-    let acked: Vec<u64> = acked.lock().unwrap().clone();
-    while !acked.iter().all(|k| received.contains(k)) {
-        received.insert(next(&mut consumer).await);
-    }
 }

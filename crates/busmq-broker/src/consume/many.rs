@@ -4,31 +4,52 @@
 //! per batch it receives; with thousands of queues each batch is a push
 //! batch of its own, so those costs grow with the queue count. This task
 //! looks only at queues that changed (its [`ReadySet`]), takes from several
-//! of them at once, and sends what it took as one event.
+//! of them at once (a round), and sends what a round took as one event.
+//!
+//! Rounds are pipelined: while one waits for its takes to be durable (the
+//! embedded store commits before it answers), the next takes from other
+//! queues, so the stream is not limited to one round per disk commit. A
+//! queue is in at most one round at a time, and events go out in the order
+//! their rounds started, so each queue's messages keep their order.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
-use busmq_core::Error;
+use busmq_core::{Error, QueueName};
 use busmq_proto::v1::{self, ConsumeManyEvent, QueueConsumeEvent};
-use futures::future::join_all;
+use busmq_storage::{ReliableLock, Storage};
+use futures::StreamExt;
+use futures::future::{BoxFuture, join_all};
+use futures::stream::FuturesOrdered;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use super::{QueueReader, closed_event, ended, messages_event, shutting_down, sleep_until_some};
+use super::{
+    QueueReader, closed_event, ended, messages_event, reader, shutting_down, sleep_until_some,
+};
 use crate::wakeup::{ManySubscription, ReadySet};
 
 /// The stream half the gRPC layer hands to the client.
 pub type ManySender = mpsc::Sender<Result<ConsumeManyEvent, Status>>;
 
+/// Rounds of one stream taking from the store at once, at most. Messages
+/// taken and not yet received are at most this many rounds of `prefetch`,
+/// plus the stream's buffer.
+const ROUNDS_IN_FLIGHT: usize = 16;
+
 /// Where one queue of the stream stands.
 enum Slot {
-    /// Consuming; `None` only while a fetch has the reader.
+    /// Consuming; `None` while a round has the reader.
     Live(Option<QueueReader>),
     /// Done: `max` reached, or the queue went away.
     Done,
 }
+
+/// What one round took, queue by queue: the slot, how many it asked for,
+/// its reader back, and the batch.
+type Taken = Vec<(u32, u32, QueueReader, Result<Vec<v1::Message>, Error>)>;
 
 /// One running consumer of many queues.
 pub struct ConsumeManyTask {
@@ -43,15 +64,21 @@ pub struct ConsumeManyTask {
 
 /// The running state of a [`ConsumeManyTask`].
 struct Consuming {
+    storage: Arc<dyn Storage>,
     slots: Vec<Slot>,
     live: usize,
     /// Slots to look at, each once, in the order they became ready.
     ready: VecDeque<u32>,
     queued: Vec<bool>,
+    /// Slots marked while a round had them: look again when it returns.
+    again: Vec<bool>,
+    /// Slots whose queue went away while a round had them.
+    gone: Vec<Option<v1::ClosedReason>>,
     /// Whether any slot leases (only then do lease expiries matter).
     leasing: bool,
-    /// Whether any slot holds a reliable lock to renew.
-    renewing: Option<std::time::Duration>,
+    /// The reliable locks, by slot, and how often to renew them.
+    locks: Vec<(u32, QueueName, ReliableLock)>,
+    renew_every: Option<std::time::Duration>,
 }
 
 impl ConsumeManyTask {
@@ -67,17 +94,40 @@ impl ConsumeManyTask {
             tx,
         } = self;
         let count = readers.len();
+        let Some(storage) = readers.first().map(|r| Arc::clone(&r.storage)) else {
+            return;
+        };
         let mut state = Consuming {
-            leasing: readers.iter().any(is_lease),
-            renewing: readers.iter().filter_map(QueueReader::renewal_period).min(),
+            storage,
+            leasing: readers
+                .iter()
+                .any(|r| matches!(r.mode, super::Mode::Lease { .. })),
+            locks: readers
+                .iter()
+                .enumerate()
+                .filter_map(|(slot, r)| {
+                    r.lock()
+                        .map(|lock| (slot as u32, r.queue.clone(), lock.clone()))
+                })
+                .collect(),
+            renew_every: readers.iter().filter_map(QueueReader::renewal_period).min(),
             slots: readers.into_iter().map(|r| Slot::Live(Some(r))).collect(),
             live: count,
             ready: VecDeque::new(),
             queued: vec![false; count],
+            again: vec![false; count],
+            gone: vec![None; count],
         };
+        let mut rounds = FuturesOrdered::new();
         let outcome = state
-            .consume(prefetch, interest.ready(), &shutdown, &tx)
+            .consume(prefetch, interest.ready(), &mut rounds, &shutdown, &tx)
             .await;
+        // Readers a round still has come back with it.
+        while let Some(taken) = rounds.next().await {
+            for (slot, _, reader, _) in taken {
+                state.slots[slot as usize] = Slot::Live(Some(reader));
+            }
+        }
         let still_live = state.slots.iter().filter_map(|slot| match slot {
             Slot::Live(Some(reader)) => Some(reader.finish(true)),
             Slot::Live(None) | Slot::Done => None,
@@ -90,19 +140,16 @@ impl ConsumeManyTask {
     }
 }
 
-fn is_lease(reader: &QueueReader) -> bool {
-    matches!(reader.mode, super::Mode::Lease { .. })
-}
-
 impl Consuming {
     async fn consume(
         &mut self,
         prefetch: u32,
         marks: &ReadySet,
+        rounds: &mut FuturesOrdered<BoxFuture<'static, Taken>>,
         shutdown: &CancellationToken,
         tx: &ManySender,
     ) -> Result<(), Status> {
-        let mut events = self.begin().await?;
+        let events = self.begin().await?;
         if tx.send(Ok(ConsumeManyEvent { events })).await.is_err() {
             return Ok(());
         }
@@ -113,16 +160,7 @@ impl Consuming {
                 self.renew().await?;
                 renew_at = self.next_renewal();
             }
-            // Room first: never take what the client cannot receive yet.
-            let permit = tokio::select! {
-                permit = tx.reserve() => match permit {
-                    Ok(p) => p,
-                    Err(_) => return Ok(()),
-                },
-                _ = shutdown.cancelled() => return Err(shutting_down()),
-                _ = tokio::time::sleep_until(renew_at) => continue,
-            };
-            events = Vec::new();
+            let mut events = Vec::new();
             marks.take(&mut signals);
             for (slot, signal) in signals.drain(..) {
                 match ended(signal) {
@@ -133,24 +171,31 @@ impl Consuming {
             if self.leasing {
                 self.enqueue_expired_leases();
             }
-            self.fetch(prefetch, &mut events).await?;
-            if events.is_empty() {
-                drop(permit);
-            } else {
-                permit.send(Ok(ConsumeManyEvent { events }));
+            if !events.is_empty() {
+                send(tx, shutdown, events).await?;
             }
-            if self.live == 0 {
+            while rounds.len() < ROUNDS_IN_FLIGHT
+                && let Some(round) = self.start_round(prefetch)
+            {
+                rounds.push_back(round);
+            }
+            if self.live == 0 && rounds.is_empty() {
                 return Ok(());
             }
-            if self.ready.is_empty() {
-                let lease_expiry = self.earliest_lease_expiry();
-                tokio::select! {
-                    _ = marks.marked() => {}
-                    _ = tx.closed() => return Ok(()),
-                    _ = shutdown.cancelled() => return Err(shutting_down()),
-                    _ = tokio::time::sleep_until(renew_at) => {}
-                    _ = sleep_until_some(lease_expiry) => {}
+            let lease_expiry = self.earliest_lease_expiry();
+            tokio::select! {
+                Some(taken) = rounds.next() => {
+                    let events = self.end_round(taken).await?;
+                    if !events.is_empty() {
+                        send(tx, shutdown, events).await?;
+                    }
                 }
+                // With every round in flight, new marks wait for one to end.
+                _ = marks.marked(), if rounds.len() < ROUNDS_IN_FLIGHT => {}
+                _ = tx.closed() => return Ok(()),
+                _ = shutdown.cancelled() => return Err(shutting_down()),
+                _ = tokio::time::sleep_until(renew_at) => {}
+                _ = sleep_until_some(lease_expiry) => {}
             }
         }
     }
@@ -181,24 +226,27 @@ impl Consuming {
             .collect()
     }
 
+    /// Queues `slot` to be looked at; a slot a round has is looked at again
+    /// when the round returns it.
     fn enqueue(&mut self, slot: u32) {
         let i = slot as usize;
-        if matches!(self.slots.get(i), Some(Slot::Live(_))) && !self.queued[i] {
-            self.queued[i] = true;
-            self.ready.push_back(slot);
+        match self.slots.get(i) {
+            Some(Slot::Live(Some(_))) if !self.queued[i] => {
+                self.queued[i] = true;
+                self.ready.push_back(slot);
+            }
+            Some(Slot::Live(None)) => self.again[i] = true,
+            _ => {}
         }
     }
 
-    /// Takes from the ready queues, in turn, up to `prefetch` messages in
-    /// all; every store call of one round runs at once, so a store that
-    /// commits in groups makes them one commit.
-    async fn fetch(
-        &mut self,
-        prefetch: u32,
-        events: &mut Vec<QueueConsumeEvent>,
-    ) -> Result<(), Status> {
+    /// Takes the readers of ready queues, in turn, for up to `prefetch`
+    /// messages in all; their store calls run at once, so a store that
+    /// commits in groups makes them one commit. `None` when no queue is
+    /// ready.
+    fn start_round(&mut self, prefetch: u32) -> Option<BoxFuture<'static, Taken>> {
         let mut budget = prefetch;
-        let mut round = Vec::new();
+        let mut fetches = Vec::new();
         while budget > 0
             && let Some(slot) = self.ready.pop_front()
         {
@@ -211,37 +259,52 @@ impl Consuming {
             };
             let want = reader.want().min(budget);
             budget -= want;
-            round.push(async move {
+            fetches.push(async move {
                 let batch = reader.fetch(want).await;
                 (slot, want, reader, batch)
             });
         }
+        if fetches.is_empty() {
+            return None;
+        }
+        Some(Box::pin(join_all(fetches)))
+    }
+
+    /// Gives a round's readers back and turns what it took into events.
+    async fn end_round(&mut self, taken: Taken) -> Result<Vec<QueueConsumeEvent>, Status> {
+        let mut events = Vec::new();
         let mut failed = None;
-        for (slot, want, reader, batch) in join_all(round).await {
-            self.slots[slot as usize] = Slot::Live(Some(reader));
+        for (slot, want, reader, batch) in taken {
+            let i = slot as usize;
+            self.slots[i] = Slot::Live(Some(reader));
+            let again = std::mem::take(&mut self.again[i]);
             match batch {
                 Ok(batch) => {
                     // A full batch: the queue may hold more. Fewer: it held
-                    // no more when asked, and a change since marks it.
+                    // no more when asked, and a change since marked it.
                     let full = batch.len() == want as usize;
                     if !batch.is_empty() {
                         events.push(queue_event(slot, messages_event(batch)));
                     }
                     if self.reader(slot).is_some_and(QueueReader::reached_max) {
                         self.finish_queue(slot, false).await;
-                    } else if full {
+                    } else if full || again {
                         self.enqueue(slot);
                     }
                 }
                 Err(Error::QueueNotFound(_)) => {
-                    self.end_queue(slot, v1::ClosedReason::Closed, events).await;
+                    self.end_queue(slot, v1::ClosedReason::Closed, &mut events)
+                        .await;
                 }
                 Err(e) => {
                     failed.get_or_insert(busmq_proto::to_status(e));
                 }
             }
+            if let Some(reason) = self.gone[i].take() {
+                self.end_queue(slot, reason, &mut events).await;
+            }
         }
-        failed.map_or(Ok(()), Err)
+        failed.map_or(Ok(events), Err)
     }
 
     fn reader(&self, slot: u32) -> Option<&QueueReader> {
@@ -251,16 +314,21 @@ impl Consuming {
         }
     }
 
-    /// The queue went away: tell the client, and stop consuming it.
+    /// The queue went away: tell the client, and stop consuming it (once
+    /// its round, if one has it, returns it).
     async fn end_queue(
         &mut self,
         slot: u32,
         reason: v1::ClosedReason,
         events: &mut Vec<QueueConsumeEvent>,
     ) {
-        if matches!(self.slots[slot as usize], Slot::Live(_)) {
-            events.push(queue_event(slot, closed_event(reason)));
-            self.finish_queue(slot, true).await;
+        match self.slots[slot as usize] {
+            Slot::Live(Some(_)) => {
+                events.push(queue_event(slot, closed_event(reason)));
+                self.finish_queue(slot, true).await;
+            }
+            Slot::Live(None) => self.gone[slot as usize] = Some(reason),
+            Slot::Done => {}
         }
     }
 
@@ -269,8 +337,8 @@ impl Consuming {
             std::mem::replace(&mut self.slots[slot as usize], Slot::Done)
         {
             reader.finish(session_over).await;
+            self.live -= 1;
         }
-        self.live -= 1;
     }
 
     fn enqueue_expired_leases(&mut self) {
@@ -303,17 +371,38 @@ impl Consuming {
     fn next_renewal(&self) -> Instant {
         Instant::now()
             + self
-                .renewing
+                .renew_every
                 .unwrap_or(std::time::Duration::from_secs(24 * 3600))
     }
 
-    /// Renews every reliable lock at once; losing one ends the stream.
+    /// Renews the reliable lock of every queue still consuming, at once
+    /// (a round having the reader does not matter); losing one ends the
+    /// stream.
     async fn renew(&self) -> Result<(), Status> {
-        let renewals = self.slots.iter().filter_map(|slot| match slot {
-            Slot::Live(Some(reader)) if reader.renewal_period().is_some() => Some(reader.renew()),
-            _ => None,
-        });
+        let renewals = self
+            .locks
+            .iter()
+            .filter(|(slot, ..)| matches!(self.slots[*slot as usize], Slot::Live(_)))
+            .map(|(_, queue, lock)| reader::renew(&*self.storage, queue, lock));
         join_all(renewals).await.into_iter().collect()
+    }
+}
+
+/// Sends one event once the client has room for it.
+async fn send(
+    tx: &ManySender,
+    shutdown: &CancellationToken,
+    events: Vec<QueueConsumeEvent>,
+) -> Result<(), Status> {
+    tokio::select! {
+        permit = tx.reserve() => {
+            // A client gone is noticed by the main loop.
+            if let Ok(permit) = permit {
+                permit.send(Ok(ConsumeManyEvent { events }));
+            }
+            Ok(())
+        }
+        _ = shutdown.cancelled() => Err(shutting_down()),
     }
 }
 

@@ -146,22 +146,21 @@ impl QueueReader {
         }
     }
 
+    /// The reliable lock this reader holds, if any.
+    pub fn lock(&self) -> Option<&ReliableLock> {
+        match &self.mode {
+            Mode::Reliable { lock, .. } => Some(lock),
+            _ => None,
+        }
+    }
+
     /// Renews the reliable lock; an error once it was lost to another
     /// consumer. Other modes hold nothing to renew.
     pub async fn renew(&self) -> Result<(), Status> {
-        if let Mode::Reliable { lock, .. } = &self.mode {
-            let held = self
-                .storage
-                .renew_reliable(&self.queue, lock)
-                .await
-                .map_err(busmq_proto::to_status)?;
-            if !held {
-                return Err(busmq_proto::to_status(Error::ReliableLockLost(
-                    self.queue.to_string(),
-                )));
-            }
+        match self.lock() {
+            Some(lock) => renew(&*self.storage, &self.queue, lock).await,
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Ends consuming: releases the reliable lock, and gives a lease
@@ -188,6 +187,25 @@ impl QueueReader {
             }
             Mode::Lease { .. } | Mode::Unreliable | Mode::Persistent { .. } => {}
         }
+    }
+}
+
+/// Renews `lock` on `queue`; an error once it was lost to another consumer.
+pub async fn renew(
+    storage: &dyn Storage,
+    queue: &QueueName,
+    lock: &ReliableLock,
+) -> Result<(), Status> {
+    let held = storage
+        .renew_reliable(queue, lock)
+        .await
+        .map_err(busmq_proto::to_status)?;
+    if held {
+        Ok(())
+    } else {
+        Err(busmq_proto::to_status(Error::ReliableLockLost(
+            queue.to_string(),
+        )))
     }
 }
 
