@@ -10,14 +10,12 @@ use busmq_proto::v1 as pb;
 use busmq_proto::v1::consume_event::Event;
 use bytes::Bytes;
 use futures::Stream;
-use futures::future::BoxFuture;
 use futures::stream::FusedStream;
-use tonic::codec::Streaming;
 
 use std::time::Duration;
 
 use crate::ack::DeferredAcks;
-use crate::reconnect::{Reopened, is_transient, reopen};
+use crate::reconnect::{Link, Polled, is_transient, reopen};
 use crate::{Error, LeaseToken, Queue, QueueEvent, Result};
 
 /// How a consumer takes messages, derived from [`ConsumeOptions`].
@@ -291,12 +289,7 @@ pub struct Consumer {
     /// Messages received from the server so far, and the last one's id.
     received: u64,
     last_id: Option<u64>,
-    stream: Option<Streaming<pb::ConsumeEvent>>,
-    /// A reconnect in progress after the stream broke. In a mutex only to
-    /// keep the consumer `Sync`; it is polled through `&mut self`, never
-    /// locked.
-    reopening: Option<std::sync::Mutex<BoxFuture<'static, Result<Reopened>>>>,
-    reconnects: u64,
+    link: Link<pb::ConsumeEvent>,
     buffer: VecDeque<pb::Message>,
     redelivered: u64,
     closed: Option<ClosedReason>,
@@ -339,9 +332,7 @@ impl Consumer {
             request: options.request(&s.name)?,
             received: 0,
             last_id: None,
-            stream: Some(stream),
-            reopening: None,
-            reconnects: 0,
+            link: Link::open(stream),
             buffer: VecDeque::new(),
             redelivered: 0,
             closed: None,
@@ -368,7 +359,7 @@ impl Consumer {
     /// How many times the stream broke and was opened again (see
     /// [`Reconnect`](crate::Reconnect)).
     pub fn reconnects(&self) -> u64 {
-        self.reconnects
+        self.link.reconnects()
     }
 
     /// Reliable mode: how many un-acked messages of an earlier consumer the
@@ -489,22 +480,17 @@ impl Consumer {
         let Some(request) = self.resume_request() else {
             return false;
         };
-        self.stream = None;
         shared.emit(QueueEvent::Reconnecting(
             Error::from(status.clone()).to_string(),
         ));
-        self.reopening = Some(std::sync::Mutex::new(Box::pin(reopen(
-            Arc::clone(shared),
-            request,
-            shared.reconnect,
-        ))));
+        self.link
+            .reopen(reopen(Arc::clone(shared), request, shared.reconnect));
         true
     }
 
     /// Ends the call (if still open) and reports the stop once.
     fn finish(&mut self) {
-        self.stream = None;
-        self.reopening = None;
+        self.link.close();
         if self.running {
             self.running = false;
             let s = &self.queue.shared;
@@ -530,49 +516,36 @@ impl Stream for Consumer {
                     attempt: message.attempt,
                 })));
             }
-            if let Some(reopening) = this.reopening.as_mut() {
-                let reopening = reopening.get_mut().unwrap_or_else(|p| p.into_inner());
-                match reopening.as_mut().poll(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Ok((stream, first))) => {
-                        this.reopening = None;
-                        this.stream = Some(stream);
-                        this.reconnects += 1;
-                        this.queue.shared.emit(QueueEvent::Reconnected);
-                        match first {
-                            Some(event) => this.handle(event),
-                            None => this.finish(),
-                        }
-                        continue;
-                    }
-                    Poll::Ready(Err(err)) => {
-                        let err = this.queue.shared.failed(err);
-                        this.finish();
-                        return Poll::Ready(Some(Err(err)));
-                    }
+            let failure = match std::task::ready!(this.link.poll(cx)) {
+                None => return Poll::Ready(None),
+                Some(Polled::Event(event)) => {
+                    this.handle(event);
+                    continue;
                 }
-            }
-            let Some(stream) = this.stream.as_mut() else {
-                return Poll::Ready(None);
-            };
-            match Pin::new(stream).poll_next(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Ok(event))) => this.handle(event),
-                Poll::Ready(Some(Err(status))) => {
-                    if this.try_reconnect(&status) {
-                        continue;
+                Some(Polled::Reconnected(first)) => {
+                    this.queue.shared.emit(QueueEvent::Reconnected);
+                    match first {
+                        Some(event) => this.handle(event),
+                        None => this.finish(),
                     }
-                    let err = this.queue.shared.failed(status);
+                    continue;
+                }
+                Some(Polled::Ended) => {
                     this.finish();
-                    return Poll::Ready(Some(Err(err)));
+                    continue;
                 }
-                Poll::Ready(None) => this.finish(),
-            }
+                Some(Polled::Broken(status)) if this.try_reconnect(&status) => continue,
+                Some(Polled::Broken(status)) => Error::from(status),
+                Some(Polled::Failed(err)) => err,
+            };
+            let err = this.queue.shared.failed(failure);
+            this.finish();
+            return Poll::Ready(Some(Err(err)));
         }
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let upper = if self.stream.is_none() && self.reopening.is_none() {
+        let upper = if self.link.is_over() {
             Some(self.buffer.len())
         } else {
             None
@@ -583,7 +556,7 @@ impl Stream for Consumer {
 
 impl FusedStream for Consumer {
     fn is_terminated(&self) -> bool {
-        self.stream.is_none() && self.reopening.is_none() && self.buffer.is_empty()
+        self.link.is_over() && self.buffer.is_empty()
     }
 }
 

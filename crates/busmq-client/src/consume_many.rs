@@ -9,7 +9,6 @@ use std::task::{Context, Poll};
 use busmq_proto::v1 as pb;
 use busmq_proto::v1::consume_event::Event;
 use futures::Stream;
-use futures::future::BoxFuture;
 use futures::stream::FusedStream;
 use tonic::codec::Streaming;
 use tonic::transport::Channel;
@@ -17,7 +16,7 @@ use tonic::transport::Channel;
 use crate::ack::DeferredAcks;
 use crate::consume::closed_reason;
 use crate::queue::Shared;
-use crate::reconnect::{Reconnect, is_transient, reattach, retry_open};
+use crate::reconnect::{Link, Polled, Reconnect, is_transient, reattach, retry_open};
 use crate::{ClosedReason, ConsumeMode, ConsumeOptions, Delivery, Queue, QueueEvent, Result};
 
 type Client = pb::queues_client::QueuesClient<Channel>;
@@ -25,9 +24,6 @@ type Opened = (
     Streaming<pb::ConsumeManyEvent>,
     Option<pb::ConsumeManyEvent>,
 );
-
-/// A reconnect on its way.
-type Reopening = std::sync::Mutex<BoxFuture<'static, Result<Opened>>>;
 
 /// One message received by a [`ManyConsumer`], with the queue it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,12 +71,10 @@ pub struct ManyConsumer {
     /// The queue of each position in the current stream's request: a
     /// resumed stream names only the queues still consuming.
     wire: Vec<usize>,
-    stream: Option<Streaming<pb::ConsumeManyEvent>>,
-    /// A reconnect in progress, with the positions it names. In a mutex
-    /// only to keep the consumer `Sync`; polled through `&mut self`.
-    reopening: Option<(Vec<usize>, Reopening)>,
+    link: Link<pb::ConsumeManyEvent>,
+    /// The positions the reconnect under way names.
+    reopening_wire: Vec<usize>,
     reconnect: Reconnect,
-    reconnects: u64,
     buffer: VecDeque<(usize, pb::Message)>,
     redelivered: u64,
     running: bool,
@@ -126,10 +120,9 @@ impl ManyConsumer {
             mode,
             requests,
             wire: (0..queues_len).collect(),
-            stream: Some(stream),
-            reopening: None,
+            link: Link::open(stream),
+            reopening_wire: Vec::new(),
             reconnect,
-            reconnects: 0,
             buffer: VecDeque::new(),
             redelivered: 0,
             running: true,
@@ -154,7 +147,7 @@ impl ManyConsumer {
 
     /// How many times the stream broke and was opened again.
     pub fn reconnects(&self) -> u64 {
-        self.reconnects
+        self.link.reconnects()
     }
 
     /// Reliable mode: how many un-acked messages of earlier consumers, over
@@ -300,7 +293,6 @@ impl ManyConsumer {
         if wire.is_empty() {
             return false;
         }
-        self.stream = None;
         let message = crate::Error::from(status.clone()).to_string();
         for &queue in &wire {
             self.queues[queue]
@@ -321,15 +313,15 @@ impl ManyConsumer {
             )
             .await
         };
-        self.reopening = Some((wire, std::sync::Mutex::new(Box::pin(reopening))));
+        self.reopening_wire = wire;
+        self.link.reopen(reopening);
         true
     }
 
     /// Ends the call (if still open) and reports the stop of every queue
     /// still consuming.
     fn finish(&mut self) {
-        self.stream = None;
-        self.reopening = None;
+        self.link.close();
         if self.running {
             self.running = false;
             for (queue, progress) in self.queues.iter().zip(&self.progress) {
@@ -392,52 +384,40 @@ impl Stream for ManyConsumer {
                     },
                 })));
             }
-            if let Some((_, reopening)) = this.reopening.as_mut() {
-                let reopening = reopening.get_mut().unwrap_or_else(|p| p.into_inner());
-                match reopening.as_mut().poll(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Ok((stream, first))) => {
-                        let (wire, _) = this.reopening.take().expect("reopening");
-                        this.wire = wire;
-                        this.stream = Some(stream);
-                        this.reconnects += 1;
-                        for &queue in &this.wire {
-                            this.queues[queue].shared.emit(QueueEvent::Reconnected);
-                        }
-                        match first {
-                            Some(event) => this.handle(event),
-                            None => this.finish(),
-                        }
-                        continue;
-                    }
-                    Poll::Ready(Err(err)) => {
-                        let err = this.fail(err);
-                        return Poll::Ready(Some(Err(err)));
-                    }
+            let failure = match std::task::ready!(this.link.poll(cx)) {
+                None => return Poll::Ready(None),
+                Some(Polled::Event(event)) => {
+                    this.handle(event);
+                    continue;
                 }
-            }
-            let Some(stream) = this.stream.as_mut() else {
-                return Poll::Ready(None);
+                Some(Polled::Reconnected(first)) => {
+                    this.wire = std::mem::take(&mut this.reopening_wire);
+                    for &queue in &this.wire {
+                        this.queues[queue].shared.emit(QueueEvent::Reconnected);
+                    }
+                    match first {
+                        Some(event) => this.handle(event),
+                        None => this.finish(),
+                    }
+                    continue;
+                }
+                Some(Polled::Ended) => {
+                    this.finish();
+                    continue;
+                }
+                Some(Polled::Broken(status)) if this.try_reconnect(&status) => continue,
+                Some(Polled::Broken(status)) => crate::Error::from(status),
+                Some(Polled::Failed(err)) => err,
             };
-            match Pin::new(stream).poll_next(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Ok(event))) => this.handle(event),
-                Poll::Ready(Some(Err(status))) => {
-                    if this.try_reconnect(&status) {
-                        continue;
-                    }
-                    let err = this.fail(status);
-                    return Poll::Ready(Some(Err(err)));
-                }
-                Poll::Ready(None) => this.finish(),
-            }
+            let err = this.fail(failure);
+            return Poll::Ready(Some(Err(err)));
         }
     }
 }
 
 impl FusedStream for ManyConsumer {
     fn is_terminated(&self) -> bool {
-        self.stream.is_none() && self.reopening.is_none() && self.buffer.is_empty()
+        self.link.is_over() && self.buffer.is_empty()
     }
 }
 

@@ -4,10 +4,14 @@
 //! loop themselves.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use busmq_proto::v1 as pb;
+use futures::Stream;
+use futures::future::BoxFuture;
 use tokio::time::Instant;
 use tonic::codec::Streaming;
 
@@ -211,5 +215,95 @@ mod tests {
         let mut reset = Status::new(Code::Unknown, "h2 protocol error");
         reset.set_source(Arc::new(io));
         assert!(is_transient(&reset));
+    }
+}
+
+/// A reconnect under way: the new stream and its first event. In a mutex
+/// only to keep its holder `Sync`; it is polled through `&mut`, never
+/// locked.
+type Reopening<E> = std::sync::Mutex<BoxFuture<'static, Result<(Streaming<E>, Option<E>)>>>;
+
+/// A consumer's server stream, which a reconnect may replace: the open
+/// stream, a reconnect under way, or neither (over).
+pub(crate) struct Link<E> {
+    stream: Option<Streaming<E>>,
+    reopening: Option<Reopening<E>>,
+    reconnects: u64,
+}
+
+/// What polling a [`Link`] gave.
+pub(crate) enum Polled<E> {
+    /// The next event of the stream.
+    Event(E),
+    /// A reconnect succeeded, with the new stream's first event.
+    Reconnected(Option<E>),
+    /// The stream broke; [`Link::reopen`] or give up.
+    Broken(tonic::Status),
+    /// The reconnect gave up.
+    Failed(Error),
+    /// The server ended the stream.
+    Ended,
+}
+
+impl<E: 'static> Link<E> {
+    pub(crate) fn open(stream: Streaming<E>) -> Self {
+        Link {
+            stream: Some(stream),
+            reopening: None,
+            reconnects: 0,
+        }
+    }
+
+    /// How many reconnects succeeded.
+    pub(crate) fn reconnects(&self) -> u64 {
+        self.reconnects
+    }
+
+    /// Neither a stream nor a reconnect: nothing more will come.
+    pub(crate) fn is_over(&self) -> bool {
+        self.stream.is_none() && self.reopening.is_none()
+    }
+
+    /// Drops the stream (ending the call) and any reconnect.
+    pub(crate) fn close(&mut self) {
+        self.stream = None;
+        self.reopening = None;
+    }
+
+    /// Replaces the broken stream with `reconnect`'s.
+    pub(crate) fn reopen(
+        &mut self,
+        reconnect: impl Future<Output = Result<(Streaming<E>, Option<E>)>> + Send + 'static,
+    ) {
+        self.stream = None;
+        self.reopening = Some(std::sync::Mutex::new(Box::pin(reconnect)));
+    }
+
+    /// The next thing that happened; `Ready(None)` once over. After
+    /// `Broken`, `Failed` or `Ended` the stream is gone.
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Polled<E>>> {
+        if let Some(reopening) = self.reopening.as_mut() {
+            let reopening = reopening.get_mut().unwrap_or_else(|p| p.into_inner());
+            let reopened = std::task::ready!(reopening.as_mut().poll(cx));
+            self.reopening = None;
+            return Poll::Ready(Some(match reopened {
+                Ok((stream, first)) => {
+                    self.stream = Some(stream);
+                    self.reconnects += 1;
+                    Polled::Reconnected(first)
+                }
+                Err(err) => Polled::Failed(err),
+            }));
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = match std::task::ready!(Pin::new(stream).poll_next(cx)) {
+            Some(Ok(event)) => return Poll::Ready(Some(Polled::Event(event))),
+            Some(Err(status)) => Polled::Broken(status),
+            None => Polled::Ended,
+        };
+        self.stream = None;
+        Poll::Ready(Some(polled))
     }
 }
