@@ -201,23 +201,6 @@ async fn open(shared: &Shared, request: pb::ConsumeRequest) -> Result<Reopened, 
     Ok((stream, first))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn server_answers_are_not_transient_but_transport_failures_are() {
-        use tonic::{Code, Status};
-        assert!(is_transient(&Status::unavailable("broker shutting down")));
-        assert!(!is_transient(&Status::not_found("no such queue")));
-        assert!(!is_transient(&Status::internal("a bug")));
-        let io = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "broken pipe");
-        let mut reset = Status::new(Code::Unknown, "h2 protocol error");
-        reset.set_source(Arc::new(io));
-        assert!(is_transient(&reset));
-    }
-}
-
 /// A reconnect under way: the new stream and its first event. In a mutex
 /// only to keep its holder `Sync`; it is polled through `&mut`, never
 /// locked.
@@ -305,5 +288,22 @@ impl<E: 'static> Link<E> {
         };
         self.stream = None;
         Poll::Ready(Some(polled))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_answers_are_not_transient_but_transport_failures_are() {
+        use tonic::{Code, Status};
+        assert!(is_transient(&Status::unavailable("broker shutting down")));
+        assert!(!is_transient(&Status::not_found("no such queue")));
+        assert!(!is_transient(&Status::internal("a bug")));
+        let io = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "broken pipe");
+        let mut reset = Status::new(Code::Unknown, "h2 protocol error");
+        reset.set_source(Arc::new(io));
+        assert!(is_transient(&reset));
     }
 }
