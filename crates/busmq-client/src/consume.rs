@@ -15,6 +15,7 @@ use futures::stream::FusedStream;
 use std::time::Duration;
 
 use crate::ack::DeferredAcks;
+use crate::queue::Shared;
 use crate::reconnect::{Link, Polled, is_transient, reopen};
 use crate::{Error, LeaseToken, Queue, QueueEvent, Result};
 
@@ -262,6 +263,18 @@ pub enum ClosedReason {
     Unspecified,
 }
 
+/// Hands `message` of the queue behind `shared` to the application:
+/// counts it and tells the queue's event listeners.
+pub(crate) fn delivered(shared: &Shared, message: pb::Message) -> Delivery {
+    shared.consumed.fetch_add(1, Ordering::Relaxed);
+    shared.emit(QueueEvent::Message { id: message.id });
+    Delivery {
+        id: message.id,
+        payload: message.payload,
+        attempt: message.attempt,
+    }
+}
+
 /// Why the server says a queue went away.
 pub(crate) fn closed_reason(closed: &pb::Closed) -> ClosedReason {
     match pb::ClosedReason::try_from(closed.reason) {
@@ -507,14 +520,7 @@ impl Stream for Consumer {
         let this = &mut *self;
         loop {
             if let Some(message) = this.buffer.pop_front() {
-                let s = &this.queue.shared;
-                s.consumed.fetch_add(1, Ordering::Relaxed);
-                s.emit(QueueEvent::Message { id: message.id });
-                return Poll::Ready(Some(Ok(Delivery {
-                    id: message.id,
-                    payload: message.payload,
-                    attempt: message.attempt,
-                })));
+                return Poll::Ready(Some(Ok(delivered(&this.queue.shared, message))));
             }
             let failure = match std::task::ready!(this.link.poll(cx)) {
                 None => return Poll::Ready(None),

@@ -14,7 +14,7 @@ use tonic::codec::Streaming;
 use tonic::transport::Channel;
 
 use crate::ack::DeferredAcks;
-use crate::consume::closed_reason;
+use crate::consume::{closed_reason, delivered};
 use crate::queue::Shared;
 use crate::reconnect::{Link, Polled, Reconnect, is_transient, reattach, retry_open};
 use crate::{ClosedReason, ConsumeMode, ConsumeOptions, Delivery, Queue, QueueEvent, Result};
@@ -68,6 +68,8 @@ pub struct ManyConsumer {
     /// The request for each queue, repeated (adjusted) on a reconnect.
     requests: Vec<pb::ConsumeRequest>,
     progress: Vec<Progress>,
+    /// Queues not done yet: the stream is over when none is left.
+    consuming: usize,
     /// The queue of each position in the current stream's request: a
     /// resumed stream names only the queues still consuming.
     wire: Vec<usize>,
@@ -116,6 +118,7 @@ impl ManyConsumer {
         let mut consumer = ManyConsumer {
             client,
             progress: queues.iter().map(|_| Progress::default()).collect(),
+            consuming: queues.len(),
             queues,
             mode,
             requests,
@@ -245,7 +248,7 @@ impl ManyConsumer {
                 None => {}
             }
         }
-        if self.progress.iter().all(|p| p.done) {
+        if self.consuming == 0 {
             self.finish();
         }
     }
@@ -254,6 +257,7 @@ impl ManyConsumer {
         let progress = &mut self.progress[queue];
         if !progress.done {
             progress.done = true;
+            self.consuming -= 1;
             if self.running {
                 stopped(&self.queues[queue].shared);
             }
@@ -372,17 +376,8 @@ impl Stream for ManyConsumer {
         let this = &mut *self;
         loop {
             if let Some((queue, message)) = this.buffer.pop_front() {
-                let s = &this.queues[queue].shared;
-                s.consumed.fetch_add(1, Ordering::Relaxed);
-                s.emit(QueueEvent::Message { id: message.id });
-                return Poll::Ready(Some(Ok(ManyDelivery {
-                    queue,
-                    delivery: Delivery {
-                        id: message.id,
-                        payload: message.payload,
-                        attempt: message.attempt,
-                    },
-                })));
+                let delivery = delivered(&this.queues[queue].shared, message);
+                return Poll::Ready(Some(Ok(ManyDelivery { queue, delivery })));
             }
             let failure = match std::task::ready!(this.link.poll(cx)) {
                 None => return Poll::Ready(None),
