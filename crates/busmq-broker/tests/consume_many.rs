@@ -166,6 +166,30 @@ async fn one_stream_delivers_every_queue_in_order_several_queues_per_event() {
 }
 
 #[tokio::test]
+async fn queues_holding_less_than_their_prefetch_share_events() {
+    // Each queue may take the whole frame's worth (per-queue prefetch as
+    // large as the frame's), but holds 5 messages: a round asks as many
+    // queues as fill the frame, instead of one queue per round.
+    let b = broker().await;
+    let names = filled(&b, 200, 5).await;
+    let mut queues = requests(&names, ConsumeMode::Unreliable);
+    for q in &mut queues {
+        q.prefetch = Some(1024);
+    }
+    let mut many = b.consume_many(queues, Some(1024)).await.unwrap();
+    let want: Vec<(u32, usize)> = (0..200).map(|q| (q, 5)).collect();
+    many.until(&want).await;
+    for q in 0..200u32 {
+        assert_eq!(many.ids(q), &[1, 2, 3, 4, 5], "queue {q}");
+    }
+    assert!(
+        many.events < 100,
+        "1,000 messages of 200 queues took {} events",
+        many.events
+    );
+}
+
+#[tokio::test]
 async fn an_event_holds_at_most_prefetch_messages_and_each_queue_its_own_prefetch() {
     let b = broker().await;
     let names = filled(&b, 4, 100).await;

@@ -7,6 +7,7 @@
 //! type, so a channel name cannot be passed where a queue is meant.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::{Error, Limits, Result};
 
@@ -38,14 +39,17 @@ fn validate(kind: &'static str, name: &str, limits: &Limits) -> Result<()> {
 macro_rules! name_type {
     ($(#[$doc:meta])* $ty:ident, $kind:literal) => {
         $(#[$doc])*
+        ///
+        /// Shared, not copied: a name travels with every change, wake-up
+        /// and store call about its queue, so a clone costs a count.
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $ty(String);
+        pub struct $ty(Arc<str>);
 
         impl $ty {
             /// Validates `name` against `limits`.
             pub fn parse(name: &str, limits: &Limits) -> Result<Self> {
                 validate($kind, name, limits)?;
-                Ok($ty(name.to_owned()))
+                Ok($ty(Arc::from(name)))
             }
 
             /// The name as a string.
@@ -82,7 +86,7 @@ impl QueueName {
     /// [`DEAD_LETTER_SUFFIX`] appended. Derived, so not checked against a
     /// length limit; callers that let users name it check it themselves.
     pub fn dead_letters(&self) -> QueueName {
-        QueueName(format!("{}{DEAD_LETTER_SUFFIX}", self.0))
+        QueueName(Arc::from(format!("{}{DEAD_LETTER_SUFFIX}", self.0)))
     }
 }
 

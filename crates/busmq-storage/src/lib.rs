@@ -55,6 +55,24 @@ pub enum TakeMode {
     Pending,
 }
 
+/// One queue's part of a [`Storage::take_many`].
+#[derive(Debug, Clone)]
+pub struct TakeRequest {
+    pub queue: QueueName,
+    /// The most messages to take from this queue.
+    pub max: u32,
+    pub mode: TakeMode,
+}
+
+/// What [`Storage::take_many`] took from one queue.
+#[derive(Debug)]
+pub struct Taken {
+    /// How many messages the queue was asked for (at most its request's
+    /// `max`): fewer came back only if the queue held no more.
+    pub asked: u32,
+    pub messages: Result<Vec<Message>>,
+}
+
 /// Identity and lease of a queue's one reliable consumer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReliableLock {
@@ -238,6 +256,42 @@ pub trait Storage: Send + Sync + 'static {
     /// fewer only when no more are ready (consumers rely on this to wait
     /// for the next change instead of asking again).
     async fn take(&self, queue: &QueueName, max: u32, mode: TakeMode) -> Result<Vec<Message>>;
+
+    /// Takes from several queues as one fetch, as a Kafka fetch covers
+    /// many partitions: visits `requests` in order, asks each queue for its
+    /// `max` but never for more than is left of `budget`, and stops once
+    /// the budget is spent. Returns one [`Taken`] per request it visited,
+    /// in order; the queues of the requests after those were not touched.
+    /// At most `budget` messages come back in all. One queue's failure
+    /// (not found) is its own entry's error and spends nothing.
+    ///
+    /// A store that holds its queues in one place fills the budget with
+    /// what the queues actually hold, in one atomic step and one commit.
+    /// This default asks the queues at once, each for an equal share of
+    /// the budget (at least one message, in order while the budget lasts):
+    /// correct, but a queue that holds less than its share leaves the rest
+    /// of it unused.
+    async fn take_many(&self, requests: &[TakeRequest], budget: u32) -> Vec<Taken> {
+        let share = (budget / requests.len().max(1) as u32).max(1);
+        let mut left = budget;
+        let asks: Vec<u32> = requests
+            .iter()
+            .map_while(|r| {
+                (left > 0).then(|| {
+                    let asked = r.max.min(share).min(left);
+                    left -= asked;
+                    asked
+                })
+            })
+            .collect();
+        futures::future::join_all(requests.iter().zip(asks).map(|(r, asked)| async move {
+            Taken {
+                asked,
+                messages: self.take(&r.queue, asked, r.mode).await,
+            }
+        }))
+        .await
+    }
 
     /// Reads up to `max` stored messages with id >= `from`, removing
     /// nothing; fewer only when no more are stored from `from` on.

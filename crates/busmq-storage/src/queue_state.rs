@@ -30,7 +30,7 @@ use crate::pubsub::Hub;
 use crate::{
     Attached, ChannelName, Error, IdRange, LeaseToken, Leases, Message, Notification,
     Notifications, ObjectFields, ObjectName, QueueInfo, QueueName, ReliableLock, Result, Settled,
-    Settlement, Storage, Subscription, TakeMode,
+    Settlement, Storage, Subscription, TakeMode, TakeRequest, Taken,
 };
 
 /// Notifications buffered per watcher before it is told it lagged. A lag
@@ -95,6 +95,47 @@ impl Queue {
 
     pub(crate) fn expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// Takes up to `max` messages from the front (see [`Storage::take`]),
+    /// recording the change to `name`.
+    fn take(
+        &mut self,
+        name: &QueueName,
+        max: u32,
+        mode: TakeMode,
+        rec: &mut Recorder,
+    ) -> Vec<Message> {
+        let n = self.ready.len().min(max as usize);
+        let taken: Vec<Message> = self.ready.drain(..n).collect();
+        let (Some(first), Some(last)) = (taken.first(), taken.last()) else {
+            return taken;
+        };
+        self.consumed += taken.len() as u64;
+        match mode {
+            // A crash that loses this change leaves the messages ready
+            // instead of pending: delivered again, as reliable mode allows
+            // for anything not acked. So delivery waits only for the pushes
+            // it takes to be durable, not for a commit of its own.
+            TakeMode::Pending => {
+                self.delivered_hi = self.delivered_hi.max(last.id);
+                self.pending.extend(taken.iter().cloned());
+                rec.lazy = true;
+            }
+            // Ready ids are above every pending id, so the range holds no
+            // pending message; it may hold leased ones, which `remove_ids`
+            // leaves out.
+            TakeMode::Remove if self.leases.is_empty() => {
+                rec.remove(name, first.id, last.id);
+                self.forget_returns(taken.iter().map(|m| m.id));
+            }
+            TakeMode::Remove => {
+                rec.remove_ids(name, taken.iter().map(|m| m.id));
+                self.forget_returns(taken.iter().map(|m| m.id));
+            }
+        }
+        rec.meta(name, self);
+        taken
     }
 
     pub(crate) fn lock_holder(&self, now: Instant) -> Option<&str> {
@@ -756,40 +797,56 @@ impl<J: Journal> Storage for QueueStore<J> {
     }
 
     async fn take(&self, queue: &QueueName, max: u32, mode: TakeMode) -> Result<Vec<Message>> {
-        self.with_queue(queue, |q, rec| {
-            let n = q.ready.len().min(max as usize);
-            let taken: Vec<Message> = q.ready.drain(..n).collect();
-            let (Some(first), Some(last)) = (taken.first(), taken.last()) else {
-                return taken;
-            };
-            q.consumed += taken.len() as u64;
-            match mode {
-                // A crash that loses this change leaves the messages ready
-                // instead of pending: delivered again, as reliable mode
-                // allows for anything not acked. So delivery waits only for
-                // the pushes it takes to be durable, not for a commit of
-                // its own.
-                TakeMode::Pending => {
-                    q.delivered_hi = q.delivered_hi.max(last.id);
-                    q.pending.extend(taken.iter().cloned());
-                    rec.lazy = true;
+        self.with_queue(queue, |q, rec| q.take(queue, max, mode, rec))
+            .await
+    }
+
+    async fn take_many(&self, requests: &[TakeRequest], budget: u32) -> Vec<Taken> {
+        let now = Instant::now();
+        let mut rec = Recorder::new(J::RECORDS);
+        let mut taken = Vec::with_capacity(requests.len());
+        let mut expired = Vec::new();
+        let ticket = {
+            let mut queues = self.queues();
+            let mut left = budget;
+            for r in requests {
+                if left == 0 {
+                    break;
                 }
-                // Ready ids are above every pending id, so the range
-                // holds no pending message; it may hold leased ones, which
-                // `remove_ids` leaves out.
-                TakeMode::Remove if q.leases.is_empty() => {
-                    rec.remove(queue, first.id, last.id);
-                    q.forget_returns(taken.iter().map(|m| m.id));
-                }
-                TakeMode::Remove => {
-                    rec.remove_ids(queue, taken.iter().map(|m| m.id));
-                    q.forget_returns(taken.iter().map(|m| m.id));
-                }
+                let asked = r.max.min(left);
+                let messages = match queues.get_mut(&r.queue) {
+                    Some(q) if !q.expired(now) => {
+                        let batch = q.take(&r.queue, asked, r.mode, &mut rec);
+                        left -= batch.len() as u32;
+                        Ok(batch)
+                    }
+                    Some(_) => {
+                        queues.remove(&r.queue);
+                        rec.record(|| Change::Drop(r.queue.clone()));
+                        expired.push(r.queue.clone());
+                        Err(Error::QueueNotFound(r.queue.to_string()))
+                    }
+                    None => Err(Error::QueueNotFound(r.queue.to_string())),
+                };
+                taken.push(Taken { asked, messages });
             }
-            rec.meta(queue, q);
-            taken
-        })
-        .await
+            // Pending takes alone may return before their own changes are
+            // durable (see `Queue::take`); a removal or a drop may not.
+            rec.lazy = expired.is_empty()
+                && requests[..taken.len()]
+                    .iter()
+                    .all(|r| r.mode == TakeMode::Pending);
+            self.submit(rec)
+        };
+        if let Err(e) = self.shared.journal.wait(ticket).await {
+            for t in &mut taken {
+                t.messages = Err(e.clone());
+            }
+        }
+        for name in expired {
+            self.notify(Notification::Expired(name));
+        }
+        taken
     }
 
     async fn read(&self, queue: &QueueName, from: u64, max: u32) -> Result<Vec<Message>> {

@@ -11,7 +11,7 @@ use busmq_storage::embedded::EmbeddedStorage;
 use busmq_storage::{
     Attached, ChannelName, IdRange, LeaseToken, Leases, Message, Notifications, ObjectFields,
     ObjectName, QueueInfo, QueueName, ReliableLock, Result, Settled, Settlement, Storage,
-    Subscription, TakeMode,
+    Subscription, TakeMode, TakeRequest, Taken,
 };
 
 /// A store in a fresh directory that lives as long as the store: the
@@ -40,6 +40,9 @@ impl Storage for InTempDir {
     }
     async fn take(&self, q: &QueueName, max: u32, mode: TakeMode) -> Result<Vec<Message>> {
         self.store.take(q, max, mode).await
+    }
+    async fn take_many(&self, requests: &[TakeRequest], budget: u32) -> Vec<Taken> {
+        self.store.take_many(requests, budget).await
     }
     async fn read(&self, q: &QueueName, from: u64, max: u32) -> Result<Vec<Message>> {
         self.store.read(q, from, max).await

@@ -39,6 +39,41 @@ pub type ManySender = mpsc::Sender<Result<ConsumeManyEvent, Status>>;
 /// plus the stream's buffer.
 const ROUNDS_IN_FLIGHT: usize = 16;
 
+/// Queues one round asks the store for at most.
+const MAX_QUEUES_PER_ROUND: usize = 256;
+
+/// A running average of the messages a non-empty take yields, to ask as
+/// many queues in a round as fill its budget. With thousands of queues
+/// each holds a push batch or two when its turn comes; asking one queue
+/// per round for the whole budget would leave most of it unused and the
+/// stream taking a batch per commit.
+struct TakeSize {
+    average: f64,
+}
+
+impl TakeSize {
+    /// Starts as if a take filled the budget: one queue a round, until
+    /// takes say otherwise.
+    fn new(prefetch: u32) -> Self {
+        TakeSize {
+            average: f64::from(prefetch.max(1)),
+        }
+    }
+
+    fn saw(&mut self, taken: usize) {
+        if taken > 0 {
+            self.average += (taken as f64 - self.average) / 4.0;
+        }
+    }
+
+    /// Queues to ask for `budget` messages: what the average fills, and
+    /// one more, as averages err.
+    fn queues_for(&self, budget: u32) -> usize {
+        let fill = (f64::from(budget) / self.average.max(1.0)).ceil() as usize;
+        (fill + 1).clamp(1, MAX_QUEUES_PER_ROUND)
+    }
+}
+
 /// Where one queue of the stream stands.
 enum Slot {
     /// Consuming; `None` while a round has the reader.
@@ -76,6 +111,8 @@ struct Consuming {
     gone: Vec<Option<v1::ClosedReason>>,
     /// Whether any slot leases (only then do lease expiries matter).
     leasing: bool,
+    /// What a take usually yields, to size rounds by.
+    take_size: TakeSize,
     /// The reliable locks, by slot, and how often to renew them.
     locks: Vec<(u32, QueueName, ReliableLock)>,
     renew_every: Option<std::time::Duration>,
@@ -117,6 +154,7 @@ impl ConsumeManyTask {
             queued: vec![false; count],
             again: vec![false; count],
             gone: vec![None; count],
+            take_size: TakeSize::new(prefetch),
         };
         let mut rounds = FuturesOrdered::new();
         let outcome = state
@@ -241,13 +279,20 @@ impl Consuming {
     }
 
     /// Takes the readers of ready queues, in turn, for up to `prefetch`
-    /// messages in all; their store calls run at once, so a store that
-    /// commits in groups makes them one commit. `None` when no queue is
+    /// messages in all. Queues in the modes that take go to the store as
+    /// one [`Storage::take_many`] (one atomic step and one commit in a
+    /// store that groups them), as many as the messages a take usually
+    /// yields make the budget worth; other modes fetch alongside, each
+    /// allotted its share of the budget up front. `None` when no queue is
     /// ready.
     fn start_round(&mut self, prefetch: u32) -> Option<BoxFuture<'static, Taken>> {
         let mut budget = prefetch;
+        let mut takers = Vec::new();
+        let mut requests = Vec::new();
         let mut fetches = Vec::new();
+        let takes_wanted = self.take_size.queues_for(prefetch);
         while budget > 0
+            && requests.len() < takes_wanted
             && let Some(slot) = self.ready.pop_front()
         {
             self.queued[slot as usize] = false;
@@ -257,6 +302,11 @@ impl Consuming {
             let Some(mut reader) = reader.take() else {
                 continue;
             };
+            if let Some(request) = reader.take_request(budget) {
+                requests.push(request);
+                takers.push((slot, reader));
+                continue;
+            }
             let want = reader.want().min(budget);
             budget -= want;
             fetches.push(async move {
@@ -264,10 +314,30 @@ impl Consuming {
                 (slot, want, reader, batch)
             });
         }
-        if fetches.is_empty() {
+        if takers.is_empty() && fetches.is_empty() {
             return None;
         }
-        Some(Box::pin(join_all(fetches)))
+        let storage = Arc::clone(&self.storage);
+        Some(Box::pin(async move {
+            let take = async {
+                if requests.is_empty() {
+                    return Vec::new();
+                }
+                storage.take_many(&requests, budget).await
+            };
+            let (mut round, taken) = futures::join!(join_all(fetches), take);
+            let mut taken = taken.into_iter();
+            for (slot, mut reader) in takers {
+                // A queue the budget did not reach was asked for nothing:
+                // it goes back among the ready ones.
+                let (asked, batch) = match taken.next() {
+                    Some(t) => (t.asked, reader.took(t.messages)),
+                    None => (0, Ok(Vec::new())),
+                };
+                round.push((slot, asked, reader, batch));
+            }
+            round
+        }))
     }
 
     /// Gives a round's readers back and turns what it took into events.
@@ -283,6 +353,7 @@ impl Consuming {
                     // A full batch: the queue may hold more. Fewer: it held
                     // no more when asked, and a change since marked it.
                     let full = batch.len() == want as usize;
+                    self.take_size.saw(batch.len());
                     if !batch.is_empty() {
                         events.push(queue_event(slot, messages_event(batch)));
                     }

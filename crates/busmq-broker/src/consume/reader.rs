@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use busmq_core::{Error, QueueName};
 use busmq_proto::v1;
-use busmq_storage::{LeasedMessage, ReliableLock, Storage, TakeMode};
+use busmq_storage::{LeasedMessage, ReliableLock, Storage, TakeMode, TakeRequest};
 use tokio::time::Instant;
 use tonic::Status;
 
@@ -71,21 +71,47 @@ impl QueueReader {
             .map_or(self.prefetch, |r| r.min(u64::from(self.prefetch)) as u32)
     }
 
+    /// The store call that takes up to `max` messages (never more than
+    /// [`Self::want`]) for this reader, in the modes that take; `None` in
+    /// those that read or lease.
+    pub fn take_request(&self, max: u32) -> Option<TakeRequest> {
+        let mode = match self.mode {
+            Mode::Unreliable => TakeMode::Remove,
+            Mode::Reliable { .. } => TakeMode::Pending,
+            Mode::Persistent { .. } | Mode::Lease { .. } => return None,
+        };
+        Some(TakeRequest {
+            queue: self.queue.clone(),
+            max: max.min(self.want()),
+            mode,
+        })
+    }
+
+    /// Counts what a [`Self::take_request`] took against `max`.
+    pub fn took(
+        &mut self,
+        taken: Result<Vec<busmq_storage::Message>, Error>,
+    ) -> Result<Vec<v1::Message>, Error> {
+        let batch = plain(taken?);
+        self.count(batch.len());
+        Ok(batch)
+    }
+
+    fn count(&mut self, delivered: usize) {
+        if let Some(r) = self.remaining.as_mut() {
+            *r = r.saturating_sub(delivered as u64);
+        }
+    }
+
     /// Takes up to `max` messages (never more than [`Self::want`]) and
     /// counts them against `max`.
     pub async fn fetch(&mut self, max: u32) -> Result<Vec<v1::Message>, Error> {
+        if let Some(take) = self.take_request(max) {
+            let taken = self.storage.take(&take.queue, take.max, take.mode).await;
+            return self.took(taken);
+        }
         let max = max.min(self.want());
         let batch: Vec<v1::Message> = match &mut self.mode {
-            Mode::Unreliable => plain(
-                self.storage
-                    .take(&self.queue, max, TakeMode::Remove)
-                    .await?,
-            ),
-            Mode::Reliable { .. } => plain(
-                self.storage
-                    .take(&self.queue, max, TakeMode::Pending)
-                    .await?,
-            ),
             Mode::Persistent { next } => {
                 let batch = self.storage.read(&self.queue, *next, max).await?;
                 if let Some(last) = batch.last() {
@@ -93,7 +119,8 @@ impl QueueReader {
                 }
                 plain(batch)
             }
-            Mode::Lease { .. } => self
+            // Lease mode (the modes that take returned above).
+            _ => self
                 .lease(max)
                 .await?
                 .into_iter()
@@ -104,9 +131,7 @@ impl QueueReader {
                 })
                 .collect(),
         };
-        if let Some(r) = self.remaining.as_mut() {
-            *r = r.saturating_sub(batch.len() as u64);
-        }
+        self.count(batch.len());
         Ok(batch)
     }
 

@@ -29,7 +29,7 @@ use futures::StreamExt;
 
 use crate::{
     ChannelEvent, ChannelName, Error, IdRange, Message, Notification, Notifications, ObjectFields,
-    ObjectName, QueueName, ReliableLock, Storage, Subscription, TakeMode,
+    ObjectName, QueueName, ReliableLock, Storage, Subscription, TakeMode, TakeRequest,
 };
 
 mod leases;
@@ -46,6 +46,7 @@ macro_rules! conformance_tests {
             push_assigns_dense_ids_from_one,
             take_remove_in_order,
             take_pending_keeps_until_ack,
+            take_many_visits_queues_in_order_within_the_budget,
             ack_is_cumulative,
             ack_rejects_unknown_and_zero_ids,
             read_removes_nothing,
@@ -283,6 +284,102 @@ pub async fn take_pending_keeps_until_ack(s: Arc<dyn Storage>) {
     assert_eq!(s.ack(&q, 5).await.unwrap(), 5);
     let info = s.info(&q).await.unwrap().unwrap();
     assert_eq!((info.count, info.pending), (5, 0));
+}
+
+/// A fetch over several queues: each gives at most what it was asked, from
+/// its front, fewer only when it holds no more; a missing queue fails
+/// alone; the budget bounds the whole; queues not visited are untouched.
+pub async fn take_many_visits_queues_in_order_within_the_budget(s: Arc<dyn Storage>) {
+    let queues = [
+        attached(&s, "many.a").await,
+        unique_queue("many.missing"),
+        attached(&s, "many.b").await,
+        attached(&s, "many.c").await,
+    ];
+    let held = [5, 0, 10, 3];
+    for (q, &n) in queues.iter().zip(&held) {
+        if n > 0 {
+            s.push(q, payloads(1..=n)).await.unwrap();
+        }
+    }
+    let requests: Vec<TakeRequest> = queues
+        .iter()
+        .zip([4, 4, 100, 100])
+        .zip([
+            TakeMode::Remove,
+            TakeMode::Remove,
+            TakeMode::Pending,
+            TakeMode::Remove,
+        ])
+        .map(|((queue, max), mode)| TakeRequest {
+            queue: queue.clone(),
+            max,
+            mode,
+        })
+        .collect();
+    for budget in [0, 12, 1_000] {
+        let before: Vec<u64> =
+            futures::future::join_all(queues.iter().map(|q| ready_count(&s, q))).await;
+        let taken = s.take_many(&requests, budget).await;
+        assert!(taken.len() <= requests.len());
+        let mut total = 0;
+        for (i, t) in taken.iter().enumerate() {
+            assert!(t.asked <= requests[i].max, "asked over max: {t:?}");
+            let Ok(batch) = &t.messages else {
+                assert_code(
+                    t.messages.as_ref().map(|m| m.len()).map_err(Clone::clone),
+                    ErrorCode::NotFound,
+                );
+                assert_eq!(i, 1, "only the missing queue fails");
+                continue;
+            };
+            assert!(batch.len() <= t.asked as usize, "more than asked: {t:?}");
+            let first = held[i] - before[i] + 1;
+            assert_eq!(
+                ids(batch),
+                (first..first + batch.len() as u64).collect::<Vec<_>>(),
+                "queue {i} from its front"
+            );
+            if batch.len() < t.asked as usize {
+                assert_eq!(
+                    ready_count(&s, &queues[i]).await,
+                    0,
+                    "queue {i} gave fewer than asked while holding more"
+                );
+            }
+            total += batch.len();
+        }
+        assert!(
+            total <= budget as usize,
+            "{total} messages over a budget of {budget}"
+        );
+        for i in taken.len()..queues.len() {
+            assert_eq!(
+                ready_count(&s, &queues[i]).await,
+                before[i],
+                "queue {i} was not visited"
+            );
+        }
+    }
+    let b = s.info(&queues[2]).await.unwrap().unwrap();
+    assert_eq!(
+        b.pending,
+        10 - ready_count(&s, &queues[2]).await,
+        "b's takes are pending"
+    );
+    assert_eq!(
+        ready_count(&s, &queues[0]).await + ready_count(&s, &queues[3]).await,
+        0,
+        "the large budget took a and c"
+    );
+}
+
+/// Messages ready to take: stored, not pending (0 for a missing queue).
+async fn ready_count(s: &Arc<dyn Storage>, q: &QueueName) -> u64 {
+    match s.info(q).await.unwrap() {
+        Some(info) => info.count - info.pending,
+        None => 0,
+    }
 }
 
 /// Ack removes every pending message up to the id, and only those.
