@@ -45,7 +45,13 @@ impl Waiters {
 
     /// "Look again."
     fn poke(&self) {
-        self.watch.send_modify(|_| {});
+        // Waking no receiver still costs a pass over the watch's wait
+        // lists, per push; with thousands of queues consumed through
+        // ready sets that was the broker's largest single cost. The
+        // registry lock is held, so no receiver can subscribe meanwhile.
+        if self.watch.receiver_count() > 0 {
+            self.watch.send_modify(|_| {});
+        }
         for (set, slot) in &self.sets {
             set.mark(*slot, QueueSignal::Open);
         }
