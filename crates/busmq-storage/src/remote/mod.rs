@@ -30,7 +30,7 @@ use session::{Sessions, mismatch};
 use crate::{
     Attached, ChannelEvent, ChannelName, Error, IdRange, LeaseToken, LeasedMessage, Leases,
     Message, Notification, Notifications, ObjectFields, ObjectName, QueueInfo, QueueName,
-    ReliableLock, Result, Settled, Settlement, Storage, Subscription, TakeMode,
+    ReliableLock, Result, Settled, Settlement, Storage, Subscription, TakeMode, TakeRequest, Taken,
 };
 
 /// Largest message the client sends or accepts: generous, so the server's
@@ -367,6 +367,48 @@ impl Storage for RemoteStorage {
         match self.sessions.call(op).await? {
             Answer::Messages(r) => Ok(from_wire_messages(r)),
             other => Err(mismatch("take", &other)),
+        }
+    }
+
+    async fn take_many(&self, requests: &[TakeRequest], budget: u32) -> Vec<Taken> {
+        let op = Op::TakeMany(pb::TakeManyRequest {
+            queues: requests
+                .iter()
+                .map(|r| pb::TakeRequest {
+                    queue: r.queue.to_string(),
+                    max: r.max,
+                    reliable: r.mode == TakeMode::Pending,
+                })
+                .collect(),
+            budget,
+        });
+        let failed = |e: Error| {
+            requests
+                .iter()
+                .take(1)
+                .map(|r| Taken {
+                    asked: r.max.min(budget),
+                    messages: Err(e.clone()),
+                })
+                .collect()
+        };
+        match self.sessions.call(op).await {
+            Ok(Answer::TakeMany(r)) => r
+                .taken
+                .into_iter()
+                .map(|t| Taken {
+                    asked: t.asked,
+                    messages: match t.result {
+                        Some(pb::taken_from::Result::Messages(m)) => Ok(from_wire_messages(m)),
+                        Some(pb::taken_from::Result::Error(e)) => {
+                            Err(from_status(Status::new(e.code.into(), e.message)))
+                        }
+                        None => Err(Error::Internal("take_many answer without a result".into())),
+                    },
+                })
+                .collect(),
+            Ok(other) => failed(mismatch("take_many", &other)),
+            Err(e) => failed(e),
         }
     }
 

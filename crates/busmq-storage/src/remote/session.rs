@@ -253,6 +253,7 @@ pub(crate) fn mismatch(op: &str, answer: &Answer) -> Error {
         Answer::Ack(_) => "ack",
         Answer::Lease(_) => "lease",
         Answer::Settle(_) => "settle",
+        Answer::TakeMany(_) => "take_many",
         Answer::Error(_) => "error",
     };
     Error::Internal(format!("storage answered a {op} with a {kind} result"))

@@ -25,7 +25,7 @@ pub use session::{SESSION_BUFFER, SESSION_WINDOW, SessionStream};
 
 use crate::{
     Error, LeaseToken, Notification, ObjectName, QueueName, ReliableLock, Settled, Settlement,
-    Storage, TakeMode,
+    Storage, TakeMode, TakeRequest,
 };
 
 /// Notifications buffered per watcher before it is sent a LAGGED
@@ -100,17 +100,46 @@ impl StorageService {
     /// Take, capped at one batch.
     pub(crate) async fn take_op(&self, req: pb::TakeRequest) -> Result<pb::Messages, Status> {
         let queue = self.name(&req.queue)?;
-        let mode = if req.reliable {
-            TakeMode::Pending
-        } else {
-            TakeMode::Remove
-        };
         let taken = self
             .storage
-            .take(&queue, self.cap(req.max), mode)
+            .take(&queue, self.cap(req.max), take_mode(req.reliable))
             .await
             .map_err(to_status)?;
         Ok(messages(taken))
+    }
+
+    /// Take from several queues, the budget capped at one batch.
+    pub(crate) async fn take_many_op(
+        &self,
+        req: pb::TakeManyRequest,
+    ) -> Result<pb::TakeManyResponse, Status> {
+        let requests = req
+            .queues
+            .into_iter()
+            .map(|r| {
+                Ok(TakeRequest {
+                    queue: self.name(&r.queue)?,
+                    max: self.cap(r.max),
+                    mode: take_mode(r.reliable),
+                })
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        let taken = self
+            .storage
+            .take_many(&requests, self.cap(req.budget))
+            .await;
+        Ok(pb::TakeManyResponse {
+            taken: taken
+                .into_iter()
+                .map(|t| pb::TakenFrom {
+                    asked: t.asked,
+                    result: Some(match t.messages {
+                        Ok(batch) => pb::taken_from::Result::Messages(messages(batch)),
+                        Err(e) => pb::taken_from::Result::Error(session_error(&to_status(e))),
+                    }),
+                })
+                .collect(),
+        })
     }
 
     /// Read, capped at one batch.
@@ -244,6 +273,23 @@ fn lock(owner: String, lease_ms: u64) -> Result<ReliableLock, Status> {
         )));
     }
     Ok(ReliableLock { owner, lease })
+}
+
+fn take_mode(reliable: bool) -> TakeMode {
+    if reliable {
+        TakeMode::Pending
+    } else {
+        TakeMode::Remove
+    }
+}
+
+/// A failure as a session answer carries it: the status its unary RPC
+/// would have ended with.
+fn session_error(status: &Status) -> pb::SessionError {
+    pb::SessionError {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+    }
 }
 
 fn messages(messages: Vec<crate::Message>) -> pb::Messages {

@@ -99,6 +99,7 @@ async fn run(service: &StorageService, request: pb::SessionRequest) -> pb::Sessi
         Some(Op::Ack(r)) => service.ack_op(r).await.map(Answer::Ack),
         Some(Op::Lease(r)) => service.lease_op(r).await.map(Answer::Lease),
         Some(Op::Settle(r)) => service.settle_op(r).await.map(Answer::Settle),
+        Some(Op::TakeMany(r)) => service.take_many_op(r).await.map(Answer::TakeMany),
         // An operation added to the protocol after this server was built
         // decodes as none at all.
         None => Err(Status::invalid_argument(
@@ -121,8 +122,5 @@ async fn run(service: &StorageService, request: pb::SessionRequest) -> pb::Sessi
 }
 
 fn error(status: &Status) -> Answer {
-    Answer::Error(pb::SessionError {
-        code: status.code() as i32,
-        message: status.message().to_owned(),
-    })
+    Answer::Error(super::session_error(status))
 }
