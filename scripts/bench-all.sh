@@ -79,6 +79,7 @@ run redis-3 --storage "$SHARDS" --duration "$DURATION"
 run redis-1-queue --storage "${R[0]}" --duration "$DURATION" --queues 1 --producers 1 --consumers 1
 run embedded-unreliable --storage embedded --duration "$DURATION"
 run embedded-reliable --storage embedded --duration "$DURATION" --mode reliable
+run embedded-lease --storage embedded --duration "$DURATION" --mode lease
 run redis-unreliable --storage "${R[0]}" --duration "$DURATION"
 run redis-reliable --storage "${R[0]}" --duration "$DURATION" --mode reliable
 

@@ -267,6 +267,70 @@ async fn a_message_over_max_deliveries_lands_in_the_dlq_in_reliable_mode() {
 }
 
 #[tokio::test]
+async fn ack_leases_acks_a_batch_and_names_the_tokens_it_could_not_ack() {
+    let c = cluster().await;
+    let q = attached(&c.bus, "batch-ack", AttachOptions::default()).await;
+    q.push("slow").await.unwrap();
+    let slow = lease_one(&q, Duration::from_millis(300)).await;
+    // Nobody calls anything while that lease runs out.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    q.push_batch(["m2", "m3", "m4", "m5"]).await.unwrap();
+    let mut consumer = q.consume(ConsumeOptions::lease(LONG)).await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(token(&next(&mut consumer).await));
+    }
+    assert!(held.contains(&LeaseToken { id: 1, attempt: 2 }), "{held:?}");
+
+    let never = LeaseToken { id: 99, attempt: 1 };
+    let mut batch = held[..4].to_vec();
+    batch.extend([held[0], token(&slow), never]);
+    let acked = consumer.ack_leases(&batch).await.unwrap();
+    assert_eq!(acked.acked, 4, "each held delivery once: {acked:?}");
+    assert_eq!(acked.lapsed, [token(&slow)]);
+    assert_eq!(acked.unknown, [never]);
+    assert!(!acked.all_acked());
+    let info = q.info().await.unwrap();
+    assert_eq!(
+        (info.count, info.leased),
+        (1, 1),
+        "one message still leased"
+    );
+
+    let last = q.ack_leases(&held[4..]).await.unwrap();
+    assert!(last.all_acked() && last.acked == 1, "{last:?}");
+    assert_eq!(q.info().await.unwrap().count, 0);
+    let again = q.ack_leases(&held).await.unwrap();
+    assert_eq!((again.acked, again.unknown.len()), (0, 5), "acked already");
+    assert_eq!(q.ack_leases(&[]).await.unwrap(), Default::default());
+
+    // Whole-call failures: a queue that does not exist, too many tokens,
+    // a token no delivery can have, a consumer in another mode.
+    let missing = c.bus.queue("batch-ack-missing");
+    assert_eq!(
+        code(missing.ack_leases(&[never]).await),
+        ErrorCode::NotFound
+    );
+    let too_many: Vec<LeaseToken> = (1..=65_537)
+        .map(|id| LeaseToken { id, attempt: 1 })
+        .collect();
+    assert_eq!(
+        code(q.ack_leases(&too_many).await),
+        ErrorCode::InvalidArgument
+    );
+    let zero = LeaseToken { id: 1, attempt: 0 };
+    assert_eq!(
+        code(q.ack_leases(&[zero]).await),
+        ErrorCode::InvalidArgument
+    );
+    let plain = q.consume(ConsumeOptions::default()).await.unwrap();
+    assert_eq!(
+        code(plain.ack_leases(&[never]).await),
+        ErrorCode::InvalidArgument
+    );
+}
+
+#[tokio::test]
 async fn bad_lease_input_gets_clear_errors() {
     let c = cluster().await;
     let q = attached(&c.bus, "bad", AttachOptions::default()).await;

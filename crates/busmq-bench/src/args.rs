@@ -15,6 +15,9 @@ pub enum Mode {
     Reliable,
     /// Every consumer of a queue reads every message (`remove: false`).
     Persistent,
+    /// Lease each message for 60 s, then ack every delivery by its token:
+    /// one AckLeases call per queue and received batch.
+    Lease,
 }
 
 /// How a busmq producer or consumer task talks to its queues.

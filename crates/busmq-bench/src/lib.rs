@@ -11,6 +11,7 @@
 //! push→delivery latency histogram. `--plot` draws a run (`plot`),
 //! `--sweep-queues` repeats it over queue counts (`sweep`).
 
+mod acking;
 mod args;
 mod idle;
 mod peers;

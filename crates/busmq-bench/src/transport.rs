@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use busmq_client::{AttachOptions, Bus, Bytes, ConsumeOptions, Pusher, PusherOptions};
@@ -12,6 +12,7 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use hdrhistogram::Histogram;
 
+use crate::acking::Acking;
 use crate::args::Streams;
 use crate::{BenchArgs, Mode};
 
@@ -133,6 +134,10 @@ impl Recorder {
     }
 }
 
+/// How long a lease-mode consumer holds a message before it goes back:
+/// far longer than a message spends in the bench's client.
+const LEASE_VISIBILITY: Duration = Duration::from_secs(60);
+
 /// busmq itself, through its client.
 pub struct Busmq {
     url: String,
@@ -165,6 +170,7 @@ impl Busmq {
             Mode::Unreliable => ConsumeOptions::default(),
             Mode::Reliable => ConsumeOptions::reliable(),
             Mode::Persistent => ConsumeOptions::persistent(0),
+            Mode::Lease => ConsumeOptions::lease(LEASE_VISIBILITY),
         };
         options.prefetch(self.prefetch)
     }
@@ -209,14 +215,12 @@ impl Transport for Busmq {
 
     async fn consumers(&self, queues: Vec<String>) -> anyhow::Result<Vec<BusmqConsumer>> {
         let bus = Bus::connect(&self.url).await?;
-        let ack = self.mode == Mode::Reliable;
         if self.streams == Streams::Many {
             let handles: Vec<_> = queues.iter().map(|q| bus.queue(q)).collect();
             let consumer = bus.consume_many(&handles, self.consume_options()).await?;
             return Ok(vec![BusmqConsumer::Many {
                 consumer: Box::new(consumer),
-                ack,
-                last: Vec::new(),
+                acking: Acking::for_mode(self.mode),
             }]);
         }
         let mut consumers = Vec::with_capacity(queues.len());
@@ -224,7 +228,7 @@ impl Transport for Busmq {
             let consumer = bus.queue(&q).consume(self.consume_options()).await?;
             consumers.push(BusmqConsumer::PerQueue {
                 consumer: Box::new(consumer),
-                ack,
+                acking: Acking::for_mode(self.mode),
             });
         }
         Ok(consumers)
@@ -263,57 +267,41 @@ pub enum BusmqConsumer {
     /// A stream per queue.
     PerQueue {
         consumer: Box<busmq_client::Consumer>,
-        ack: bool,
+        acking: Acking,
     },
-    /// One stream for many queues; `last` collects each queue's highest id
-    /// of the frame being read, to ack once it ends.
+    /// One stream for many queues.
     Many {
         consumer: Box<busmq_client::ManyConsumer>,
-        ack: bool,
-        last: Vec<(usize, u64)>,
+        acking: Acking,
     },
 }
 
 impl Consumer for BusmqConsumer {
     async fn next_batch(&mut self, recorder: &mut Recorder) -> anyhow::Result<bool> {
+        // The end of a received batch (nothing more buffered): ack it,
+        // pipelined (the consumer goes on while the acks are on their way).
         match self {
-            BusmqConsumer::PerQueue { consumer, ack } => loop {
+            BusmqConsumer::PerQueue { consumer, acking } => loop {
                 let Some(delivery) = consumer.next().await else {
                     return Ok(false);
                 };
                 let delivery = delivery?;
                 recorder.record(&delivery.payload);
-                // The end of a received batch: ack it, cumulatively and
-                // pipelined (the consumer goes on while the ack is on its way).
+                acking.note(0, &delivery)?;
                 if consumer.buffered_len() == 0 {
-                    if *ack {
-                        consumer.ack_later(delivery.id);
-                    }
+                    acking.batch_ended(consumer.as_mut()).await?;
                     return Ok(true);
                 }
             },
-            BusmqConsumer::Many {
-                consumer,
-                ack,
-                last,
-            } => loop {
+            BusmqConsumer::Many { consumer, acking } => loop {
                 let Some(received) = consumer.next().await else {
                     return Ok(false);
                 };
                 let received = received?;
                 recorder.record(&received.delivery.payload);
-                if *ack {
-                    // A frame holds each queue's messages together, in id
-                    // order: a new queue starts a new entry.
-                    match last.last_mut() {
-                        Some((queue, id)) if *queue == received.queue => *id = received.delivery.id,
-                        _ => last.push((received.queue, received.delivery.id)),
-                    }
-                }
+                acking.note(received.queue, &received.delivery)?;
                 if consumer.buffered_len() == 0 {
-                    for (queue, id) in last.drain(..) {
-                        consumer.ack_later(queue, id);
-                    }
+                    acking.batch_ended(consumer.as_mut()).await?;
                     return Ok(true);
                 }
             },

@@ -46,6 +46,13 @@ pub const MAX_MANY_PREFETCH: u32 = 65_536;
 /// The most queues one ConsumeMany stream may consume.
 pub const MAX_MANY_QUEUES: usize = 100_000;
 
+/// The most lease tokens one AckLeases call may carry.
+pub const MAX_ACK_LEASES: usize = 65_536;
+
+/// Settlements of one AckLeases call in flight at once: enough for a
+/// store that commits in groups to settle a frame's worth in one commit.
+pub const ACK_LEASES_CONCURRENCY: usize = 1024;
+
 /// The longest ttl a queue may have (ten years): larger values are typos,
 /// and would overflow deadline arithmetic.
 pub const MAX_TTL_SECS: u64 = 10 * 365 * 24 * 3600;

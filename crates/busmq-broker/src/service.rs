@@ -1,10 +1,11 @@
 //! The `busmq.v1.Queues` gRPC service: validates each request, calls the
 //! store, maps the answer. Consumption runs in the `consume` module.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use busmq_core::{Error, QueueName};
+use busmq_core::{Error, ErrorCode, QueueName};
 use busmq_proto::to_status;
 use busmq_proto::v1::{self, queues_server::Queues};
 use busmq_storage::{LeaseToken, ReliableLock, Settled, Settlement, Storage};
@@ -15,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::{
-    BrokerConfig, DEFAULT_LEASE_PREFETCH, DEFAULT_MANY_PREFETCH, DEFAULT_VISIBILITY,
-    MAX_MANY_PREFETCH, MAX_MANY_QUEUES, MAX_PREFETCH, MAX_TTL_SECS,
+    ACK_LEASES_CONCURRENCY, BrokerConfig, DEFAULT_LEASE_PREFETCH, DEFAULT_MANY_PREFETCH,
+    DEFAULT_VISIBILITY, MAX_ACK_LEASES, MAX_MANY_PREFETCH, MAX_MANY_QUEUES, MAX_PREFETCH,
+    MAX_TTL_SECS,
 };
 use crate::consume::{ConsumeManyTask, ConsumeTask, Mode, QueueReader, STREAM_BUFFER};
 use crate::push_stream;
@@ -342,6 +344,53 @@ impl Queues for QueuesService {
         let queue = self.name(&req.queue)?;
         let removed = store(self.storage.ack(&queue, req.id).await)?;
         Ok(Response::new(v1::AckResponse { removed }))
+    }
+
+    async fn ack_leases(
+        &self,
+        request: Request<v1::AckLeasesRequest>,
+    ) -> Result<Response<v1::AckLeasesResponse>, Status> {
+        let req = request.into_inner();
+        let queue = self.name(&req.queue)?;
+        if req.leases.len() > MAX_ACK_LEASES {
+            return Err(invalid(format!(
+                "{} lease tokens in one call is over the limit of {MAX_ACK_LEASES}",
+                req.leases.len()
+            )));
+        }
+        let tokens: BTreeSet<(u64, u32)> = req.leases.iter().map(|t| (t.id, t.attempt)).collect();
+        let storage = &self.storage;
+        let queue = &queue;
+        let mut settled = futures::stream::iter(tokens)
+            .map(|(id, attempt)| async move {
+                let token = LeaseToken { id, attempt };
+                (token, storage.settle(queue, token, Settlement::Ack).await)
+            })
+            .buffer_unordered(ACK_LEASES_CONCURRENCY);
+        let mut response = v1::AckLeasesResponse::default();
+        while let Some((token, outcome)) = settled.next().await {
+            let token = v1::LeaseToken {
+                id: token.id,
+                attempt: token.attempt,
+            };
+            match outcome {
+                Ok(_) => response.acked += 1,
+                Err(e) => match e.code() {
+                    ErrorCode::FailedPrecondition => response.lapsed.push(token),
+                    ErrorCode::NotFound => response.unknown.push(token),
+                    _ => return Err(to_status(e)),
+                },
+            }
+        }
+        drop(settled);
+        // NOT_FOUND is also what every token of a queue that does not
+        // exist gets: tell that apart once, off the common path.
+        if !response.unknown.is_empty() && store(storage.info(queue).await)?.is_none() {
+            return Err(to_status(Error::QueueNotFound(queue.to_string())));
+        }
+        response.lapsed.sort_by_key(|t| (t.id, t.attempt));
+        response.unknown.sort_by_key(|t| (t.id, t.attempt));
+        Ok(Response::new(response))
     }
 
     async fn nack(

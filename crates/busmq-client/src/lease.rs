@@ -27,6 +27,26 @@ impl From<LeaseToken> for pb::LeaseToken {
     }
 }
 
+/// What a [`Queue::ack_leases`] did with its tokens.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AckedLeases {
+    /// Deliveries acked: their messages are removed.
+    pub acked: u64,
+    /// Leases that ran out or were given back: their messages are in the
+    /// queue again, maybe already delivered to someone else.
+    pub lapsed: Vec<LeaseToken>,
+    /// Deliveries not held: never delivered, already acked, or
+    /// dead-lettered.
+    pub unknown: Vec<LeaseToken>,
+}
+
+impl AckedLeases {
+    /// True when every token was acked.
+    pub fn all_acked(&self) -> bool {
+        self.lapsed.is_empty() && self.unknown.is_empty()
+    }
+}
+
 /// What a [`Queue::nack`] did with the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Nacked {
@@ -54,6 +74,39 @@ impl Queue {
         };
         s.client().ack(request).await.map_err(|e| s.failed(e))?;
         Ok(())
+    }
+
+    /// Lease mode: acks many deliveries of this queue in one call (as SQS's
+    /// `DeleteMessageBatch`), each settled on its own as by
+    /// [`ack_lease`](Self::ack_lease). A token whose lease ran out or that
+    /// is not held any more changes nothing and is named in the answer;
+    /// only a failure of the whole call (the queue does not exist, the
+    /// broker unreachable, over 65,536 tokens) is an error.
+    pub async fn ack_leases(&self, tokens: &[LeaseToken]) -> Result<AckedLeases> {
+        let s = &self.shared;
+        let request = pb::AckLeasesRequest {
+            queue: s.name.clone(),
+            leases: tokens.iter().map(|&t| t.into()).collect(),
+        };
+        let response = s
+            .client()
+            .ack_leases(request)
+            .await
+            .map_err(|e| s.failed(e))?
+            .into_inner();
+        let tokens = |list: Vec<pb::LeaseToken>| {
+            list.into_iter()
+                .map(|t| LeaseToken {
+                    id: t.id,
+                    attempt: t.attempt,
+                })
+                .collect()
+        };
+        Ok(AckedLeases {
+            acked: response.acked,
+            lapsed: tokens(response.lapsed),
+            unknown: tokens(response.unknown),
+        })
     }
 
     /// Lease mode: gives the delivery named by `token` back at once, at the
@@ -100,6 +153,14 @@ impl Consumer {
     pub async fn ack_lease(&self, token: LeaseToken) -> Result<()> {
         self.require_lease_mode()?;
         self.queue().ack_lease(token).await
+    }
+
+    /// Lease mode: acks many deliveries at once (see
+    /// [`Queue::ack_leases`]). Refused with `InvalidArgument` by a consumer
+    /// in another mode.
+    pub async fn ack_leases(&self, tokens: &[LeaseToken]) -> Result<AckedLeases> {
+        self.require_lease_mode()?;
+        self.queue().ack_leases(tokens).await
     }
 
     /// Lease mode: gives one delivery back at once (see [`Queue::nack`]).

@@ -75,7 +75,7 @@ pub use consume::{ClosedReason, ConsumeMode, ConsumeOptions, Consumer, Delivery}
 pub use consume_many::{ManyConsumer, ManyDelivery};
 pub use error::{Error, ErrorCode, Result};
 pub use events::{QueueEvent, QueueEvents};
-pub use lease::{LeaseToken, Nacked};
+pub use lease::{AckedLeases, LeaseToken, Nacked};
 pub use persistable::{Loaded, Persistable};
 pub use pubsub::{PubSub, PubSubEvent, PubSubEvents};
 pub use pusher::{PushTicket, Pusher, PusherOptions};

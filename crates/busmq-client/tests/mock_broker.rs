@@ -200,6 +200,13 @@ impl Queues for Mock {
         Ok(Response::new(pb::AckResponse { removed: id }))
     }
 
+    async fn ack_leases(
+        &self,
+        _: Request<pb::AckLeasesRequest>,
+    ) -> Result<Response<pb::AckLeasesResponse>, Status> {
+        Err(Status::not_found("no such queue"))
+    }
+
     async fn nack(
         &self,
         _: Request<pb::NackRequest>,
