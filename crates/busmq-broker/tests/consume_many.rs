@@ -190,6 +190,28 @@ async fn queues_holding_less_than_their_prefetch_share_events() {
 }
 
 #[tokio::test]
+async fn large_messages_of_many_queues_arrive_in_frames_a_default_client_accepts() {
+    // Three queues of 16 messages of 512 KiB: one round takes 24 MiB,
+    // which goes out cut into frames under the test client's 4 MiB limit.
+    let b = broker().await;
+    let names = filled(&b, 3, 0).await;
+    let payload = bytes::Bytes::from(vec![1u8; 512 << 10]);
+    for n in &names {
+        b.push(n, vec![payload.clone(); 16]).await.unwrap();
+    }
+    let mut queues = requests(&names, ConsumeMode::Unreliable);
+    for q in &mut queues {
+        q.prefetch = Some(1024);
+    }
+    let mut many = b.consume_many(queues, Some(4096)).await.unwrap();
+    many.until(&[(0, 16), (1, 16), (2, 16)]).await;
+    for q in 0..3 {
+        assert_eq!(many.ids(q), (1..=16).collect::<Vec<u64>>(), "queue {q}");
+    }
+    assert!(many.events > 6, "24 MiB in {} events", many.events);
+}
+
+#[tokio::test]
 async fn an_event_holds_at_most_prefetch_messages_and_each_queue_its_own_prefetch() {
     let b = broker().await;
     let names = filled(&b, 4, 100).await;

@@ -243,6 +243,29 @@ async fn nothing_is_stranded_after_a_short_batch() {
 }
 
 #[tokio::test]
+async fn a_backlog_of_large_messages_reaches_a_default_client_in_frames_it_accepts() {
+    // 48 messages of 512 KiB (24 MiB) taken at once by a prefetch of 1,024
+    // would be one frame far over what the broker may encode and what a
+    // gRPC client accepts by default (4 MiB, this test client's limit).
+    let b = broker().await;
+    b.attach("large").await;
+    let payload = Bytes::from(vec![7u8; 512 << 10]);
+    for _ in 0..4 {
+        b.push("large", vec![payload.clone(); 12]).await.unwrap();
+    }
+    let mut r = req("large", ConsumeMode::Unreliable);
+    r.prefetch = Some(1024);
+    let mut c = b.consume(r).await.unwrap();
+    let got = c.take(48).await;
+    assert_eq!(
+        got.iter().map(|m| m.id).collect::<Vec<_>>(),
+        (1..=48).collect::<Vec<_>>()
+    );
+    assert!(got.iter().all(|m| m.payload == payload));
+    assert_eq!(b.info("large").await.count, 0);
+}
+
+#[tokio::test]
 async fn max_ends_the_stream() {
     let b = broker().await;
     b.attach("few").await;

@@ -27,7 +27,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use super::{
-    QueueReader, closed_event, ended, messages_event, reader, shutting_down, sleep_until_some,
+    QueueReader, closed_event, ended, frames, queue_messages, reader, shutting_down,
+    sleep_until_some,
 };
 use crate::wakeup::{ManySubscription, ReadySet};
 
@@ -355,7 +356,7 @@ impl Consuming {
                     let full = batch.len() == want as usize;
                     self.take_size.saw(batch.len());
                     if !batch.is_empty() {
-                        events.push(queue_event(slot, messages_event(batch)));
+                        events.push(queue_messages(slot, batch));
                     }
                     if self.reader(slot).is_some_and(QueueReader::reached_max) {
                         self.finish_queue(slot, false).await;
@@ -459,22 +460,24 @@ impl Consuming {
     }
 }
 
-/// Sends one event once the client has room for it.
+/// Sends `events` once the client has room for them, in frames of bounded
+/// size (see [`frames`](super::frames)).
 async fn send(
     tx: &ManySender,
     shutdown: &CancellationToken,
     events: Vec<QueueConsumeEvent>,
 ) -> Result<(), Status> {
-    tokio::select! {
-        permit = tx.reserve() => {
-            // A client gone is noticed by the main loop.
-            if let Ok(permit) = permit {
-                permit.send(Ok(ConsumeManyEvent { events }));
-            }
-            Ok(())
+    for events in frames::split_many(events) {
+        tokio::select! {
+            permit = tx.reserve() => match permit {
+                Ok(permit) => permit.send(Ok(ConsumeManyEvent { events })),
+                // A client gone is noticed by the main loop.
+                Err(_) => return Ok(()),
+            },
+            _ = shutdown.cancelled() => return Err(shutting_down()),
         }
-        _ = shutdown.cancelled() => Err(shutting_down()),
     }
+    Ok(())
 }
 
 fn queue_event(slot: u32, event: v1::ConsumeEvent) -> QueueConsumeEvent {

@@ -3,6 +3,7 @@
 //! client makes room for them and waiting for a wake-up when it is empty.
 //! What a consumer does with one queue, in its mode, is [`reader`].
 
+mod frames;
 mod many;
 mod reader;
 
@@ -112,7 +113,20 @@ impl ConsumeTask {
             if batch.is_empty() {
                 drop(permit);
             } else {
-                permit.send(Ok(messages_event(batch)));
+                let mut frames = frames::split(batch).into_iter();
+                if let Some(first) = frames.next() {
+                    permit.send(Ok(messages_event(first)));
+                }
+                // The rest of a take too large for one frame: the messages
+                // left the store, so they go out whatever the wait.
+                for frame in frames {
+                    tokio::select! {
+                        sent = tx.send(Ok(messages_event(frame))) => if sent.is_err() {
+                            return Ok(End::ClientGone);
+                        },
+                        _ = self.shutdown.cancelled() => return Err(shutting_down()),
+                    }
+                }
             }
             if drained && let Some(end) = self.wait_for_change(tx, renew_at).await {
                 return end;
@@ -151,6 +165,14 @@ fn next_renewal(reader: &QueueReader) -> Instant {
 fn messages_event(messages: Vec<v1::Message>) -> ConsumeEvent {
     ConsumeEvent {
         event: Some(Event::Messages(v1::MessageBatch { messages })),
+    }
+}
+
+/// One queue's messages in a ConsumeMany frame.
+fn queue_messages(queue: u32, messages: Vec<v1::Message>) -> v1::QueueConsumeEvent {
+    v1::QueueConsumeEvent {
+        queue,
+        event: Some(messages_event(messages)),
     }
 }
 
