@@ -47,6 +47,16 @@ pub fn split(batch: Vec<v1::Message>) -> Vec<Vec<v1::Message>> {
 /// [`FRAME_BYTES`] of payload each, in order; a queue's messages that do
 /// not fit in one frame continue in the next.
 pub fn split_many(events: Vec<QueueConsumeEvent>) -> Vec<Vec<QueueConsumeEvent>> {
+    let total: usize = events
+        .iter()
+        .filter_map(|e| match e.event.as_ref().and_then(|e| e.event.as_ref()) {
+            Some(Event::Messages(batch)) => Some(batch.messages.iter().map(cost).sum::<usize>()),
+            _ => None,
+        })
+        .sum();
+    if total <= FRAME_BYTES {
+        return vec![events];
+    }
     let mut frames = Vec::new();
     let mut frame: Vec<QueueConsumeEvent> = Vec::new();
     let mut bytes = 0;
