@@ -407,6 +407,65 @@ mod tests {
         assert_eq!(c.changed().await, QueueSignal::Expired);
     }
 
+    fn taken(set: &ReadySet) -> Vec<(u32, QueueSignal)> {
+        let mut into = Vec::new();
+        set.take(&mut into);
+        into
+    }
+
+    #[tokio::test]
+    async fn a_ready_set_lists_each_changed_slot_once_in_order_and_wakes_once() {
+        let w = Arc::new(Wakeups::default());
+        let many = w.subscribe_many(vec![name("a"), name("b"), name("c")]);
+        let set = many.ready();
+        let open = QueueSignal::Open;
+        assert_eq!(
+            taken(set),
+            [(0, open), (1, open), (2, open)],
+            "all start marked"
+        );
+        assert!(taken(set).is_empty());
+
+        w.apply_all(&mut vec![
+            Notification::Data(name("c")),
+            Notification::Data(name("a")),
+            Notification::Data(name("c")),
+            Notification::Data(name("elsewhere")),
+        ]);
+        tokio::time::timeout(Duration::from_secs(1), set.marked())
+            .await
+            .expect("a mark wakes the consumer");
+        assert_eq!(taken(set), [(2, open), (0, open)]);
+        let again = tokio::time::timeout(Duration::from_millis(50), set.marked()).await;
+        assert!(again.is_err(), "three marks, one wake-up");
+
+        // An end wins over data marked before it, and unregisters the queue.
+        w.apply_all(&mut vec![
+            Notification::Data(name("b")),
+            Notification::Closed(name("b")),
+            Notification::Data(name("b")),
+        ]);
+        assert_eq!(taken(set), [(1, QueueSignal::Closed)]);
+        w.apply(Notification::Data(name("b")));
+        assert!(taken(set).is_empty(), "a closed queue marks nothing more");
+    }
+
+    #[tokio::test]
+    async fn a_queue_watched_alone_and_in_a_ready_set_wakes_both_and_unregisters_last() {
+        let w = Arc::new(Wakeups::default());
+        let many = w.subscribe_many(vec![name("a")]);
+        taken(many.ready());
+        let mut alone = w.subscribe(&name("a"));
+        alone.mark_seen();
+        w.apply(Notification::Data(name("a")));
+        assert_eq!(alone.changed().await, QueueSignal::Open);
+        assert_eq!(taken(many.ready()), [(0, QueueSignal::Open)]);
+        drop(many);
+        assert_eq!(w.map().len(), 1, "the single consumer still waits");
+        drop(alone);
+        assert!(w.map().is_empty());
+    }
+
     #[tokio::test]
     async fn lagged_wakes_everyone_and_drop_cleans_up() {
         let w = Arc::new(Wakeups::default());
