@@ -343,6 +343,25 @@ async fn a_lease_stream_gives_unacked_leases_back_when_it_ends() {
 }
 
 #[tokio::test]
+async fn leases_that_run_out_come_back_on_the_same_stream_without_a_push() {
+    let b = broker().await;
+    let names = filled(&b, 3, 2).await;
+    let mut queues = requests(&names, ConsumeMode::Lease);
+    for q in &mut queues[..2] {
+        q.visibility_timeout_ms = Some(300);
+    }
+    queues[2].visibility_timeout_ms = Some(60_000);
+    let mut many = b.consume_many(queues, None).await.unwrap();
+    many.until(&[(0, 2), (1, 2), (2, 2)]).await;
+    // Nothing is acked: the short leases run out and their messages are
+    // delivered again, the long one's not.
+    many.until(&[(0, 4), (1, 4)]).await;
+    assert_eq!(many.ids(0), &[1, 2, 1, 2]);
+    assert_eq!(many.ids(1), &[1, 2, 1, 2]);
+    assert_eq!(many.ids(2), &[1, 2]);
+}
+
+#[tokio::test]
 async fn persistent_readers_of_many_queues_each_read_everything() {
     let b = broker().await;
     let names = filled(&b, 3, 5).await;

@@ -12,7 +12,8 @@
 //! queue is in at most one round at a time, and events go out in the order
 //! their rounds started, so each queue's messages keep their order.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 
 use busmq_core::{Error, QueueName};
@@ -112,6 +113,10 @@ struct Consuming {
     gone: Vec<Option<v1::ClosedReason>>,
     /// Whether any slot leases (only then do lease expiries matter).
     leasing: bool,
+    /// When each leasing queue's earliest lease runs out, as its reader
+    /// last reported, soonest first; entries a later report replaced are
+    /// skipped when they come up.
+    lease_deadlines: BinaryHeap<Reverse<(Instant, u32)>>,
     /// What a take usually yields, to size rounds by.
     take_size: TakeSize,
     /// The reliable locks, by slot, and how often to renew them.
@@ -156,6 +161,7 @@ impl ConsumeManyTask {
             again: vec![false; count],
             gone: vec![None; count],
             take_size: TakeSize::new(prefetch),
+            lease_deadlines: BinaryHeap::new(),
         };
         let mut rounds = FuturesOrdered::new();
         let outcome = state
@@ -189,6 +195,9 @@ impl Consuming {
         tx: &ManySender,
     ) -> Result<(), Status> {
         let events = self.begin().await?;
+        for slot in 0..self.slots.len() as u32 {
+            self.note_lease_deadline(slot);
+        }
         if tx.send(Ok(ConsumeManyEvent { events })).await.is_err() {
             return Ok(());
         }
@@ -348,6 +357,7 @@ impl Consuming {
         for (slot, want, reader, batch) in taken {
             let i = slot as usize;
             self.slots[i] = Slot::Live(Some(reader));
+            self.note_lease_deadline(slot);
             let again = std::mem::take(&mut self.again[i]);
             match batch {
                 Ok(batch) => {
@@ -413,31 +423,44 @@ impl Consuming {
         }
     }
 
+    /// Records when `slot`'s earliest lease runs out, if it leases.
+    fn note_lease_deadline(&mut self, slot: u32) {
+        if !self.leasing {
+            return;
+        }
+        if let Some(at) = self.reader(slot).and_then(QueueReader::lease_expiry) {
+            self.lease_deadlines.push(Reverse((at, slot)));
+        }
+        // Replaced entries wait for their time to be dropped; rebuild from
+        // the readers before they outnumber the queues by far.
+        if self.lease_deadlines.len() > 4 * self.slots.len() + 1024 {
+            self.lease_deadlines = (0..self.slots.len() as u32)
+                .filter_map(|slot| {
+                    let at = self.reader(slot).and_then(QueueReader::lease_expiry)?;
+                    Some(Reverse((at, slot)))
+                })
+                .collect();
+        }
+    }
+
+    /// Looks again at queues whose earliest lease ran out (the look puts
+    /// it back). A queue a round has looks when the round ends anyway.
     fn enqueue_expired_leases(&mut self) {
         let now = Instant::now();
-        let expired: Vec<u32> = (0..self.slots.len() as u32)
-            .filter(|&slot| {
-                self.reader(slot)
-                    .and_then(QueueReader::lease_expiry)
-                    .is_some_and(|at| at <= now)
-            })
-            .collect();
-        for slot in expired {
-            self.enqueue(slot);
+        while let Some(&Reverse((at, slot))) = self.lease_deadlines.peek() {
+            if at > now {
+                break;
+            }
+            self.lease_deadlines.pop();
+            let current = self.reader(slot).and_then(QueueReader::lease_expiry);
+            if current == Some(at) {
+                self.enqueue(slot);
+            }
         }
     }
 
     fn earliest_lease_expiry(&self) -> Option<Instant> {
-        if !self.leasing {
-            return None;
-        }
-        self.slots
-            .iter()
-            .filter_map(|slot| match slot {
-                Slot::Live(Some(reader)) => reader.lease_expiry(),
-                Slot::Live(None) | Slot::Done => None,
-            })
-            .min()
+        self.lease_deadlines.peek().map(|&Reverse((at, _))| at)
     }
 
     fn next_renewal(&self) -> Instant {
