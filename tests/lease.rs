@@ -318,10 +318,17 @@ async fn ack_leases_acks_a_batch_and_names_the_tokens_it_could_not_ack() {
         code(q.ack_leases(&too_many).await),
         ErrorCode::InvalidArgument
     );
+    q.push("kept").await.unwrap();
+    let kept = token(&next(&mut consumer).await);
     let zero = LeaseToken { id: 1, attempt: 0 };
     assert_eq!(
-        code(q.ack_leases(&[zero]).await),
+        code(q.ack_leases(&[kept, zero]).await),
         ErrorCode::InvalidArgument
+    );
+    assert_eq!(
+        q.info().await.unwrap().leased,
+        1,
+        "a refused call acks nothing"
     );
     let plain = q.consume(ConsumeOptions::default()).await.unwrap();
     assert_eq!(

@@ -358,6 +358,13 @@ impl Queues for QueuesService {
                 req.leases.len()
             )));
         }
+        // Refused before anything is settled, so a refusal changes nothing.
+        if let Some(bad) = req.leases.iter().find(|t| t.id == 0 || t.attempt == 0) {
+            return Err(invalid(format!(
+                "lease token (id {}, attempt {}): ids and attempts start at 1",
+                bad.id, bad.attempt
+            )));
+        }
         let tokens: BTreeSet<(u64, u32)> = req.leases.iter().map(|t| (t.id, t.attempt)).collect();
         let storage = &self.storage;
         let queue = &queue;
