@@ -389,7 +389,6 @@ impl Queues for QueuesService {
                 },
             }
         }
-        drop(settled);
         // NOT_FOUND is also what every token of a queue that does not
         // exist gets: tell that apart once, off the common path.
         if !response.unknown.is_empty() && store(storage.info(queue).await)?.is_none() {

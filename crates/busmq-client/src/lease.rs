@@ -18,6 +18,15 @@ pub struct LeaseToken {
     pub attempt: u32,
 }
 
+impl From<pb::LeaseToken> for LeaseToken {
+    fn from(token: pb::LeaseToken) -> Self {
+        LeaseToken {
+            id: token.id,
+            attempt: token.attempt,
+        }
+    }
+}
+
 impl From<LeaseToken> for pb::LeaseToken {
     fn from(token: LeaseToken) -> Self {
         pb::LeaseToken {
@@ -94,14 +103,7 @@ impl Queue {
             .await
             .map_err(|e| s.failed(e))?
             .into_inner();
-        let tokens = |list: Vec<pb::LeaseToken>| {
-            list.into_iter()
-                .map(|t| LeaseToken {
-                    id: t.id,
-                    attempt: t.attempt,
-                })
-                .collect()
-        };
+        let tokens = |list: Vec<pb::LeaseToken>| list.into_iter().map(Into::into).collect();
         Ok(AckedLeases {
             acked: response.acked,
             lapsed: tokens(response.lapsed),

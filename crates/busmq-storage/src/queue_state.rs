@@ -9,6 +9,7 @@
 //! request), so the journal sees changes in exactly the order they were
 //! applied. Replaying the changes onto an empty state rebuilds the state.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -633,20 +634,16 @@ impl<J: Journal> QueueStore<J> {
         let mut rec = Recorder::new(J::RECORDS);
         let (out, ticket, expired, dlq) = {
             let mut queues = self.queues();
-            match queues.get_mut(name) {
-                Some(q) if !q.expired(now) => {
+            match lookup(&mut queues, name, now, &mut rec) {
+                Lookup::Live(q) => {
                     let mut dead = Vec::new();
                     let out = f(q, &mut rec, &mut dead);
                     let dlq = (!dead.is_empty())
                         .then(|| dead_letter(&mut queues, name, dead, now, &mut rec));
                     (Some(out), self.submit(rec), false, dlq)
                 }
-                Some(_) => {
-                    queues.remove(name);
-                    rec.record(|| Change::Drop(name.clone()));
-                    (None, self.submit(rec), true, None)
-                }
-                None => (None, self.submit(rec), false, None),
+                Lookup::Expired => (None, self.submit(rec), true, None),
+                Lookup::Missing => (None, self.submit(rec), false, None),
             }
         };
         if announce == Announce::BeforeDurable && out.is_some() {
@@ -710,6 +707,33 @@ impl<J: Journal> QueueStore<J> {
             Err(Error::QueueNotFound(_)) => Ok(default),
             other => other,
         }
+    }
+}
+
+/// What a queue's name finds in the store, under its lock.
+enum Lookup<'a> {
+    Live(&'a mut Queue),
+    /// Its ttl had run out: removed here and its drop recorded; the caller
+    /// announces the expiry once that is durable.
+    Expired,
+    Missing,
+}
+
+/// Finds the live queue `name`, dropping it first if its ttl ran out.
+fn lookup<'a>(
+    queues: &'a mut HashMap<QueueName, Queue>,
+    name: &QueueName,
+    now: Instant,
+    rec: &mut Recorder,
+) -> Lookup<'a> {
+    match queues.entry(name.clone()) {
+        Entry::Occupied(e) if e.get().expired(now) => {
+            e.remove();
+            rec.record(|| Change::Drop(name.clone()));
+            Lookup::Expired
+        }
+        Entry::Occupied(e) => Lookup::Live(e.into_mut()),
+        Entry::Vacant(_) => Lookup::Missing,
     }
 }
 
@@ -814,19 +838,17 @@ impl<J: Journal> Storage for QueueStore<J> {
                     break;
                 }
                 let asked = r.max.min(left);
-                let messages = match queues.get_mut(&r.queue) {
-                    Some(q) if !q.expired(now) => {
+                let messages = match lookup(&mut queues, &r.queue, now, &mut rec) {
+                    Lookup::Live(q) => {
                         let batch = q.take(&r.queue, asked, r.mode, &mut rec);
                         left -= batch.len() as u32;
                         Ok(batch)
                     }
-                    Some(_) => {
-                        queues.remove(&r.queue);
-                        rec.record(|| Change::Drop(r.queue.clone()));
+                    Lookup::Expired => {
                         expired.push(r.queue.clone());
                         Err(Error::QueueNotFound(r.queue.to_string()))
                     }
-                    None => Err(Error::QueueNotFound(r.queue.to_string())),
+                    Lookup::Missing => Err(Error::QueueNotFound(r.queue.to_string())),
                 };
                 taken.push(Taken { asked, messages });
             }

@@ -21,31 +21,47 @@ fn cost(message: &v1::Message) -> usize {
     message.payload.len() + MESSAGE_OVERHEAD
 }
 
+/// Cuts `items` into frames, in order: a frame closes when the next item
+/// would take it past [`FRAME_BYTES`]; an item alone always fits.
+fn cut<T>(items: impl IntoIterator<Item = T>, size: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+    let mut frames = Vec::new();
+    let mut frame = Vec::new();
+    let mut bytes = 0;
+    for item in items {
+        let n = size(&item);
+        if !frame.is_empty() && bytes + n > FRAME_BYTES {
+            frames.push(std::mem::take(&mut frame));
+            bytes = 0;
+        }
+        bytes += n;
+        frame.push(item);
+    }
+    if !frame.is_empty() {
+        frames.push(frame);
+    }
+    frames
+}
+
 /// Cuts `batch` into runs of at most [`FRAME_BYTES`] each (at least one
 /// message each), in order. A batch that fits comes back whole.
 pub fn split(batch: Vec<v1::Message>) -> Vec<Vec<v1::Message>> {
     if batch.iter().map(cost).sum::<usize>() <= FRAME_BYTES {
         return vec![batch];
     }
-    let mut frames = Vec::new();
-    let mut frame = Vec::new();
-    let mut bytes = 0;
-    for message in batch {
-        let size = cost(&message);
-        if !frame.is_empty() && bytes + size > FRAME_BYTES {
-            frames.push(std::mem::take(&mut frame));
-            bytes = 0;
-        }
-        bytes += size;
-        frame.push(message);
-    }
-    frames.push(frame);
-    frames
+    cut(batch, cost)
+}
+
+/// A ConsumeMany event taken apart to be cut: one message of a queue, or
+/// an event that carries none.
+enum Part {
+    Message(u32, v1::Message),
+    Other(QueueConsumeEvent),
 }
 
 /// Cuts a ConsumeMany round's events into frames of at most
 /// [`FRAME_BYTES`] of payload each, in order; a queue's messages that do
-/// not fit in one frame continue in the next.
+/// not fit in one frame continue in the next. A round that fits comes
+/// back whole.
 pub fn split_many(events: Vec<QueueConsumeEvent>) -> Vec<Vec<QueueConsumeEvent>> {
     let total: usize = events
         .iter()
@@ -57,42 +73,53 @@ pub fn split_many(events: Vec<QueueConsumeEvent>) -> Vec<Vec<QueueConsumeEvent>>
     if total <= FRAME_BYTES {
         return vec![events];
     }
-    let mut frames = Vec::new();
-    let mut frame: Vec<QueueConsumeEvent> = Vec::new();
-    let mut bytes = 0;
-    for event in events {
+    let parts = events.into_iter().flat_map(|event| {
         let queue = event.queue;
-        let messages = match event.event.and_then(|e| e.event) {
-            Some(Event::Messages(batch)) => batch.messages,
-            other => {
-                frame.push(QueueConsumeEvent {
-                    queue,
-                    event: Some(v1::ConsumeEvent { event: other }),
-                });
-                continue;
-            }
-        };
-        let mut part = Vec::new();
-        for message in messages {
-            let size = cost(&message);
-            if bytes + size > FRAME_BYTES && (bytes > 0 || !part.is_empty()) {
-                if !part.is_empty() {
-                    frame.push(super::queue_messages(queue, std::mem::take(&mut part)));
+        match event.event.and_then(|e| e.event) {
+            Some(Event::Messages(batch)) => batch
+                .messages
+                .into_iter()
+                .map(|m| Part::Message(queue, m))
+                .collect(),
+            other => vec![Part::Other(QueueConsumeEvent {
+                queue,
+                event: Some(v1::ConsumeEvent { event: other }),
+            })],
+        }
+    });
+    let size = |part: &Part| match part {
+        Part::Message(_, m) => cost(m),
+        Part::Other(_) => 0,
+    };
+    cut(parts, size).into_iter().map(regroup).collect()
+}
+
+/// Puts a frame's consecutive messages of one queue back into one event.
+fn regroup(frame: Vec<Part>) -> Vec<QueueConsumeEvent> {
+    let mut events = Vec::new();
+    let mut run: Option<(u32, Vec<v1::Message>)> = None;
+    for part in frame {
+        match part {
+            Part::Message(queue, m) => match &mut run {
+                Some((q, messages)) if *q == queue => messages.push(m),
+                _ => {
+                    if let Some((q, messages)) = run.replace((queue, vec![m])) {
+                        events.push(super::queue_messages(q, messages));
+                    }
                 }
-                frames.push(std::mem::take(&mut frame));
-                bytes = 0;
+            },
+            Part::Other(event) => {
+                if let Some((q, messages)) = run.take() {
+                    events.push(super::queue_messages(q, messages));
+                }
+                events.push(event);
             }
-            bytes += size;
-            part.push(message);
-        }
-        if !part.is_empty() {
-            frame.push(super::queue_messages(queue, part));
         }
     }
-    if !frame.is_empty() {
-        frames.push(frame);
+    if let Some((q, messages)) = run {
+        events.push(super::queue_messages(q, messages));
     }
-    frames
+    events
 }
 
 #[cfg(test)]

@@ -382,6 +382,8 @@ impl Storage for RemoteStorage {
                 .collect(),
             budget,
         });
+        // The call failed as a whole: the first queue carries the error and
+        // the others count as not visited, so nothing is taken twice.
         let failed = |e: Error| {
             requests
                 .iter()
