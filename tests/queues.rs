@@ -538,3 +538,107 @@ async fn one_pusher_and_one_consumer_cover_many_queues() {
     let empty = c.bus.consume_many(&[], ConsumeOptions::default()).await;
     assert_eq!(empty.unwrap_err().code(), ErrorCode::InvalidArgument);
 }
+
+#[tokio::test]
+async fn ack_many_acks_each_queue_on_its_own_and_refuses_bad_calls_whole() {
+    use busmq_proto::v1 as pb;
+
+    let c = cluster().await;
+    let queues: Vec<_> = ["am.a", "am.b", "am.c"]
+        .iter()
+        .map(|n| c.bus.queue(*n))
+        .collect();
+    for q in &queues {
+        q.attach(AttachOptions::default()).await.unwrap();
+        q.push_batch((1..=5).map(|i| format!("m{i}")))
+            .await
+            .unwrap();
+    }
+    let mut consumer = c
+        .bus
+        .consume_many(&queues, ConsumeOptions::reliable())
+        .await
+        .unwrap();
+    for _ in 0..15 {
+        tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .expect("a message within 10 s")
+            .expect("still open")
+            .expect("no error");
+    }
+    let count = |i: usize| {
+        let q = queues[i].clone();
+        async move { q.info().await.unwrap().count }
+    };
+
+    let removed: Vec<u64> = consumer
+        .ack_many(&[(0, 3), (1, 5)])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(removed, [3, 5]);
+    assert_eq!((count(0).await, count(1).await, count(2).await), (2, 0, 5));
+
+    // Queue c never had id 99 delivered: its ack fails, a's still lands.
+    let outcomes = consumer.ack_many(&[(2, 99), (0, 5)]).await.unwrap();
+    assert_eq!(
+        outcomes[0].as_ref().unwrap_err().code(),
+        ErrorCode::NotFound
+    );
+    assert_eq!(*outcomes[1].as_ref().unwrap(), 2);
+    assert_eq!((count(0).await, count(2).await), (0, 5));
+
+    for bad in [&[(2, 1), (2, 2)][..], &[(3, 1)][..]] {
+        let err = consumer.ack_many(bad).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::InvalidArgument, "{bad:?}: {err}");
+    }
+    assert_eq!(count(2).await, 5, "a refused call acks nothing");
+
+    // What the server itself refuses whole, for any client.
+    let mut raw = pb::queues_client::QueuesClient::connect(c.broker.url())
+        .await
+        .unwrap();
+    let ack = |queue: &str, id| pb::QueueAck {
+        queue: queue.into(),
+        id,
+    };
+    for (acks, why) in [
+        (vec![ack("am.c", 1), ack("am.c", 2)], "twice"),
+        (vec![ack("am.c", 1), ack("am.b", 0)], "ids start at 1"),
+        (
+            vec![ack("am.c", 1), ack("bad name", 1)],
+            "invalid queue name",
+        ),
+    ] {
+        let status = raw.ack_many(pb::AckManyRequest { acks }).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(why), "{status:?}");
+    }
+    let too_many = (0..100_001).map(|i| ack("am.c", i + 1)).collect();
+    let status = raw
+        .ack_many(pb::AckManyRequest { acks: too_many })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert_eq!(count(2).await, 5, "refused calls ack nothing");
+
+    let answer = raw
+        .ack_many(pb::AckManyRequest {
+            acks: vec![ack("am.nowhere", 1), ack("am.c", 4)],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let failed = match &answer.outcomes[0].outcome {
+        Some(pb::ack_outcome::Outcome::Failed(f)) => f,
+        other => panic!("an unknown queue's ack fails: {other:?}"),
+    };
+    assert_eq!(failed.code, tonic::Code::NotFound as i32, "{failed:?}");
+    assert_eq!(
+        answer.outcomes[1].outcome,
+        Some(pb::ack_outcome::Outcome::Removed(4))
+    );
+    assert_eq!(count(2).await, 1);
+}

@@ -49,9 +49,13 @@ pub const MAX_MANY_QUEUES: usize = 100_000;
 /// The most lease tokens one AckLeases call may carry.
 pub const MAX_ACK_LEASES: usize = 65_536;
 
-/// Settlements of one AckLeases call in flight at once: enough for a
+/// The most entries one AckMany call may carry: as many queues as one
+/// ConsumeMany stream consumes.
+pub const MAX_ACK_MANY: usize = MAX_MANY_QUEUES;
+
+/// Acks of one AckLeases or AckMany call in flight at once: enough for a
 /// store that commits in groups to settle a frame's worth in one commit.
-pub const ACK_LEASES_CONCURRENCY: usize = 1024;
+pub const ACK_CONCURRENCY: usize = 1024;
 
 /// The longest ttl a queue may have (ten years): larger values are typos,
 /// and would overflow deadline arithmetic.

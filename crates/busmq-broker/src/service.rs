@@ -1,7 +1,7 @@
 //! The `busmq.v1.Queues` gRPC service: validates each request, calls the
 //! store, maps the answer. Consumption runs in the `consume` module.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,9 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::{
-    ACK_LEASES_CONCURRENCY, BrokerConfig, DEFAULT_LEASE_PREFETCH, DEFAULT_MANY_PREFETCH,
-    DEFAULT_VISIBILITY, MAX_ACK_LEASES, MAX_MANY_PREFETCH, MAX_MANY_QUEUES, MAX_PREFETCH,
-    MAX_TTL_SECS,
+    ACK_CONCURRENCY, BrokerConfig, DEFAULT_LEASE_PREFETCH, DEFAULT_MANY_PREFETCH,
+    DEFAULT_VISIBILITY, MAX_ACK_LEASES, MAX_ACK_MANY, MAX_MANY_PREFETCH, MAX_MANY_QUEUES,
+    MAX_PREFETCH, MAX_TTL_SECS,
 };
 use crate::consume::{ConsumeManyTask, ConsumeTask, Mode, QueueReader, STREAM_BUFFER};
 use crate::push_stream;
@@ -373,7 +373,7 @@ impl Queues for QueuesService {
                 let token = LeaseToken { id, attempt };
                 (token, storage.settle(queue, token, Settlement::Ack).await)
             })
-            .buffer_unordered(ACK_LEASES_CONCURRENCY);
+            .buffer_unordered(ACK_CONCURRENCY);
         let mut response = v1::AckLeasesResponse::default();
         while let Some((token, outcome)) = settled.next().await {
             let token = v1::LeaseToken {
@@ -397,6 +397,56 @@ impl Queues for QueuesService {
         response.lapsed.sort_by_key(|t| (t.id, t.attempt));
         response.unknown.sort_by_key(|t| (t.id, t.attempt));
         Ok(Response::new(response))
+    }
+
+    async fn ack_many(
+        &self,
+        request: Request<v1::AckManyRequest>,
+    ) -> Result<Response<v1::AckManyResponse>, Status> {
+        let req = request.into_inner();
+        if req.acks.len() > MAX_ACK_MANY {
+            return Err(invalid(format!(
+                "{} acks in one call is over the limit of {MAX_ACK_MANY}",
+                req.acks.len()
+            )));
+        }
+        // Checked whole before anything is acked, so a refusal changes
+        // nothing.
+        let mut seen = HashSet::with_capacity(req.acks.len());
+        let mut acks = Vec::with_capacity(req.acks.len());
+        for ack in &req.acks {
+            let queue = self.name(&ack.queue)?;
+            if ack.id == 0 {
+                return Err(invalid(format!(
+                    "ack of queue {queue}: message ids start at 1"
+                )));
+            }
+            if !seen.insert(queue.clone()) {
+                return Err(invalid(format!("queue {queue} is acked twice in one call")));
+            }
+            acks.push((queue, ack.id));
+        }
+        let storage = &self.storage;
+        let outcomes = futures::stream::iter(acks)
+            .map(|(queue, id)| async move {
+                let outcome = match storage.ack(&queue, id).await {
+                    Ok(removed) => v1::ack_outcome::Outcome::Removed(removed),
+                    Err(e) => {
+                        let status = to_status(e);
+                        v1::ack_outcome::Outcome::Failed(v1::AckFailure {
+                            code: status.code() as i32,
+                            message: status.message().to_string(),
+                        })
+                    }
+                };
+                v1::AckOutcome {
+                    outcome: Some(outcome),
+                }
+            })
+            .buffered(ACK_CONCURRENCY)
+            .collect()
+            .await;
+        Ok(Response::new(v1::AckManyResponse { outcomes }))
     }
 
     async fn nack(

@@ -423,8 +423,10 @@ impl Consumer {
             return;
         }
         self.deferred_acks
-            .get_or_insert_with(|| DeferredAcks::start(self.queue.clone()))
-            .ack(id);
+            .get_or_insert_with(|| {
+                DeferredAcks::start(self.queue.shared.client(), vec![self.queue.clone()])
+            })
+            .ack(0, id);
     }
 
     /// Waits until the highest ack asked for with [`Consumer::ack_later`]

@@ -1,6 +1,6 @@
 //! Consuming many queues on one stream ([`Bus::consume_many`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -80,8 +80,9 @@ pub struct ManyConsumer {
     buffer: VecDeque<(usize, pb::Message)>,
     redelivered: u64,
     running: bool,
-    /// The task sending each queue's [`ManyConsumer::ack_later`] acks.
-    deferred_acks: HashMap<usize, DeferredAcks>,
+    /// The task sending [`ManyConsumer::ack_later`]'s acks, once one was
+    /// asked.
+    deferred_acks: Option<DeferredAcks>,
 }
 
 impl std::fmt::Debug for ManyConsumer {
@@ -129,7 +130,7 @@ impl ManyConsumer {
             buffer: VecDeque::new(),
             redelivered: 0,
             running: true,
-            deferred_acks: HashMap::new(),
+            deferred_acks: None,
         };
         match first {
             Some(event) => consumer.handle(event),
@@ -186,29 +187,60 @@ impl ManyConsumer {
         }
     }
 
+    /// Acknowledges, in reliable mode, several queues in one call: for
+    /// each `(queue, id)` pair, message `id` of queue `queue` and every
+    /// lower id of it (cumulative). Returns each pair's outcome, in order:
+    /// the messages its ack removed, or why it failed (also reported as
+    /// that queue's [`QueueEvent::Error`]); one queue's failure leaves the
+    /// others acked. `Err` when the call as a whole failed, or when a
+    /// position is out of range or named twice (nothing is acked then).
+    /// Every outcome is `Ok(0)` when the consumer is not reliable.
+    pub async fn ack_many(&self, acks: &[(usize, u64)]) -> Result<Vec<Result<u64>>> {
+        if self.mode != ConsumeMode::Reliable {
+            return Ok(acks.iter().map(|_| Ok(0)).collect());
+        }
+        let mut named = vec![false; self.queues.len()];
+        let mut pairs = Vec::with_capacity(acks.len());
+        for &(queue, id) in acks {
+            match named.get_mut(queue) {
+                Some(seen) if !*seen => *seen = true,
+                Some(_) => {
+                    return Err(crate::Error::InvalidOptions(format!(
+                        "queue position {queue} is acked twice in one call"
+                    )));
+                }
+                None => {
+                    return Err(crate::Error::InvalidOptions(format!(
+                        "queue position {queue} is out of range: the consumer has {} queues",
+                        self.queues.len()
+                    )));
+                }
+            }
+            pairs.push((&self.queues[queue], id));
+        }
+        crate::ack::ack_many(&self.client, &pairs).await
+    }
+
     /// Like [`Consumer::ack_later`](crate::Consumer::ack_later), for queue
     /// `queue`: acks every id up to `id` without waiting, in the
-    /// background; each queue's acks fold into the latest.
+    /// background; each queue's acks fold into the latest, and every
+    /// queue with a new one goes in the same AckMany call.
     pub fn ack_later(&mut self, queue: usize, id: u64) {
-        if self.mode != ConsumeMode::Reliable {
+        if self.mode != ConsumeMode::Reliable || queue >= self.queues.len() {
             return;
         }
-        let Some(q) = self.queues.get(queue) else {
-            return;
-        };
         self.deferred_acks
-            .entry(queue)
-            .or_insert_with(|| DeferredAcks::start(q.clone()))
-            .ack(id);
+            .get_or_insert_with(|| DeferredAcks::start(self.client.clone(), self.queues.clone()))
+            .ack(queue, id);
     }
 
     /// Waits until every ack asked for with [`ManyConsumer::ack_later`] is
     /// confirmed by the server, or returns the first failure.
     pub async fn flush_acks(&self) -> Result<()> {
-        for acks in self.deferred_acks.values() {
-            acks.flush().await?;
+        match &self.deferred_acks {
+            Some(acks) => acks.flush().await,
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Stops consuming every queue; the stream then yields what it already

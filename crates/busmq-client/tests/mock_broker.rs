@@ -207,6 +207,13 @@ impl Queues for Mock {
         Err(Status::not_found("no such queue"))
     }
 
+    async fn ack_many(
+        &self,
+        _: Request<pb::AckManyRequest>,
+    ) -> Result<Response<pb::AckManyResponse>, Status> {
+        Err(Status::not_found("no such queue"))
+    }
+
     async fn nack(
         &self,
         _: Request<pb::NackRequest>,
