@@ -7,10 +7,9 @@
 //! change marks the queue's slot in it and wakes the consumer once, however
 //! many of its queues changed, so it never looks at queues that did not.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use busmq_core::QueueName;
+use busmq_core::{NameMap, QueueName};
 use busmq_storage::{Notification, Notifications};
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{Notify, watch};
@@ -62,7 +61,7 @@ impl Waiters {
     }
 }
 
-type Registry = HashMap<QueueName, Waiters>;
+type Registry = NameMap<Waiters>;
 
 /// The consumers waiting on each queue.
 #[derive(Default)]

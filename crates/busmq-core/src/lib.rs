@@ -8,7 +8,7 @@ pub mod object;
 
 pub use error::{Error, ErrorCode, Result};
 pub use limits::Limits;
-pub use name::{ChannelName, DEAD_LETTER_SUFFIX, ObjectName, QueueName};
+pub use name::{ChannelName, DEAD_LETTER_SUFFIX, NameMap, ObjectName, QueueName};
 
 /// A message as it is stored: its id in the queue and its body.
 #[derive(Debug, Clone, PartialEq, Eq)]

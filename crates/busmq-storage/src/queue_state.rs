@@ -22,7 +22,7 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_stream::wrappers::BroadcastStream;
 
-use busmq_core::{DEAD_LETTER_TTL_SECS, DEFAULT_TTL_SECS};
+use busmq_core::{DEAD_LETTER_TTL_SECS, DEFAULT_TTL_SECS, NameMap};
 
 use crate::leases::{Delivery, Lease};
 
@@ -448,7 +448,7 @@ struct DeadLetterQueue {
 /// creating it unattached with [`DEAD_LETTER_TTL_SECS`] if needed. An
 /// unattached one lives its ttl from now: from its latest dead letter.
 fn dead_letter(
-    queues: &mut HashMap<QueueName, Queue>,
+    queues: &mut NameMap<Queue>,
     source: &QueueName,
     dead: Vec<Message>,
     now: Instant,
@@ -508,7 +508,7 @@ impl<J: Journal> Clone for QueueStore<J> {
 }
 
 pub(crate) struct Shared<J> {
-    queues: Mutex<HashMap<QueueName, Queue>>,
+    queues: Mutex<NameMap<Queue>>,
     /// Persistable objects: a lock of their own, since they never change
     /// together with a queue.
     objects: Mutex<Objects>,
@@ -541,7 +541,7 @@ impl<J: Journal> QueueStore<J> {
             .collect();
         let store = QueueStore {
             shared: Arc::new(Shared {
-                queues: Mutex::new(queues),
+                queues: Mutex::new(queues.into_iter().collect()),
                 objects: Mutex::new(objects),
                 notify,
                 hub: Hub::default(),
@@ -561,7 +561,7 @@ impl<J: Journal> QueueStore<J> {
         &self.shared.journal
     }
 
-    fn queues(&self) -> MutexGuard<'_, HashMap<QueueName, Queue>> {
+    fn queues(&self) -> MutexGuard<'_, NameMap<Queue>> {
         // A panic while holding the lock cannot leave a queue half-written
         // (every mutation is a few infallible steps), so poisoning is moot.
         self.shared
@@ -721,7 +721,7 @@ enum Lookup<'a> {
 
 /// Finds the live queue `name`, dropping it first if its ttl ran out.
 fn lookup<'a>(
-    queues: &'a mut HashMap<QueueName, Queue>,
+    queues: &'a mut NameMap<Queue>,
     name: &QueueName,
     now: Instant,
     rec: &mut Recorder,
