@@ -365,15 +365,32 @@ impl Queues for QueuesService {
                 bad.id, bad.attempt
             )));
         }
+        // Tokens of one message are settled one after the other, oldest
+        // attempt first, so the answer does not depend on timing: an older
+        // attempt is reported lapsed, not "not held" because a newer one
+        // of the same call got there first and removed the message.
+        // Different messages settle concurrently.
         let tokens: BTreeSet<(u64, u32)> = req.leases.iter().map(|t| (t.id, t.attempt)).collect();
+        let mut by_message: Vec<Vec<LeaseToken>> = Vec::new();
+        for (id, attempt) in tokens {
+            let token = LeaseToken { id, attempt };
+            match by_message.last_mut() {
+                Some(same) if same[0].id == id => same.push(token),
+                _ => by_message.push(vec![token]),
+            }
+        }
         let storage = &self.storage;
         let queue = &queue;
-        let mut settled = futures::stream::iter(tokens)
-            .map(|(id, attempt)| async move {
-                let token = LeaseToken { id, attempt };
-                (token, storage.settle(queue, token, Settlement::Ack).await)
+        let mut settled = futures::stream::iter(by_message)
+            .map(|tokens| async move {
+                let mut outcomes = Vec::with_capacity(tokens.len());
+                for token in tokens {
+                    outcomes.push((token, storage.settle(queue, token, Settlement::Ack).await));
+                }
+                futures::stream::iter(outcomes)
             })
-            .buffer_unordered(ACK_CONCURRENCY);
+            .buffer_unordered(ACK_CONCURRENCY)
+            .flatten();
         let mut response = v1::AckLeasesResponse::default();
         while let Some((token, outcome)) = settled.next().await {
             let token = v1::LeaseToken {
