@@ -84,6 +84,19 @@ impl Acking {
     }
 }
 
+impl Acking {
+    /// Waits for the lease acks still on their way; fails if one failed.
+    /// (Cumulative acks are the consumer's own to flush.)
+    pub async fn finish(&mut self) -> anyhow::Result<()> {
+        if let Acking::Leases { calls, .. } = self {
+            while let Some(done) = calls.calls.next().await {
+                done??;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A consumer of one queue or of many, as [`Acking`] acks through it.
 pub trait AckTarget {
     /// Acks cumulatively up to `id` in queue `queue`, pipelined.

@@ -67,6 +67,13 @@ pub trait Consumer: Send + 'static {
         &mut self,
         recorder: &mut Recorder,
     ) -> impl Future<Output = anyhow::Result<bool>> + Send;
+
+    /// Once the run is over: waits for the acks still on their way and
+    /// fails if the system refused any, so a run whose acks did not land
+    /// is not reported as consumed.
+    fn finish(&mut self) -> impl Future<Output = anyhow::Result<()>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// A latency histogram the consumers of one connection share: one of this
@@ -277,6 +284,20 @@ pub enum BusmqConsumer {
 }
 
 impl Consumer for BusmqConsumer {
+    async fn finish(&mut self) -> anyhow::Result<()> {
+        match self {
+            BusmqConsumer::PerQueue { consumer, acking } => {
+                acking.finish().await?;
+                consumer.flush_acks().await?;
+            }
+            BusmqConsumer::Many { consumer, acking } => {
+                acking.finish().await?;
+                consumer.flush_acks().await?;
+            }
+        }
+        Ok(())
+    }
+
     async fn next_batch(&mut self, recorder: &mut Recorder) -> anyhow::Result<bool> {
         // The end of a received batch (nothing more buffered): ack it,
         // pipelined (the consumer goes on while the acks are on their way).

@@ -272,8 +272,13 @@ async fn consume(
     progress
         .consumed
         .fetch_add(recorder.take_count(), Ordering::Relaxed);
-    Ok(())
+    tokio::time::timeout(ACKS_AT_END, consumer.finish())
+        .await
+        .map_err(|_| anyhow::anyhow!("acks still unanswered {ACKS_AT_END:?} after the run"))?
 }
+
+/// How long a consumer waits, once the run is over, for its acks.
+const ACKS_AT_END: Duration = Duration::from_secs(30);
 
 #[cfg(test)]
 mod tests {
@@ -365,6 +370,48 @@ mod tests {
         assert_eq!(unconfirmed_batches(2_500, &["--window", "7"]).await, 7);
         // Few queues: the per-queue bound is the smaller one.
         assert_eq!(unconfirmed_batches(3, &["--in-flight", "2"]).await, 6);
+    }
+
+    /// A consumer that receives one batch of two messages, then whose acks
+    /// turn out refused.
+    struct AcksRefused {
+        batches: u32,
+    }
+
+    impl Consumer for AcksRefused {
+        async fn next_batch(&mut self, recorder: &mut Recorder) -> anyhow::Result<bool> {
+            self.batches += 1;
+            if self.batches > 1 {
+                return Ok(false);
+            }
+            recorder.record(b"one");
+            recorder.record(b"two");
+            Ok(true)
+        }
+
+        async fn finish(&mut self) -> anyhow::Result<()> {
+            anyhow::bail!("lease acks of q refused: 2 lapsed, 0 unknown")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_consumer_whose_acks_were_refused_fails_the_run() {
+        let progress = Arc::new(Progress {
+            epoch: Instant::now(),
+            pushed: AtomicU64::new(0),
+            consumed: AtomicU64::new(0),
+            fanout: 1.0,
+        });
+        let outcome = consume(
+            AcksRefused { batches: 0 },
+            Arc::clone(&progress),
+            shared_latency_histogram(),
+            CancellationToken::new(),
+        )
+        .await;
+        let err = outcome.expect_err("refused acks fail the consumer");
+        assert!(err.to_string().contains("refused"), "{err}");
+        assert_eq!(progress.consumed.load(Ordering::Relaxed), 2);
     }
 
     #[test]
