@@ -2,6 +2,7 @@
 //! received batch, per queue, pipelined (the consumer reads on while its
 //! acks are on their way), as a client that keeps up would.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use busmq_client::{Consumer, Delivery, LeaseToken, ManyConsumer, Queue};
@@ -65,6 +66,21 @@ impl Acking {
         Ok(())
     }
 
+    /// The run is over: waits for the acks still on their way through
+    /// `consumer`; fails if any was refused.
+    pub async fn finish(&mut self, consumer: &impl AckTarget) -> anyhow::Result<()> {
+        match self {
+            Acking::Nothing => {}
+            Acking::Cumulative { .. } => consumer.flush_acks().await?,
+            Acking::Leases { calls, .. } => {
+                while let Some(done) = calls.calls.next().await {
+                    done??;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The batch ended: acks what it noted, through `consumer`.
     pub async fn batch_ended(&mut self, consumer: &mut impl AckTarget) -> anyhow::Result<()> {
         match self {
@@ -84,25 +100,14 @@ impl Acking {
     }
 }
 
-impl Acking {
-    /// Waits for the lease acks still on their way; fails if one failed.
-    /// (Cumulative acks are the consumer's own to flush.)
-    pub async fn finish(&mut self) -> anyhow::Result<()> {
-        if let Acking::Leases { calls, .. } = self {
-            while let Some(done) = calls.calls.next().await {
-                done??;
-            }
-        }
-        Ok(())
-    }
-}
-
 /// A consumer of one queue or of many, as [`Acking`] acks through it.
 pub trait AckTarget {
     /// Acks cumulatively up to `id` in queue `queue`, pipelined.
     fn ack_later(&mut self, queue: usize, id: u64);
     /// Queue `queue`'s handle.
     fn queue(&self, queue: usize) -> &Queue;
+    /// Waits until the pipelined acks asked for are answered.
+    fn flush_acks(&self) -> impl Future<Output = busmq_client::Result<()>> + Send;
 }
 
 impl AckTarget for Consumer {
@@ -113,6 +118,10 @@ impl AckTarget for Consumer {
     fn queue(&self, _queue: usize) -> &Queue {
         Consumer::queue(self)
     }
+
+    fn flush_acks(&self) -> impl Future<Output = busmq_client::Result<()>> + Send {
+        Consumer::flush_acks(self)
+    }
 }
 
 impl AckTarget for ManyConsumer {
@@ -122,6 +131,10 @@ impl AckTarget for ManyConsumer {
 
     fn queue(&self, queue: usize) -> &Queue {
         &self.queues()[queue]
+    }
+
+    fn flush_acks(&self) -> impl Future<Output = busmq_client::Result<()>> + Send {
+        ManyConsumer::flush_acks(self)
     }
 }
 

@@ -286,16 +286,9 @@ pub enum BusmqConsumer {
 impl Consumer for BusmqConsumer {
     async fn finish(&mut self) -> anyhow::Result<()> {
         match self {
-            BusmqConsumer::PerQueue { consumer, acking } => {
-                acking.finish().await?;
-                consumer.flush_acks().await?;
-            }
-            BusmqConsumer::Many { consumer, acking } => {
-                acking.finish().await?;
-                consumer.flush_acks().await?;
-            }
+            BusmqConsumer::PerQueue { consumer, acking } => acking.finish(consumer.as_ref()).await,
+            BusmqConsumer::Many { consumer, acking } => acking.finish(consumer.as_ref()).await,
         }
-        Ok(())
     }
 
     async fn next_batch(&mut self, recorder: &mut Recorder) -> anyhow::Result<bool> {

@@ -81,10 +81,10 @@ pub fn split_many(events: Vec<QueueConsumeEvent>) -> Vec<Vec<QueueConsumeEvent>>
                 .into_iter()
                 .map(|m| Part::Message(queue, m))
                 .collect(),
-            other => vec![Part::Other(QueueConsumeEvent {
+            other => vec![Part::Other(super::queue_event(
                 queue,
-                event: Some(v1::ConsumeEvent { event: other }),
-            })],
+                v1::ConsumeEvent { event: other },
+            ))],
         }
     });
     let size = |part: &Part| match part {

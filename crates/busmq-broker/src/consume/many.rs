@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use super::{
-    QueueReader, closed_event, ended, frames, queue_messages, reader, shutting_down,
+    QueueReader, closed_event, ended, frames, queue_event, queue_messages, reader, shutting_down,
     sleep_until_some,
 };
 use crate::wakeup::{ManySubscription, ReadySet};
@@ -501,11 +501,4 @@ async fn send(
         }
     }
     Ok(())
-}
-
-fn queue_event(slot: u32, event: v1::ConsumeEvent) -> QueueConsumeEvent {
-    QueueConsumeEvent {
-        queue: slot,
-        event: Some(event),
-    }
 }

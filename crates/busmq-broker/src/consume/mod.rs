@@ -168,12 +168,17 @@ fn messages_event(messages: Vec<v1::Message>) -> ConsumeEvent {
     }
 }
 
-/// One queue's messages in a ConsumeMany frame.
-fn queue_messages(queue: u32, messages: Vec<v1::Message>) -> v1::QueueConsumeEvent {
+/// One queue's event in a ConsumeMany frame.
+fn queue_event(queue: u32, event: ConsumeEvent) -> v1::QueueConsumeEvent {
     v1::QueueConsumeEvent {
         queue,
-        event: Some(messages_event(messages)),
+        event: Some(event),
     }
+}
+
+/// One queue's messages in a ConsumeMany frame.
+fn queue_messages(queue: u32, messages: Vec<v1::Message>) -> v1::QueueConsumeEvent {
+    queue_event(queue, messages_event(messages))
 }
 
 fn closed_event(reason: v1::ClosedReason) -> ConsumeEvent {
