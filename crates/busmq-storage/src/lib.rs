@@ -29,6 +29,7 @@ pub mod redis;
 pub mod remote;
 pub mod server;
 pub mod service;
+pub mod wire;
 
 /// Result of [`Storage::attach`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

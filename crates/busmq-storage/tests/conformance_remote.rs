@@ -154,7 +154,7 @@ async fn bad_input_gets_clear_statuses() {
         .unwrap();
     let push = |messages: Vec<bytes::Bytes>| pb::PushRequest {
         queue: name.clone(),
-        messages,
+        messages: Some(busmq_storage::wire::pack(&messages)),
     };
     assert_eq!(
         code(client.push(push(vec![])).await),
@@ -170,6 +170,21 @@ async fn bad_input_gets_clear_statuses() {
         code(client.push(push(many)).await),
         tonic::Code::ResourceExhausted
     );
+    // Payload lengths that do not add up to the data sent with them.
+    for lengths in [vec![2, 2], vec![1], vec![u32::MAX, 4]] {
+        let forged = pb::PushRequest {
+            queue: name.clone(),
+            messages: Some(pb::Payloads {
+                data: bytes::Bytes::from_static(b"abc"),
+                lengths: lengths.clone(),
+            }),
+        };
+        assert_eq!(
+            code(client.push(forged).await),
+            tonic::Code::InvalidArgument,
+            "lengths {lengths:?}"
+        );
+    }
     let r = client
         .ack(pb::AckRequest {
             queue: name.clone(),
@@ -177,7 +192,7 @@ async fn bad_input_gets_clear_statuses() {
         })
         .await;
     assert_eq!(code(r), tonic::Code::NotFound);
-    // Still serving.
+    // Still serving, and nothing of the refused pushes was stored.
     let r = client
         .push(push(vec![bytes::Bytes::from_static(b"ok")]))
         .await;

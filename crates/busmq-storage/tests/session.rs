@@ -105,7 +105,7 @@ impl TypedSession {
 fn push(queue: &str, messages: Vec<Bytes>) -> Option<Op> {
     Some(Op::Push(pb::PushRequest {
         queue: queue.to_owned(),
-        messages,
+        messages: Some(busmq_storage::wire::pack(&messages)),
     }))
 }
 
@@ -184,11 +184,8 @@ async fn bad_requests_fail_alone_and_the_session_goes_on() {
     let Answer::Messages(taken) = &answers[&12] else {
         panic!("{answers:?}")
     };
-    let taken: HashMap<u64, &[u8]> = taken
-        .messages
-        .iter()
-        .map(|m| (m.id, &m.payload[..]))
-        .collect();
+    let taken = busmq_storage::wire::messages_from_wire(taken.clone()).unwrap();
+    let taken: HashMap<u64, &[u8]> = taken.iter().map(|m| (m.id, &m.payload[..])).collect();
     assert_eq!(
         taken,
         HashMap::from([(a, b"a".as_slice()), (b, b"b".as_slice())])

@@ -27,6 +27,7 @@ use pb::session_request::Op;
 use pb::session_response::Result as Answer;
 use session::{Sessions, mismatch};
 
+use crate::wire;
 use crate::{
     Attached, ChannelEvent, ChannelName, Error, IdRange, LeaseToken, LeasedMessage, Leases,
     Message, Notification, Notifications, ObjectFields, ObjectName, QueueInfo, QueueName,
@@ -230,15 +231,11 @@ fn ttl_seconds(ttl: Duration) -> u64 {
     ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0)
 }
 
-fn from_wire_messages(messages: pb::Messages) -> Vec<Message> {
-    messages
-        .messages
-        .into_iter()
-        .map(|m| Message {
-            id: m.id,
-            payload: m.payload,
-        })
-        .collect()
+/// A batch the storage sent; one that does not decode is the storage's
+/// fault, not the caller's.
+fn from_wire_messages(messages: pb::Messages) -> Result<Vec<Message>> {
+    wire::messages_from_wire(messages)
+        .map_err(|e| Error::Internal(format!("storage sent a malformed batch: {e}")))
 }
 
 /// The notification a wire notification stands for. Anything unexpected
@@ -338,7 +335,7 @@ impl Storage for RemoteStorage {
         }
         let request = pb::PushRequest {
             queue: queue.to_string(),
-            messages,
+            messages: Some(wire::pack(&messages)),
         };
         let r = if request.encoded_len() > MAX_SESSION_REQUEST {
             self.client()
@@ -365,7 +362,7 @@ impl Storage for RemoteStorage {
             reliable: mode == TakeMode::Pending,
         });
         match self.sessions.call(op).await? {
-            Answer::Messages(r) => Ok(from_wire_messages(r)),
+            Answer::Messages(r) => from_wire_messages(r),
             other => Err(mismatch("take", &other)),
         }
     }
@@ -401,7 +398,7 @@ impl Storage for RemoteStorage {
                 .map(|t| Taken {
                     asked: t.asked,
                     messages: match t.result {
-                        Some(pb::taken_from::Result::Messages(m)) => Ok(from_wire_messages(m)),
+                        Some(pb::taken_from::Result::Messages(m)) => from_wire_messages(m),
                         Some(pb::taken_from::Result::Error(e)) => {
                             Err(from_status(Status::new(e.code.into(), e.message)))
                         }
@@ -421,7 +418,7 @@ impl Storage for RemoteStorage {
             max,
         });
         match self.sessions.call(op).await? {
-            Answer::Messages(r) => Ok(from_wire_messages(r)),
+            Answer::Messages(r) => from_wire_messages(r),
             other => Err(mismatch("read", &other)),
         }
     }

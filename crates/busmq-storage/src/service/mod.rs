@@ -23,6 +23,7 @@ mod session;
 
 pub use session::{SESSION_BUFFER, SESSION_WINDOW, SessionStream};
 
+use crate::wire::{self, messages_to_wire};
 use crate::{
     Error, LeaseToken, Notification, ObjectName, QueueName, ReliableLock, Settled, Settlement,
     Storage, TakeMode, TakeRequest,
@@ -85,10 +86,11 @@ impl StorageService {
     /// Push: validates the batch against the limits first.
     pub(crate) async fn push_op(&self, req: pb::PushRequest) -> Result<pb::PushResponse, Status> {
         let queue = self.name(&req.queue)?;
-        self.limits.check_batch(&req.messages).map_err(to_status)?;
+        let messages = wire::unpack(req.messages.unwrap_or_default()).map_err(to_status)?;
+        self.limits.check_batch(&messages).map_err(to_status)?;
         let ids = self
             .storage
-            .push(&queue, req.messages)
+            .push(&queue, messages)
             .await
             .map_err(to_status)?;
         Ok(pb::PushResponse {
@@ -105,7 +107,7 @@ impl StorageService {
             .take(&queue, self.cap(req.max), take_mode(req.reliable))
             .await
             .map_err(to_status)?;
-        Ok(messages(taken))
+        Ok(messages_to_wire(&taken))
     }
 
     /// Take from several queues, the budget capped at one batch.
@@ -134,7 +136,7 @@ impl StorageService {
                 .map(|t| pb::TakenFrom {
                     asked: t.asked,
                     result: Some(match t.messages {
-                        Ok(batch) => pb::taken_from::Result::Messages(messages(batch)),
+                        Ok(batch) => pb::taken_from::Result::Messages(messages_to_wire(&batch)),
                         Err(e) => pb::taken_from::Result::Error(session_error(&to_status(e))),
                     }),
                 })
@@ -150,7 +152,7 @@ impl StorageService {
             .read(&queue, req.from, self.cap(req.max))
             .await
             .map_err(to_status)?;
-        Ok(messages(read))
+        Ok(messages_to_wire(&read))
     }
 
     /// Ack.
@@ -289,18 +291,6 @@ fn session_error(status: &Status) -> pb::SessionError {
     pb::SessionError {
         code: status.code() as i32,
         message: status.message().to_owned(),
-    }
-}
-
-fn messages(messages: Vec<crate::Message>) -> pb::Messages {
-    pb::Messages {
-        messages: messages
-            .into_iter()
-            .map(|m| pb::StoredMessage {
-                id: m.id,
-                payload: m.payload,
-            })
-            .collect(),
     }
 }
 
@@ -721,7 +711,7 @@ mod tests {
         let empty = svc
             .push(Request::new(pb::PushRequest {
                 queue: "q".into(),
-                messages: vec![],
+                messages: Some(wire::pack(&[])),
             }))
             .await
             .unwrap_err();
@@ -730,7 +720,7 @@ mod tests {
         let big = svc
             .push(Request::new(pb::PushRequest {
                 queue: "q".into(),
-                messages: vec![vec![0u8; (1 << 20) + 1].into()],
+                messages: Some(wire::pack(&[vec![0u8; (1 << 20) + 1].into()])),
             }))
             .await
             .unwrap_err();
@@ -760,7 +750,7 @@ mod tests {
         let missing = svc
             .push(Request::new(pb::PushRequest {
                 queue: "missing".into(),
-                messages: vec![bytes::Bytes::from_static(b"x")],
+                messages: Some(wire::pack(&[bytes::Bytes::from_static(b"x")])),
             }))
             .await
             .unwrap_err();

@@ -1,24 +1,31 @@
 //! The server side of `Session`: many hot operations multiplexed on one
 //! long-lived bidirectional stream.
 //!
-//! Each request runs in a task of its own and is answered as it completes,
-//! so a slow operation (a group commit) never holds up the others. At most
-//! [`SESSION_WINDOW`] run at once; past that the session stops reading and
-//! HTTP/2 flow control holds the client back.
+//! Requests run concurrently and are answered as they complete, so a slow
+//! operation (a group commit) never holds up the others. They run inside
+//! the session's own task rather than a task each: the operations one
+//! commit releases all finish in one poll, and their answers go out
+//! together, as one write, where a task per request woke the response
+//! stream, and wrote to the socket, once per answer. At most
+//! [`SESSION_WINDOW`] requests are running or waiting to be answered; past
+//! that the session stops reading and HTTP/2 flow control holds the client
+//! back.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 
 use busmq_proto::storage::v1 as pb;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use pb::session_request::Op;
 use pb::session_response::Result as Answer;
 use prost::Message as _;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
 use super::StorageService;
 
-/// Requests of one session the server runs at once.
+/// Requests of one session the server runs, or holds answers for, at once.
 pub const SESSION_WINDOW: usize = 1024;
 
 /// Answers buffered for a client that reads them slower than they come.
@@ -43,50 +50,61 @@ async fn serve(
     mut requests: Streaming<pb::SessionRequest>,
     tx: mpsc::Sender<Result<pb::SessionResponse, Status>>,
 ) {
-    let window = Arc::new(Semaphore::new(SESSION_WINDOW));
     let shutdown = service.shutdown.clone();
-    loop {
-        let permit = tokio::select! {
+    let mut running = FuturesUnordered::new();
+    let mut answers = VecDeque::new();
+    let mut reading = true;
+    // What ends the stream once everything read is answered: nothing when
+    // the client is done sending.
+    let mut ending = None;
+    while reading || !running.is_empty() || !answers.is_empty() {
+        tokio::select! {
             biased;
-            _ = shutdown.cancelled() => break,
-            _ = tx.closed() => return,
-            permit = Arc::clone(&window).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-        };
-        let next = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            _ = tx.closed() => return,
-            next = requests.message() => next,
-        };
-        let request = match next {
-            Ok(Some(request)) => request,
-            // The client is done sending: the stream ends once the tasks
-            // still running have answered (each holds a sender).
-            Ok(None) => return,
-            // Undecodable or oversized: the stream is out of step and
-            // cannot go on, but the client learns why.
-            Err(status) => {
-                tracing::debug!(%status, "storage session: bad frame, ending the session");
-                let _ = tx.send(Err(status)).await;
-                return;
+            _ = shutdown.cancelled(), if reading => {
+                reading = false;
+                ending = Some(Status::unavailable("storage is shutting down"));
             }
-        };
-        let service = service.clone();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let answer = run(&service, request).await;
-            let _ = tx.send(Ok(answer)).await;
-            drop(permit);
-        });
+            _ = tx.closed() => return,
+            permit = tx.reserve(), if !answers.is_empty() => {
+                let Ok(permit) = permit else { return };
+                permit.send(Ok(answers.pop_front().expect("not empty")));
+                // The rest that fit, before the response stream runs.
+                while let Some(answer) = answers.pop_front() {
+                    match tx.try_send(Ok(answer)) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(Ok(answer))) => {
+                            answers.push_front(answer);
+                            break;
+                        }
+                        Err(_) => return,
+                    }
+                }
+            }
+            Some(answer) = running.next(), if !running.is_empty() => {
+                answers.push_back(answer);
+                while let Some(Some(answer)) = running.next().now_or_never() {
+                    answers.push_back(answer);
+                }
+            }
+            next = requests.message(), if reading && running.len() + answers.len() < SESSION_WINDOW => {
+                match next {
+                    Ok(Some(request)) => running.push(run(&service, request)),
+                    Ok(None) => reading = false,
+                    // Undecodable or oversized: the stream is out of step
+                    // and cannot go on, but the client learns why once what
+                    // was read is answered.
+                    Err(status) => {
+                        tracing::debug!(%status, "storage session: bad frame, ending the session");
+                        reading = false;
+                        ending = Some(status);
+                    }
+                }
+            }
+        }
     }
-    // Shutting down: answer what was read, then tell the client to go.
-    let _ = window.acquire_many(SESSION_WINDOW as u32).await;
-    let _ = tx
-        .send(Err(Status::unavailable("storage is shutting down")))
-        .await;
+    if let Some(status) = ending {
+        let _ = tx.send(Err(status)).await;
+    }
 }
 
 /// Runs one request and words its answer; never fails the session.
