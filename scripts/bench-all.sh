@@ -16,11 +16,13 @@
 #   scripts/bench-all.sh                # 10–20 minutes on 2 cores, after the build
 #
 # Environment: OUT (directory for the logs; default a temporary one),
-# DURATION (10s), PORT_BASE (17500: four redis-servers on the next ports).
+# DURATION (10s), ROUNDS (3: alternating rounds of each ratio target; the
+# medians are collected in OUT/ratios.txt), PORT_BASE (17500: four redis-servers on the next ports).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
 PORT_BASE=${PORT_BASE:-17500}
 OUT=${OUT:-$(mktemp -d /tmp/busmq-bench-all.XXXXXX)}
 mkdir -p "$OUT"
@@ -52,6 +54,37 @@ done
 sleep 1
 SHARDS="${R[1]},${R[2]},${R[3]}"
 
+# Prints "LABEL: median M% of N alternating rounds (r1%, r2%, ...)" for
+# the ratios read one per line.
+summarize() {
+    local label=$1 values list median n
+    values=$(cat)
+    if [ -z "$values" ]; then
+        echo "$label: no rounds completed"
+        return
+    fi
+    list=$(printf '%s\n' "$values" | awk '{ printf "%s%s%%", (NR > 1 ? ", " : ""), $1 }')
+    median=$(printf '%s\n' "$values" | sort -n |
+        awk '{ r[NR] = $1 } END { printf "%.1f", (NR % 2) ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2 }')
+    n=$(printf '%s\n' "$values" | wc -l)
+    echo "$label: median $median% of $n alternating rounds ($list)"
+}
+
+consumed() { sed -n 's/^median of steady cycles: .*consumed \([0-9,]*\)\/s.*/\1/p' "$OUT/$1.txt" | tr -d ,; }
+
+# The ratio NUMERATOR-r / DENOMINATOR-r of each round r's runs, summarized.
+ratio_rounds() {
+    local label=$1 top=$2 bottom=$3 round t b
+    echo
+    echo "== $label"
+    for round in $(seq 1 "$ROUNDS"); do
+        t=$(consumed "$top-$round")
+        b=$(consumed "$bottom-$round")
+        [ -n "$t" ] && [ -n "$b" ] && [ "$b" -gt 0 ] &&
+            awk -v t="$t" -v b="$b" 'BEGIN { printf "%.1f\n", 100 * t / b }'
+    done | summarize "$label" | tee -a "$OUT/ratios.txt"
+}
+
 # Runs `busmq bench "$@"`, keeping its output as OUT/$1.txt.
 run() {
     local name=$1
@@ -77,14 +110,23 @@ run memory --storage memory --duration "$DURATION" --plot docs/bench-memory.png
 run redis-1 --storage "${R[0]}" --duration "$DURATION"
 run redis-3 --storage "$SHARDS" --duration "$DURATION"
 run redis-1-queue --storage "${R[0]}" --duration "$DURATION" --queues 1 --producers 1 --consumers 1
-run embedded-unreliable --storage embedded --duration "$DURATION"
-run embedded-reliable --storage embedded --duration "$DURATION" --mode reliable
+# The ratio targets alternate their two sides for ROUNDS rounds and quote
+# the median ratio: this machine's speed moves by tens of percent within
+# minutes, more than the effects measured.
+for round in $(seq 1 "$ROUNDS"); do
+    run "embedded-unreliable-$round" --storage embedded --duration "$DURATION"
+    run "embedded-reliable-$round" --storage embedded --duration "$DURATION" --mode reliable
+done
+ratio_rounds "embedded, reliable / unreliable" embedded-reliable embedded-unreliable
 run embedded-lease --storage embedded --duration "$DURATION" --mode lease
-run redis-unreliable --storage "${R[0]}" --duration "$DURATION"
-run redis-reliable --storage "${R[0]}" --duration "$DURATION" --mode reliable
+for round in $(seq 1 "$ROUNDS"); do
+    run "redis-unreliable-$round" --storage "${R[0]}" --duration "$DURATION"
+    run "redis-reliable-$round" --storage "${R[0]}" --duration "$DURATION" --mode reliable
+done
+ratio_rounds "Redis, reliable / unreliable" redis-reliable redis-unreliable
 
 echo
-STORAGE=embedded PORT_BASE=$((PORT_BASE + 10)) scripts/bench-topologies.sh --duration "$DURATION" | tee "$OUT/topologies.txt"
+ROUNDS=$ROUNDS STORAGE=embedded PORT_BASE=$((PORT_BASE + 10)) scripts/bench-topologies.sh --duration "$DURATION" | tee "$OUT/topologies.txt"
 
 run latency-embedded-64 --storage embedded --duration "$DURATION" --rate 20000
 run latency-embedded-8 --storage embedded --duration "$DURATION" --rate 20000 --batch 8
@@ -92,6 +134,14 @@ run latency-memory-64 --storage memory --duration "$DURATION" --rate 20000
 
 run sweep-memory --storage memory --duration 16s --sweep-queues 1,10,100,1000,10000
 run sweep-embedded --storage embedded --duration 16s --sweep-queues 100,10000
+for round in $(seq 1 "$ROUNDS"); do
+    run "sweep-memory-100-10000-$round" --storage memory --duration "$DURATION" --sweep-queues 100,10000
+done
+echo
+echo "== memory, 10,000 / 100 queues, each round one sweep"
+for round in $(seq 1 "$ROUNDS"); do
+    sed -n 's/^ *10,000 .* \([0-9.]*\)% .*/\1/p' "$OUT/sweep-memory-100-10000-$round.txt"
+done | summarize "memory, 10,000 / 100 queues" | tee -a "$OUT/ratios.txt"
 # The same sweep bounded per queue only (8 batches in flight per queue, no
 # per-producer window): the load offered then grows 100x from 100 to 10,000
 # queues, as it did before --window existed.
@@ -101,5 +151,9 @@ echo
 PORT_BASE=$((PORT_BASE + 20)) QUEUES=10000 scripts/bench-idle-rss.sh | tee "$OUT/idle-rss.txt"
 PORT_BASE=$((PORT_BASE + 20)) QUEUES=10000 scripts/bench-idle-rss.sh --idle-consumers | tee "$OUT/idle-rss-consumers.txt"
 
+grep -h "median" "$OUT/topologies.txt" >>"$OUT/ratios.txt" || true
+echo
+echo "== ratio targets (median of alternating rounds)"
+cat "$OUT/ratios.txt"
 echo
 echo "every run's output is in $OUT"

@@ -7,14 +7,15 @@
 #
 # 1. `busmq serve` (storage and broker in one process), and
 # 2. `busmq-storage` + `busmq-broker` (two processes, the broker reaching the
-#    store over gRPC),
+#    store over gRPC), alternating for ROUNDS rounds (the median ratio is
+#    the figure),
 # each benchmarked from outside by `busmq bench --server`, so both runs pay
 # the client's gRPC hop and only the broker→storage hop differs. Every
 # process runs on loopback ports of its own with a temporary data directory
 # and is stopped, by PID, after its run. Extra flags go to `busmq bench`.
 # Environment: BIN (directory of busmq, busmq-broker, busmq-storage;
 # default: cargo build --release and target/release), STORAGE (embedded),
-# PORT_BASE (17400: broker, +1 storage).
+# PORT_BASE (17400: broker, +1 storage), ROUNDS (3).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -22,6 +23,7 @@ FLAGS=("$@")
 [ ${#FLAGS[@]} -eq 0 ] && FLAGS=(--duration 10s)
 STORAGE=${STORAGE:-embedded}
 PORT_BASE=${PORT_BASE:-17400}
+ROUNDS=${ROUNDS:-3}
 BROKER=127.0.0.1:$PORT_BASE
 STORE=127.0.0.1:$((PORT_BASE + 1))
 if [ -z "${BIN:-}" ]; then
@@ -59,28 +61,49 @@ bench() {
     echo
 }
 
-"$BIN/busmq" serve --storage "$STORAGE" --data-dir "$WORK/one" \
-    --listen "$BROKER" --storage-listen "$STORE" >"$WORK/serve.log" 2>&1 &
-PIDS+=($!)
-wait_port "$BROKER"
-bench all-in-one
-stop
+all_in_one() {
+    "$BIN/busmq" serve --storage "$STORAGE" --data-dir "$WORK/$1" \
+        --listen "$BROKER" --storage-listen "$STORE" >"$WORK/$1.log" 2>&1 &
+    PIDS+=($!)
+    wait_port "$BROKER"
+    bench "$1"
+    stop
+}
 
-"$BIN/busmq-storage" --backend "$STORAGE" --data-dir "$WORK/split" \
-    --listen "$STORE" >"$WORK/storage.log" 2>&1 &
-PIDS+=($!)
-wait_port "$STORE"
-"$BIN/busmq-broker" --storage "http://$STORE" --listen "$BROKER" >"$WORK/broker.log" 2>&1 &
-PIDS+=($!)
-wait_port "$BROKER"
-bench split
-stop
+split() {
+    "$BIN/busmq-storage" --backend "$STORAGE" --data-dir "$WORK/$1" \
+        --listen "$STORE" >"$WORK/$1-storage.log" 2>&1 &
+    PIDS+=($!)
+    wait_port "$STORE"
+    "$BIN/busmq-broker" --storage "http://$STORE" --listen "$BROKER" >"$WORK/$1-broker.log" 2>&1 &
+    PIDS+=($!)
+    wait_port "$BROKER"
+    bench "$1"
+    stop
+}
+
+# Alternating, so that both sides of each round share the machine's state
+# (its speed moves by tens of percent within minutes).
+for round in $(seq 1 "$ROUNDS"); do
+    all_in_one "all-in-one-$round"
+    split "split-$round"
+done
 
 consumed() { sed -n 's/^median of steady cycles: .*consumed \([0-9,]*\)\/s.*/\1/p' "$WORK/$1.txt" | tr -d ,; }
-one=$(consumed all-in-one)
-split=$(consumed split)
 echo "store $STORAGE, flags: ${FLAGS[*]}"
-echo "all-in-one: ${one:-failed} msgs/s consumed; split: ${split:-failed} msgs/s consumed"
-if [ -n "$one" ] && [ -n "$split" ] && [ "$one" -gt 0 ]; then
-    awk -v s="$split" -v o="$one" 'BEGIN { printf "split / all-in-one: %.1f%%\n", 100 * s / o }'
+RATIOS=()
+for round in $(seq 1 "$ROUNDS"); do
+    one=$(consumed "all-in-one-$round")
+    two=$(consumed "split-$round")
+    line="round $round: all-in-one ${one:-failed} msgs/s consumed; split ${two:-failed} msgs/s consumed"
+    if [ -n "$one" ] && [ -n "$two" ] && [ "$one" -gt 0 ]; then
+        ratio=$(awk -v s="$two" -v o="$one" 'BEGIN { printf "%.1f", 100 * s / o }')
+        RATIOS+=("$ratio")
+        line="$line; split / all-in-one $ratio%"
+    fi
+    echo "$line"
+done
+if [ ${#RATIOS[@]} -gt 0 ]; then
+    median=$(printf '%s\n' "${RATIOS[@]}" | sort -n | awk '{ r[NR] = $1 } END { print (NR % 2) ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2 }')
+    echo "split / all-in-one: median $median% of ${#RATIOS[@]} alternating rounds"
 fi
