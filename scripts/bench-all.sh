@@ -151,7 +151,7 @@ echo
 PORT_BASE=$((PORT_BASE + 20)) QUEUES=10000 scripts/bench-idle-rss.sh | tee "$OUT/idle-rss.txt"
 PORT_BASE=$((PORT_BASE + 20)) QUEUES=10000 scripts/bench-idle-rss.sh --idle-consumers | tee "$OUT/idle-rss-consumers.txt"
 
-grep -h "median" "$OUT/topologies.txt" >>"$OUT/ratios.txt" || true
+grep -h "^split / all-in-one: median" "$OUT/topologies.txt" >>"$OUT/ratios.txt" || true
 echo
 echo "== ratio targets (median of alternating rounds)"
 cat "$OUT/ratios.txt"

@@ -26,15 +26,7 @@ impl Default for Limits {
 impl Limits {
     /// Checks a push batch against the limits.
     pub fn check_batch<B: AsRef<[u8]>>(&self, batch: &[B]) -> Result<()> {
-        if batch.is_empty() {
-            return Err(Error::EmptyBatch);
-        }
-        if batch.len() > self.max_batch_len {
-            return Err(Error::BatchTooLarge {
-                count: batch.len(),
-                limit: self.max_batch_len,
-            });
-        }
+        self.check_batch_len(batch.len())?;
         if let Some(big) = batch
             .iter()
             .map(|m| m.as_ref().len())
@@ -43,6 +35,21 @@ impl Limits {
             return Err(Error::MessageTooLarge {
                 size: big,
                 limit: self.max_message_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks the number of messages of a push batch, before the batch is
+    /// taken apart.
+    pub fn check_batch_len(&self, count: usize) -> Result<()> {
+        if count == 0 {
+            return Err(Error::EmptyBatch);
+        }
+        if count > self.max_batch_len {
+            return Err(Error::BatchTooLarge {
+                count,
+                limit: self.max_batch_len,
             });
         }
         Ok(())

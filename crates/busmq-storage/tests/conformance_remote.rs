@@ -185,6 +185,19 @@ async fn bad_input_gets_clear_statuses() {
             "lengths {lengths:?}"
         );
     }
+    // More messages than a batch may hold, each of them empty: refused by
+    // their count.
+    let empties = pb::PushRequest {
+        queue: name.clone(),
+        messages: Some(pb::Payloads {
+            data: bytes::Bytes::new(),
+            lengths: vec![0; 100_000],
+        }),
+    };
+    assert_eq!(
+        code(client.push(empties).await),
+        tonic::Code::ResourceExhausted
+    );
     let r = client
         .ack(pb::AckRequest {
             queue: name.clone(),

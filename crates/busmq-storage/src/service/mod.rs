@@ -86,7 +86,13 @@ impl StorageService {
     /// Push: validates the batch against the limits first.
     pub(crate) async fn push_op(&self, req: pb::PushRequest) -> Result<pb::PushResponse, Status> {
         let queue = self.name(&req.queue)?;
-        let messages = wire::unpack(req.messages.unwrap_or_default()).map_err(to_status)?;
+        let payloads = req.messages.unwrap_or_default();
+        // Counted before a view of each payload is made: a forged list of
+        // a million empty lengths costs nothing.
+        self.limits
+            .check_batch_len(payloads.lengths.len())
+            .map_err(to_status)?;
+        let messages = wire::unpack(payloads).map_err(to_status)?;
         self.limits.check_batch(&messages).map_err(to_status)?;
         let ids = self
             .storage

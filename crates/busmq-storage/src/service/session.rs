@@ -57,16 +57,19 @@ async fn serve(
     // What ends the stream once everything read is answered: nothing when
     // the client is done sending.
     let mut ending = None;
-    while reading || !running.is_empty() || !answers.is_empty() {
+    let client_gone = 'session: loop {
+        if !reading && running.is_empty() && answers.is_empty() {
+            break false;
+        }
         tokio::select! {
             biased;
             _ = shutdown.cancelled(), if reading => {
                 reading = false;
                 ending = Some(Status::unavailable("storage is shutting down"));
             }
-            _ = tx.closed() => return,
+            _ = tx.closed() => break true,
             permit = tx.reserve(), if !answers.is_empty() => {
-                let Ok(permit) = permit else { return };
+                let Ok(permit) = permit else { break true };
                 permit.send(Ok(answers.pop_front().expect("not empty")));
                 // The rest that fit, before the response stream runs.
                 while let Some(answer) = answers.pop_front() {
@@ -76,7 +79,7 @@ async fn serve(
                             answers.push_front(answer);
                             break;
                         }
-                        Err(_) => return,
+                        Err(_) => break 'session true,
                     }
                 }
             }
@@ -88,7 +91,7 @@ async fn serve(
             }
             next = requests.message(), if reading && running.len() + answers.len() < SESSION_WINDOW => {
                 match next {
-                    Ok(Some(request)) => running.push(run(&service, request)),
+                    Ok(Some(request)) => running.push(run(service.clone(), request)),
                     Ok(None) => reading = false,
                     // Undecodable or oversized: the stream is out of step
                     // and cannot go on, but the client learns why once what
@@ -101,6 +104,14 @@ async fn serve(
                 }
             }
         }
+    };
+    if client_gone {
+        // What already runs finishes, unanswered: dropped midway, an
+        // operation of several store steps could be left half done.
+        if !running.is_empty() {
+            tokio::spawn(async move { while running.next().await.is_some() {} });
+        }
+        return;
     }
     if let Some(status) = ending {
         let _ = tx.send(Err(status)).await;
@@ -108,7 +119,7 @@ async fn serve(
 }
 
 /// Runs one request and words its answer; never fails the session.
-async fn run(service: &StorageService, request: pb::SessionRequest) -> pb::SessionResponse {
+async fn run(service: StorageService, request: pb::SessionRequest) -> pb::SessionResponse {
     let id = request.id;
     let result = match request.op {
         Some(Op::Push(r)) => service.push_op(r).await.map(Answer::Push),
