@@ -54,23 +54,8 @@ done
 sleep 1
 SHARDS="${R[1]},${R[2]},${R[3]}"
 
-# Prints "LABEL: median M% of N alternating rounds (r1%, r2%, ...)" for
-# the ratios read one per line.
-summarize() {
-    local label=$1 values list median n
-    values=$(cat)
-    if [ -z "$values" ]; then
-        echo "$label: no rounds completed"
-        return
-    fi
-    list=$(printf '%s\n' "$values" | awk '{ printf "%s%s%%", (NR > 1 ? ", " : ""), $1 }')
-    median=$(printf '%s\n' "$values" | sort -n |
-        awk '{ r[NR] = $1 } END { printf "%.1f", (NR % 2) ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2 }')
-    n=$(printf '%s\n' "$values" | wc -l)
-    echo "$label: median $median% of $n alternating rounds ($list)"
-}
-
-consumed() { sed -n 's/^median of steady cycles: .*consumed \([0-9,]*\)\/s.*/\1/p' "$OUT/$1.txt" | tr -d ,; }
+# shellcheck source=scripts/bench-ratios.sh
+. scripts/bench-ratios.sh
 
 # The ratio NUMERATOR-r / DENOMINATOR-r of each round r's runs, summarized.
 ratio_rounds() {
@@ -78,10 +63,9 @@ ratio_rounds() {
     echo
     echo "== $label"
     for round in $(seq 1 "$ROUNDS"); do
-        t=$(consumed "$top-$round")
-        b=$(consumed "$bottom-$round")
-        [ -n "$t" ] && [ -n "$b" ] && [ "$b" -gt 0 ] &&
-            awk -v t="$t" -v b="$b" 'BEGIN { printf "%.1f\n", 100 * t / b }'
+        t=$(consumed_in "$OUT/$top-$round.txt")
+        b=$(consumed_in "$OUT/$bottom-$round.txt")
+        ratio_of "$t" "$b"
     done | summarize "$label" | tee -a "$OUT/ratios.txt"
 }
 

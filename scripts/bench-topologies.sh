@@ -19,6 +19,8 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/bench-ratios.sh
+. scripts/bench-ratios.sh
 FLAGS=("$@")
 [ ${#FLAGS[@]} -eq 0 ] && FLAGS=(--duration 10s)
 STORAGE=${STORAGE:-embedded}
@@ -89,21 +91,13 @@ for round in $(seq 1 "$ROUNDS"); do
     split "split-$round"
 done
 
-consumed() { sed -n 's/^median of steady cycles: .*consumed \([0-9,]*\)\/s.*/\1/p' "$WORK/$1.txt" | tr -d ,; }
 echo "store $STORAGE, flags: ${FLAGS[*]}"
-RATIOS=()
+RATIOS=""
 for round in $(seq 1 "$ROUNDS"); do
-    one=$(consumed "all-in-one-$round")
-    two=$(consumed "split-$round")
-    line="round $round: all-in-one ${one:-failed} msgs/s consumed; split ${two:-failed} msgs/s consumed"
-    if [ -n "$one" ] && [ -n "$two" ] && [ "$one" -gt 0 ]; then
-        ratio=$(awk -v s="$two" -v o="$one" 'BEGIN { printf "%.1f", 100 * s / o }')
-        RATIOS+=("$ratio")
-        line="$line; split / all-in-one $ratio%"
-    fi
-    echo "$line"
+    one=$(consumed_in "$WORK/all-in-one-$round.txt")
+    two=$(consumed_in "$WORK/split-$round.txt")
+    ratio=$(ratio_of "$two" "$one")
+    echo "round $round: all-in-one ${one:-failed} msgs/s consumed; split ${two:-failed} msgs/s consumed${ratio:+; split / all-in-one $ratio%}"
+    if [ -n "$ratio" ]; then RATIOS+="$ratio"$'\n'; fi
 done
-if [ ${#RATIOS[@]} -gt 0 ]; then
-    median=$(printf '%s\n' "${RATIOS[@]}" | sort -n | awk '{ r[NR] = $1 } END { print (NR % 2) ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2 }')
-    echo "split / all-in-one: median $median% of ${#RATIOS[@]} alternating rounds"
-fi
+printf '%s' "$RATIOS" | summarize "split / all-in-one"
