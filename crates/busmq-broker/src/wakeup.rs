@@ -163,20 +163,32 @@ impl Wakeups {
             // Whatever else is already waiting shares the lock; under load
             // the store outpaces a task that waits its turn on a busy
             // runtime, and one pass per batch keeps up where one per
-            // notification does not.
+            // notification does not. The draining is outside tokio's
+            // per-poll budget: within it a broadcast receiver gives up
+            // after 128 items, and a runtime busy with 10,000 queues' worth
+            // of tasks polled this one too rarely to keep up at that rate.
+            // It fell behind by the channel's whole capacity and stayed
+            // there, so consumers heard of pushes a second late and mostly
+            // from the lag, which wakes every one of them.
             while batch.len() < COALESCE_MAX {
-                match notifications.next().now_or_never() {
+                match tokio::task::unconstrained(notifications.next()).now_or_never() {
                     Some(Some(n)) => batch.push(n),
                     _ => break,
                 }
             }
+            let full = batch.len() == COALESCE_MAX;
             self.apply_all(&mut batch);
+            if full {
+                // More may be waiting: let the runtime's other tasks run
+                // before the next pass.
+                tokio::task::yield_now().await;
+            }
         }
     }
 }
 
 /// Notifications applied under one lock of the registry, at most.
-const COALESCE_MAX: usize = 1024;
+const COALESCE_MAX: usize = 4096;
 
 /// Ends `queue`'s waits with `signal`. Dropping the sender after the final
 /// value leaves waiting receivers with it; a queue re-created later gets a
@@ -463,6 +475,36 @@ mod tests {
         assert_eq!(w.map().len(), 1, "the single consumer still waits");
         drop(alone);
         assert!(w.map().is_empty());
+    }
+
+    /// Pushes made while the wake-up task waited its turn all reach their
+    /// consumer in the task's next turn. Within tokio's per-poll budget a
+    /// turn drained 128 notifications; under load the task then fell
+    /// behind by the store's whole notification buffer and stayed there.
+    #[tokio::test(flavor = "current_thread")]
+    async fn one_turn_of_the_wakeup_task_hears_every_waiting_push() {
+        use busmq_storage::{Storage, memory::MemoryStorage};
+        let store = MemoryStorage::new();
+        let queues: Vec<QueueName> = (0..1000).map(|i| name(&format!("q{i}"))).collect();
+        for q in &queues {
+            store.attach(q, None).await.unwrap();
+        }
+        let w = Arc::new(Wakeups::default());
+        let many = w.subscribe_many(queues.clone());
+        taken(many.ready());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(Arc::clone(&w).run(store.watch(), shutdown.clone()));
+        for q in &queues {
+            store
+                .push(q, vec![bytes::Bytes::from_static(b"m")])
+                .await
+                .unwrap();
+        }
+        // On this one thread the task now gets exactly one turn.
+        tokio::task::yield_now().await;
+        assert_eq!(taken(many.ready()).len(), queues.len());
+        shutdown.cancel();
+        task.await.unwrap();
     }
 
     #[tokio::test]
