@@ -40,8 +40,21 @@ pub use leases::*;
 /// [module docs](crate::conformance).
 #[macro_export]
 macro_rules! conformance_tests {
+    // A store whose clock is tokio's and that does no I/O (the memory
+    // store) runs every check on paused time: ttls, leases and lock lapses
+    // pass in virtual time, with no real sleep. A store doing real I/O
+    // cannot: while it waits on its disk or socket the paused clock jumps
+    // to the next timer and expires what the check just attached.
+    (paused; $factory:expr) => {
+        $crate::conformance_tests!(@list (flavor = "current_thread", start_paused = true) $factory);
+    };
+    // Listed after the arms that start with a keyword: an identifier can
+    // begin an expression, and a failed `expr` match is a hard error.
     ($factory:expr) => {
-        $crate::conformance_tests!(@each $factory;
+        $crate::conformance_tests!(@list (flavor = "multi_thread", worker_threads = 4) $factory);
+    };
+    (@list $runtime:tt $factory:expr) => {
+        $crate::conformance_tests!(@each $runtime $factory;
             attach_counts_and_reports_existed,
             push_assigns_dense_ids_from_one,
             take_remove_in_order,
@@ -84,9 +97,9 @@ macro_rules! conformance_tests {
             object_touch_keeps_alive_then_expires,
         );
     };
-    (@each $factory:expr; $($check:ident),+ $(,)?) => {
+    (@each $runtime:tt $factory:expr; $($check:ident),+ $(,)?) => {
         $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            #[tokio::test $runtime]
             async fn $check() {
                 let storage: ::std::sync::Arc<dyn $crate::Storage> = $factory.await;
                 $crate::conformance::$check(storage).await;
