@@ -173,15 +173,22 @@ async fn persistent_readers_each_read_everything_from_their_index() {
 async fn persistent_late_joiner_gets_no_gap_and_no_duplicate() {
     let b = Arc::new(broker().await);
     b.attach("live").await;
+    // The consumer joins once half the batches are in, while the pusher
+    // goes on: the join always lands in the middle of a live stream.
+    let (half_pushed, halfway) = tokio::sync::oneshot::channel();
     let pusher = {
         let b = Arc::clone(&b);
         tokio::spawn(async move {
+            let mut half_pushed = Some(half_pushed);
             for i in 0..400 {
                 b.push("live", msgs(i * 5..(i + 1) * 5)).await.unwrap();
+                if i == 199 {
+                    half_pushed.take().unwrap().send(()).unwrap();
+                }
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    halfway.await.unwrap();
     let mut late = b
         .consume(ConsumeRequest {
             index: Some(1),
