@@ -57,6 +57,5 @@ pub const MAX_ACK_MANY: usize = MAX_MANY_QUEUES;
 /// store that commits in groups to settle a frame's worth in one commit.
 pub const ACK_CONCURRENCY: usize = 1024;
 
-/// The longest ttl a queue may have (ten years): larger values are typos,
-/// and would overflow deadline arithmetic.
-pub const MAX_TTL_SECS: u64 = 10 * 365 * 24 * 3600;
+/// [`busmq_core::MAX_TTL`] in the whole seconds the public API speaks.
+pub const MAX_TTL_SECS: u64 = busmq_core::MAX_TTL.as_secs();

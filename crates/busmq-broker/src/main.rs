@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use busmq_broker::BrokerConfig;
-use busmq_core::Limits;
 use busmq_storage::Storage;
 use busmq_storage::memory::MemoryStorage;
 use busmq_storage::remote::RemoteStorage;
@@ -30,12 +29,8 @@ struct Args {
     /// URL of a busmq-storage service, e.g. `http://127.0.0.1:50052`.
     #[arg(long, env = "BUSMQ_STORAGE", default_value = "http://127.0.0.1:50052")]
     storage: String,
-    /// Largest message body in bytes.
-    #[arg(long, env = "BUSMQ_MAX_MESSAGE_BYTES", default_value_t = Limits::default().max_message_bytes)]
-    max_message_bytes: usize,
-    /// Most messages in one push batch.
-    #[arg(long, env = "BUSMQ_MAX_BATCH", default_value_t = Limits::default().max_batch_len)]
-    max_batch: usize,
+    #[command(flatten)]
+    limits: busmq_runtime::LimitsArgs,
     /// Messages in flight to a consumer that names no prefetch.
     #[arg(long, env = "BUSMQ_PREFETCH", default_value_t = BrokerConfig::default().default_prefetch)]
     prefetch: u32,
@@ -48,11 +43,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     busmq_runtime::init_tracing();
-    let limits = Limits {
-        max_message_bytes: args.max_message_bytes,
-        max_batch_len: args.max_batch,
-        ..Limits::default()
-    };
+    let limits = args.limits.limits();
     anyhow::ensure!(args.prefetch >= 1, "--prefetch must be at least 1");
     anyhow::ensure!(
         args.reliable_lease_ms >= 300,

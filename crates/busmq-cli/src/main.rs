@@ -114,7 +114,7 @@ struct ObjectSetArgs {
     server: ServerArgs,
     /// Make the object expire this many seconds after this save. Unset: its
     /// expiry stays as it was (a new object never expires).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=busmq_core::MAX_TTL.as_secs()))]
     ttl: Option<u64>,
     /// The object.
     name: String,
@@ -155,15 +155,8 @@ struct ServeArgs {
     /// Directory of the embedded store, created if missing.
     #[arg(long, env = "BUSMQ_DATA_DIR", default_value = busmq_storage::backend::DEFAULT_DATA_DIR)]
     data_dir: std::path::PathBuf,
-    /// Largest message body in bytes.
-    #[arg(long, env = "BUSMQ_MAX_MESSAGE_BYTES", default_value_t = busmq_core::Limits::default().max_message_bytes)]
-    max_message_bytes: usize,
-    /// Most messages in one push batch.
-    #[arg(long, env = "BUSMQ_MAX_BATCH", default_value_t = busmq_core::Limits::default().max_batch_len)]
-    max_batch: usize,
-    /// Longest queue name in bytes.
-    #[arg(long, env = "BUSMQ_MAX_NAME_LEN", default_value_t = busmq_core::Limits::default().max_name_len)]
-    max_name_len: usize,
+    #[command(flatten)]
+    limits: busmq_runtime::LimitsArgs,
     /// Messages in flight to a consumer that names no prefetch.
     #[arg(long, env = "BUSMQ_PREFETCH", default_value_t = busmq_broker::BrokerConfig::default().default_prefetch)]
     prefetch: u32,
@@ -186,7 +179,7 @@ struct ServerArgs {
 struct AttachArgs {
     /// Seconds the queue lives with no attachments. Unset: an existing queue
     /// keeps its ttl, a new one gets the server default, 30.
-    #[arg(long, env = "BUSMQ_TTL", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "BUSMQ_TTL", value_parser = clap::value_parser!(u64).range(1..=busmq_core::MAX_TTL.as_secs()))]
     pub(crate) ttl: Option<u64>,
 }
 
@@ -342,7 +335,7 @@ mod tests {
         };
         assert_eq!(args.listen.port(), 50051);
         assert_eq!(args.storage_listen.port(), 50052);
-        assert_eq!(args.max_message_bytes, 1024 * 1024);
+        assert_eq!(args.limits.limits().max_message_bytes, 1024 * 1024);
         assert_eq!(args.storage, busmq_storage::backend::BackendSpec::Embedded);
         assert_eq!(args.data_dir, std::path::PathBuf::from("./busmq-data"));
         let Command::Serve(args) = parse(&["serve", "--storage", "memory"]).unwrap().command else {
@@ -435,6 +428,9 @@ mod tests {
         );
         assert_eq!(args.ttl, Some(30));
         assert!(parse(&["object", "set", "obj", "foo", "1", "--ttl", "0"]).is_err());
+        let past_ceiling = (busmq_core::MAX_TTL.as_secs() + 1).to_string();
+        assert!(parse(&["object", "set", "obj", "foo", "1", "--ttl", &past_ceiling]).is_err());
+        assert!(parse(&["push", "q", "a", "--ttl", &past_ceiling]).is_err());
         assert!(parse(&["object", "get", "obj"]).is_ok());
         assert!(parse(&["object", "get"]).is_err());
     }

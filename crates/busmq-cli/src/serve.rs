@@ -6,29 +6,18 @@ use std::time::Duration;
 
 use anyhow::Context;
 use busmq_broker::BrokerConfig;
-use busmq_core::Limits;
 use busmq_storage::backend::{self, BackendOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::ServeArgs;
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.max_message_bytes >= 1,
-        "--max-message-bytes must be at least 1"
-    );
-    anyhow::ensure!(args.max_batch >= 1, "--max-batch must be at least 1");
-    anyhow::ensure!(args.max_name_len >= 1, "--max-name-len must be at least 1");
     anyhow::ensure!(args.prefetch >= 1, "--prefetch must be at least 1");
     anyhow::ensure!(
         args.reliable_lease_ms >= 300,
         "--reliable-lease-ms must be at least 300"
     );
-    let limits = Limits {
-        max_message_bytes: args.max_message_bytes,
-        max_batch_len: args.max_batch,
-        max_name_len: args.max_name_len,
-    };
+    let limits = args.limits.limits();
     let config = BrokerConfig {
         limits,
         default_prefetch: args.prefetch,

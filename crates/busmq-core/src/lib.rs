@@ -27,6 +27,11 @@ pub const DEFAULT_TTL_SECS: u64 = 30;
 /// at most 14 days), short enough that forgotten ones go away.
 pub const DEAD_LETTER_TTL_SECS: u64 = 14 * 24 * 3600;
 
+/// Longest ttl a queue or an object may ask for (ten years): beyond it,
+/// deadline arithmetic in a store could overflow. Every entry point checks
+/// against this one ceiling.
+pub const MAX_TTL: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 24 * 3600);
+
 /// Most deliveries a queue's max-deliveries setting may name.
 pub const MAX_DELIVERIES_LIMIT: u32 = 1000;
 

@@ -1,6 +1,9 @@
 //! Process plumbing shared by every busmq server, so each is started,
 //! observed and stopped the same way.
 
+mod limits;
+pub use limits::LimitsArgs;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

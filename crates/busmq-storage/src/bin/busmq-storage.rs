@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use busmq_core::Limits;
 use busmq_storage::backend::{self, BackendOptions, BackendSpec, DEFAULT_DATA_DIR};
 use clap::Parser;
 
@@ -35,15 +34,8 @@ struct Args {
     #[arg(long, env = "BUSMQ_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
 
-    /// Largest message body accepted, in bytes.
-    #[arg(long, env = "BUSMQ_MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    max_message_bytes: u32,
-
-    /// Most messages accepted in one push batch.
-    #[arg(long, env = "BUSMQ_MAX_BATCH", default_value_t = 10_000,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    max_batch: u32,
+    #[command(flatten)]
+    limits: busmq_runtime::LimitsArgs,
 }
 
 #[tokio::main]
@@ -51,11 +43,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     busmq_runtime::init_tracing();
 
-    let limits = Limits {
-        max_message_bytes: args.max_message_bytes as usize,
-        max_batch_len: args.max_batch as usize,
-        ..Limits::default()
-    };
+    let limits = args.limits.limits();
     let options = BackendOptions {
         data_dir: args.data_dir.clone(),
     };

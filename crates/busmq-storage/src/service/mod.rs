@@ -33,9 +33,7 @@ use crate::{
 /// notification instead of the ones it could not keep up with.
 pub const WATCH_BUFFER: usize = 1024;
 
-/// Longest queue ttl a request may ask for (ten years): beyond it, deadline
-/// arithmetic in a store could overflow.
-pub const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+pub use busmq_core::MAX_TTL;
 
 /// Longest reliable-consumer lease a request may ask for (one day).
 pub const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
