@@ -38,7 +38,7 @@ trap cleanup EXIT
 
 rss() { awk -v k="$2:" '$1 == k { printf "%.1f MiB", $2 / 1024 }' "/proc/$1/status"; }
 
-"$BUSMQ" serve --storage "$STORAGE" --data-dir "$WORK/data" \
+"$BUSMQ" serve --backend "$STORAGE" --data-dir "$WORK/data" \
     --listen "127.0.0.1:$PORT_BASE" --storage-listen "127.0.0.1:$((PORT_BASE + 1))" \
     >"$WORK/serve.log" 2>&1 &
 SERVER=$!
@@ -48,7 +48,7 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 sleep 1
-echo "busmq serve --storage $STORAGE (pid $SERVER), ready: RSS $(rss "$SERVER" VmRSS)"
+echo "busmq serve --backend $STORAGE (pid $SERVER), ready: RSS $(rss "$SERVER" VmRSS)"
 
 "$BUSMQ" bench --server "http://127.0.0.1:$PORT_BASE" --idle-queues "$QUEUES" \
     --duration 10s "$@" >"$WORK/bench.log" 2>&1 &

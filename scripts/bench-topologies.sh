@@ -64,7 +64,7 @@ bench() {
 }
 
 all_in_one() {
-    "$BIN/busmq" serve --storage "$STORAGE" --data-dir "$WORK/$1" \
+    "$BIN/busmq" serve --backend "$STORAGE" --data-dir "$WORK/$1" \
         --listen "$BROKER" --storage-listen "$STORE" >"$WORK/$1.log" 2>&1 &
     PIDS+=($!)
     wait_port "$BROKER"

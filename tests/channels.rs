@@ -1,6 +1,7 @@
 //! Channels across real processes: `busmq-storage` and `busmq-broker` run as
-//! separate programs; peers are `busmq channel` CLI processes or SDK
-//! sessions in the test, and the raw gRPC API for bad input.
+//! separate programs, and (each test twice) one `busmq serve`; peers are
+//! `busmq channel` CLI processes or SDK sessions in the test, and the raw
+//! gRPC API for bad input.
 
 use std::collections::BTreeSet;
 use std::process::Stdio;
@@ -127,7 +128,6 @@ async fn message(s: &mut ChannelSession) -> (u64, String) {
     }
 }
 
-#[tokio::test]
 async fn two_cli_peers_exchange_ten_thousand_messages_each_way_in_order_whoever_connects_first() {
     const N: usize = 10_000;
     let c = cluster().await;
@@ -192,7 +192,6 @@ async fn two_cli_peers_exchange_ten_thousand_messages_each_way_in_order_whoever_
     }
 }
 
-#[tokio::test]
 async fn presence_and_end_events_reach_the_other_peer() {
     let c = cluster().await;
     let server = c.bus.channel("presence");
@@ -279,7 +278,6 @@ async fn presence_and_end_events_reach_the_other_peer() {
     listener.disconnect().await.unwrap();
 }
 
-#[tokio::test]
 async fn explicit_roles_connect_both_ways() {
     let c = cluster().await;
     let mut server = c
@@ -300,7 +298,6 @@ async fn explicit_roles_connect_both_ways() {
     assert_eq!(message(&mut client).await.1, "hello client!");
 }
 
-#[tokio::test]
 async fn a_reliable_peer_that_dies_without_acking_gets_its_messages_again() {
     const N: usize = 20_000;
     let c = cluster().await;
@@ -415,7 +412,6 @@ async fn a_reliable_peer_that_dies_without_acking_gets_its_messages_again() {
     assert!(inbound.info().await.unwrap().pending <= 1);
 }
 
-#[tokio::test]
 async fn send_to_reaches_an_endpoint_without_connecting() {
     let c = cluster().await;
     // From another process, before anyone is on the channel.
@@ -480,7 +476,6 @@ async fn open_status(c: &common::Cluster, requests: Vec<pb::ChannelRequest>) -> 
     }
 }
 
-#[tokio::test]
 async fn bad_input_gets_clear_errors() {
     let c = cluster().await;
     let invalid = tonic::Code::InvalidArgument;
@@ -634,7 +629,6 @@ async fn bad_input_gets_clear_errors() {
     assert_eq!(err.code(), ErrorCode::FailedPrecondition, "{err}");
 }
 
-#[tokio::test]
 async fn a_peer_that_reads_late_still_gets_everything_in_order() {
     // 16 MiB in all: more than every HTTP/2 window and buffer between the
     // broker and a peer that does not read.
@@ -662,11 +656,10 @@ async fn a_peer_that_reads_late_still_gets_everything_in_order() {
     }
 }
 
-#[tokio::test]
 async fn peers_on_two_brokers_of_one_store_talk() {
     const N: usize = 1_000;
     let c = cluster().await;
-    let second = busmq_testkit::broker(c.storage.addr()).await;
+    let second = busmq_testkit::broker(c.storage_addr).await;
     let other_bus = busmq_client::Bus::connect(second.url()).await.unwrap();
     let mut a = c.bus.channel("span").listen().await.unwrap();
     let mut b = other_bus.channel("span").connect().await.unwrap();
@@ -688,7 +681,6 @@ async fn peers_on_two_brokers_of_one_store_talk() {
     ));
 }
 
-#[tokio::test]
 async fn persistent_peers_read_everything_again_and_ttl_applies_to_both_queues() {
     let c = cluster().await;
     let sender = c
@@ -741,10 +733,9 @@ async fn persistent_peers_read_everything_again_and_ttl_applies_to_both_queues()
     assert_eq!(err.code(), ErrorCode::InvalidArgument, "{err}");
 }
 
-#[tokio::test]
 async fn a_broker_shutting_down_disconnects_its_peers() {
     let c = cluster().await;
-    let second = busmq_testkit::broker(c.storage.addr()).await;
+    let second = busmq_testkit::broker(c.storage_addr).await;
     // Without reconnection, so b's session ends where its broker does.
     let other_bus = busmq_client::Bus::connect(second.url())
         .await
@@ -777,7 +768,6 @@ async fn a_broker_shutting_down_disconnects_its_peers() {
     assert!(matches!(event(&mut b).await, ChannelEvent::Connect { .. }));
 }
 
-#[tokio::test]
 async fn a_reliable_cli_peer_acks_what_it_printed() {
     const N: usize = 500;
     let c = cluster().await;
@@ -807,7 +797,6 @@ async fn a_reliable_cli_peer_acks_what_it_printed() {
     assert_eq!(message(&mut next).await.1, "after");
 }
 
-#[tokio::test]
 async fn an_end_waits_for_a_peer_that_was_not_there() {
     let c = cluster().await;
     let mut a = c.bus.channel("later").listen().await.unwrap();
@@ -845,7 +834,6 @@ async fn an_end_waits_for_a_peer_that_was_not_there() {
     assert_eq!(err.code(), ErrorCode::FailedPrecondition);
 }
 
-#[tokio::test]
 async fn sending_to_a_peer_that_ended_is_refused_before_its_end_is_read() {
     let c = cluster().await;
     let mut a = c.bus.channel("race").listen().await.unwrap();
@@ -1016,10 +1004,9 @@ async fn sessions_ride_through_a_broker_restart_and_a_reliable_peer_loses_nothin
     receiver.disconnect().await.unwrap();
 }
 
-#[tokio::test]
 async fn a_persistent_session_resumes_where_it_was_after_its_broker_shut_down_and_came_back() {
     let c = cluster().await;
-    let second = busmq_testkit::broker(c.storage.addr()).await;
+    let second = busmq_testkit::broker(c.storage_addr).await;
     let other_bus = Bus::connect(second.url()).await.unwrap();
     let mut a = c.bus.channel("resume").listen().await.unwrap();
     let mut b = other_bus
@@ -1070,7 +1057,6 @@ async fn a_persistent_session_resumes_where_it_was_after_its_broker_shut_down_an
     a.disconnect().await.unwrap();
 }
 
-#[tokio::test]
 async fn a_session_gives_up_when_its_broker_stays_away() {
     let c = cluster().await;
     let bus = Bus::connect(c.broker.url())
@@ -1111,3 +1097,21 @@ async fn a_session_gives_up_when_its_broker_stays_away() {
     .expect("sends fail once the session is over");
     assert_eq!(refused.code(), ErrorCode::FailedPrecondition, "{refused}");
 }
+
+busmq_testkit::in_both_deployments!(
+    two_cli_peers_exchange_ten_thousand_messages_each_way_in_order_whoever_connects_first,
+    presence_and_end_events_reach_the_other_peer,
+    explicit_roles_connect_both_ways,
+    a_reliable_peer_that_dies_without_acking_gets_its_messages_again,
+    send_to_reaches_an_endpoint_without_connecting,
+    bad_input_gets_clear_errors,
+    a_peer_that_reads_late_still_gets_everything_in_order,
+    peers_on_two_brokers_of_one_store_talk,
+    persistent_peers_read_everything_again_and_ttl_applies_to_both_queues,
+    a_broker_shutting_down_disconnects_its_peers,
+    a_reliable_cli_peer_acks_what_it_printed,
+    an_end_waits_for_a_peer_that_was_not_there,
+    sending_to_a_peer_that_ended_is_refused_before_its_end_is_read,
+    a_persistent_session_resumes_where_it_was_after_its_broker_shut_down_and_came_back,
+    a_session_gives_up_when_its_broker_stays_away,
+);

@@ -1,5 +1,6 @@
-//! Lease mode and dead letters across real processes: `busmq-storage` and
-//! `busmq-broker` run as separate programs, driven through the Rust SDK.
+//! Lease mode and dead letters across real processes, driven through the
+//! Rust SDK. Each test runs twice: against `busmq-storage` and
+//! `busmq-broker` as separate programs, and against one `busmq serve`.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -56,7 +57,6 @@ async fn lease_one(q: &Queue, visibility: Duration) -> Delivery {
     d
 }
 
-#[tokio::test]
 async fn an_expired_lease_returns_its_message_to_the_front_ahead_of_newer_ones() {
     let c = cluster().await;
     let q = attached(&c.bus, "front", AttachOptions::default()).await;
@@ -89,7 +89,6 @@ async fn an_expired_lease_returns_its_message_to_the_front_ahead_of_newer_ones()
     );
 }
 
-#[tokio::test]
 async fn a_waiting_consumer_gets_an_expired_message_and_the_late_ack_is_rejected() {
     let c = cluster().await;
     let q = attached(&c.bus, "late-ack", AttachOptions::default()).await;
@@ -114,7 +113,6 @@ async fn a_waiting_consumer_gets_an_expired_message_and_the_late_ack_is_rejected
     assert_eq!((info.count, info.leased), (0, 0));
 }
 
-#[tokio::test]
 async fn competing_lease_consumers_each_get_distinct_messages() {
     const TOTAL: u64 = 400;
     let c = cluster().await;
@@ -157,7 +155,6 @@ async fn competing_lease_consumers_each_get_distinct_messages() {
     assert_eq!(q.info().await.unwrap().count, 0, "every message acked");
 }
 
-#[tokio::test]
 async fn leases_of_a_consumer_that_goes_away_return_at_once() {
     let c = cluster().await;
     let q = attached(&c.bus, "gone", AttachOptions::default()).await;
@@ -184,7 +181,6 @@ async fn leases_of_a_consumer_that_goes_away_return_at_once() {
     }
 }
 
-#[tokio::test]
 async fn a_message_over_max_deliveries_lands_in_the_dlq_in_lease_mode() {
     let c = cluster().await;
     let q = attached(&c.bus, "poison", AttachOptions::default().max_deliveries(2)).await;
@@ -236,7 +232,6 @@ async fn reliable(q: &Queue) -> Consumer {
     panic!("the previous reliable consumer never let go");
 }
 
-#[tokio::test]
 async fn a_message_over_max_deliveries_lands_in_the_dlq_in_reliable_mode() {
     let c = cluster().await;
     let q = attached(
@@ -266,7 +261,6 @@ async fn a_message_over_max_deliveries_lands_in_the_dlq_in_reliable_mode() {
     assert_eq!(next(&mut dead).await.payload, "crashes its consumer");
 }
 
-#[tokio::test]
 async fn ack_leases_acks_a_batch_and_names_the_tokens_it_could_not_ack() {
     let c = cluster().await;
     let q = attached(&c.bus, "batch-ack", AttachOptions::default()).await;
@@ -337,7 +331,6 @@ async fn ack_leases_acks_a_batch_and_names_the_tokens_it_could_not_ack() {
     );
 }
 
-#[tokio::test]
 async fn bad_lease_input_gets_clear_errors() {
     let c = cluster().await;
     let q = attached(&c.bus, "bad", AttachOptions::default()).await;
@@ -451,7 +444,6 @@ async fn cli(broker: &str, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-#[tokio::test]
 async fn the_cli_takes_a_lease_then_acks_or_nacks_it_by_token() {
     let c = cluster().await;
     let url = c.broker.url();
@@ -489,3 +481,15 @@ async fn the_cli_takes_a_lease_then_acks_or_nacks_it_by_token() {
     assert_eq!(out, "dead-lettered\n");
     assert_eq!(q.dead_letters().info().await.unwrap().count, 1);
 }
+
+busmq_testkit::in_both_deployments!(
+    an_expired_lease_returns_its_message_to_the_front_ahead_of_newer_ones,
+    a_waiting_consumer_gets_an_expired_message_and_the_late_ack_is_rejected,
+    competing_lease_consumers_each_get_distinct_messages,
+    leases_of_a_consumer_that_goes_away_return_at_once,
+    a_message_over_max_deliveries_lands_in_the_dlq_in_lease_mode,
+    a_message_over_max_deliveries_lands_in_the_dlq_in_reliable_mode,
+    ack_leases_acks_a_batch_and_names_the_tokens_it_could_not_ack,
+    bad_lease_input_gets_clear_errors,
+    the_cli_takes_a_lease_then_acks_or_nacks_it_by_token,
+);

@@ -384,12 +384,13 @@ async fn every_server_reports_health_and_serves_reflection() {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
     let c = cluster().await;
-    for (process, service) in [
-        (&c.broker, "busmq.v1.Queues"),
-        (&c.broker, "busmq.v1.Channels"),
-        (&c.storage, "busmq.storage.v1.Storage"),
+    let storage_url = format!("http://{}", c.storage_addr);
+    for (url, service) in [
+        (c.broker.url(), "busmq.v1.Queues"),
+        (c.broker.url(), "busmq.v1.Channels"),
+        (storage_url, "busmq.storage.v1.Storage"),
     ] {
-        let channel = tonic::transport::Endpoint::from_shared(process.url())
+        let channel = tonic::transport::Endpoint::from_shared(url)
             .unwrap()
             .connect()
             .await

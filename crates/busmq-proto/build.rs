@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     let protos = [
+        root.join("busmq/v1/errors.proto"),
         root.join("busmq/v1/queues.proto"),
         root.join("busmq/v1/pubsub.proto"),
         root.join("busmq/v1/objects.proto"),

@@ -1,28 +1,59 @@
-//! What the cross-process tests share: a storage process, a broker in
-//! front of it, and an SDK client.
+//! What the cross-process tests share: a bus in real processes (a storage
+//! process and a broker in front of it, or one `busmq serve`), and an SDK
+//! client.
 
 // Each test binary uses a part of it.
 #![allow(dead_code)]
 
+use std::net::SocketAddr;
+
 use busmq_client::Bus;
 use busmq_testkit::Process;
+use busmq_testkit::deployment::{self, Deployment};
 
-/// A storage process, a broker process in front of it, and an SDK client.
+/// A bus in real processes, and an SDK client of it.
 pub struct Cluster {
     pub bus: Bus,
+    /// The process serving the broker API: `busmq-broker`, or `busmq serve`.
     pub broker: Process,
-    pub storage: Process,
+    /// The storage process of a split deployment.
+    pub storage: Option<Process>,
+    /// Where the storage API is served (by `busmq serve` itself when it is
+    /// not split), for more brokers over the same store.
+    pub storage_addr: SocketAddr,
 }
 
-/// Starts a storage (memory backend) and a broker, and connects to it.
+/// Starts the bus the test's deployment asks for, memory backend, and
+/// connects to it: by default (and for [`Deployment::Split`]) a
+/// `busmq-storage` process and a `busmq-broker` in front of it; for
+/// [`Deployment::InProcess`] one `busmq serve`, whose broker uses the store
+/// in its own process.
 pub async fn cluster() -> Cluster {
-    let storage = busmq_testkit::storage().await;
-    let broker = busmq_testkit::broker(storage.addr()).await;
+    let (broker, storage, storage_addr) = match deployment::current().unwrap_or(Deployment::Split) {
+        Deployment::Split => {
+            let storage = busmq_testkit::storage().await;
+            let broker = busmq_testkit::broker(storage.addr()).await;
+            let addr = storage.addr();
+            (broker, Some(storage), addr)
+        }
+        Deployment::InProcess => {
+            let storage_addr = busmq_testkit::free_addr();
+            let builder = Process::builder("busmq");
+            let listen = builder.listen_addr().to_string();
+            let serve = builder
+                .args(["serve", "--backend", "memory", "--listen", &listen])
+                .args(["--storage-listen", &storage_addr.to_string()])
+                .spawn();
+            serve.wait_ready().await;
+            (serve, None, storage_addr)
+        }
+    };
     let bus = Bus::connect(broker.url()).await.expect("connect to broker");
     Cluster {
         bus,
         broker,
         storage,
+        storage_addr,
     }
 }
 

@@ -448,13 +448,7 @@ impl Queues for QueuesService {
             .map(|(queue, id)| async move {
                 let outcome = match storage.ack(&queue, id).await {
                     Ok(removed) => v1::ack_outcome::Outcome::Removed(removed),
-                    Err(e) => {
-                        let status = to_status(e);
-                        v1::ack_outcome::Outcome::Failed(v1::AckFailure {
-                            code: status.code() as i32,
-                            message: status.message().to_string(),
-                        })
-                    }
+                    Err(e) => v1::ack_outcome::Outcome::Failed(busmq_proto::to_proto_error(&e)),
                 };
                 v1::AckOutcome {
                     outcome: Some(outcome),

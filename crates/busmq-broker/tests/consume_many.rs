@@ -1,5 +1,6 @@
 //! ConsumeMany: one stream consuming many queues, each with the semantics of
-//! its own Consume stream, in-process over the memory store.
+//! its own Consume stream, over an in-process store and over a storage
+//! process.
 
 mod common;
 
@@ -132,7 +133,6 @@ fn requests(names: &[String], mode: ConsumeMode) -> Vec<v1::ConsumeRequest> {
     names.iter().map(|n| req(n, mode)).collect()
 }
 
-#[tokio::test]
 async fn one_stream_delivers_every_queue_in_order_several_queues_per_event() {
     let b = broker().await;
     let names = filled(&b, 50, 10).await;
@@ -165,7 +165,6 @@ async fn one_stream_delivers_every_queue_in_order_several_queues_per_event() {
     assert_eq!(many.queues[&37].payloads[12], "m12");
 }
 
-#[tokio::test]
 async fn queues_holding_less_than_their_prefetch_share_events() {
     // Each queue may take the whole frame's worth (per-queue prefetch as
     // large as the frame's), but holds 5 messages: a round asks as many
@@ -189,7 +188,6 @@ async fn queues_holding_less_than_their_prefetch_share_events() {
     );
 }
 
-#[tokio::test]
 async fn large_messages_of_many_queues_arrive_in_frames_a_default_client_accepts() {
     // Three queues of 16 messages of 512 KiB: one round takes 24 MiB,
     // which goes out cut into frames under the test client's 4 MiB limit.
@@ -211,7 +209,6 @@ async fn large_messages_of_many_queues_arrive_in_frames_a_default_client_accepts
     assert!(many.events > 6, "24 MiB in {} events", many.events);
 }
 
-#[tokio::test]
 async fn an_event_holds_at_most_prefetch_messages_and_each_queue_its_own_prefetch() {
     let b = broker().await;
     let names = filled(&b, 4, 100).await;
@@ -239,7 +236,6 @@ async fn an_event_holds_at_most_prefetch_messages_and_each_queue_its_own_prefetc
     }
 }
 
-#[tokio::test]
 async fn a_queue_at_its_max_ends_alone_and_the_stream_ends_with_the_last() {
     let b = broker().await;
     let names = filled(&b, 2, 0).await;
@@ -263,7 +259,6 @@ async fn a_queue_at_its_max_ends_alone_and_the_stream_ends_with_the_last() {
     }
 }
 
-#[tokio::test]
 async fn closing_one_queue_closes_only_it() {
     let b = broker().await;
     let names = filled(&b, 2, 0).await;
@@ -281,7 +276,37 @@ async fn closing_one_queue_closes_only_it() {
     assert_eq!(many.queues[&1].closed, None);
 }
 
-#[tokio::test]
+/// Queues that vanish while the stream is taking from them end one by one
+/// with `closed`, whichever way the broker learns it (the close
+/// notification, or a take answered "no such queue" before that arrives);
+/// the other queues go on. In a split deployment the second way crosses the
+/// storage hop, so this holds only if the error keeps its reason there.
+async fn queues_closed_while_their_messages_flow_end_alone() {
+    const CLOSED: u32 = 20;
+    let b = broker().await;
+    let names = filled(&b, CLOSED as usize + 1, 0).await;
+    // A prefetch of one keeps a take of every queue in flight.
+    let mut many = b
+        .consume_many(requests(&names, ConsumeMode::Unreliable), Some(1))
+        .await
+        .unwrap();
+    for n in &names[..CLOSED as usize] {
+        b.push(n, msgs(0..200)).await.unwrap();
+    }
+    for n in &names[..CLOSED as usize] {
+        b.close(n).await;
+    }
+    while (0..CLOSED).any(|q| many.queues.get(&q).and_then(|r| r.closed).is_none()) {
+        assert!(many.read().await.unwrap(), "the stream ended");
+    }
+    for q in 0..CLOSED {
+        assert_eq!(many.queues[&q].closed, Some(v1::ClosedReason::Closed));
+    }
+    b.push(&names[CLOSED as usize], msgs(0..3)).await.unwrap();
+    many.until(&[(CLOSED, 3)]).await;
+    assert_eq!(many.queues[&CLOSED].closed, None);
+}
+
 async fn reliable_queues_hold_their_locks_until_the_stream_ends() {
     let b = broker().await;
     let names = filled(&b, 2, 4).await;
@@ -321,7 +346,6 @@ async fn reliable_queues_hold_their_locks_until_the_stream_ends() {
     assert_eq!(ids, vec![3, 4]);
 }
 
-#[tokio::test]
 async fn a_lease_stream_gives_unacked_leases_back_when_it_ends() {
     let b = broker().await;
     let names = filled(&b, 2, 3).await;
@@ -342,7 +366,6 @@ async fn a_lease_stream_gives_unacked_leases_back_when_it_ends() {
     }
 }
 
-#[tokio::test]
 async fn leases_that_run_out_come_back_on_the_same_stream_without_a_push() {
     let b = broker().await;
     let names = filled(&b, 3, 2).await;
@@ -361,7 +384,6 @@ async fn leases_that_run_out_come_back_on_the_same_stream_without_a_push() {
     assert_eq!(many.ids(2), &[1, 2]);
 }
 
-#[tokio::test]
 async fn persistent_readers_of_many_queues_each_read_everything() {
     let b = broker().await;
     let names = filled(&b, 3, 5).await;
@@ -382,7 +404,6 @@ async fn persistent_readers_of_many_queues_each_read_everything() {
     }
 }
 
-#[tokio::test]
 async fn a_push_to_any_of_a_thousand_idle_queues_wakes_the_stream() {
     let b = broker().await;
     let names = filled(&b, 1000, 0).await;
@@ -397,7 +418,6 @@ async fn a_push_to_any_of_a_thousand_idle_queues_wakes_the_stream() {
     }
 }
 
-#[tokio::test]
 async fn bad_requests_get_clear_errors() {
     let b = broker().await;
     let names = filled(&b, 2, 0).await;
@@ -484,3 +504,19 @@ async fn bad_requests_get_clear_errors() {
     b.push(&names[0], msgs(0..1)).await.unwrap();
     many.until(&[(0, 1)]).await;
 }
+
+busmq_testkit::in_both_deployments!(
+    one_stream_delivers_every_queue_in_order_several_queues_per_event,
+    queues_holding_less_than_their_prefetch_share_events,
+    large_messages_of_many_queues_arrive_in_frames_a_default_client_accepts,
+    an_event_holds_at_most_prefetch_messages_and_each_queue_its_own_prefetch,
+    a_queue_at_its_max_ends_alone_and_the_stream_ends_with_the_last,
+    closing_one_queue_closes_only_it,
+    queues_closed_while_their_messages_flow_end_alone,
+    reliable_queues_hold_their_locks_until_the_stream_ends,
+    a_lease_stream_gives_unacked_leases_back_when_it_ends,
+    leases_that_run_out_come_back_on_the_same_stream_without_a_push,
+    persistent_readers_of_many_queues_each_read_everything,
+    a_push_to_any_of_a_thousand_idle_queues_wakes_the_stream,
+    bad_requests_get_clear_errors,
+);

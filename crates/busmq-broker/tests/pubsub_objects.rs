@@ -1,9 +1,8 @@
-//! The broker's pub/sub and persistable object services, in-process: a
-//! broker on port 0 over the memory store, driven through the generated
-//! gRPC clients. Cross-process and cross-broker behaviour is in the
+//! The broker's pub/sub and persistable object services: a broker on port 0
+//! over an in-process memory store and over a storage process, driven
+//! through the generated gRPC clients. Cross-process and cross-broker behaviour is in the
 //! workspace's `tests/` package.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use busmq_broker::BrokerConfig;
@@ -11,16 +10,18 @@ use busmq_proto::v1::{
     self, ObjectField, objects_client::ObjectsClient, pub_sub_client::PubSubClient,
     pub_sub_event::Event,
 };
-use busmq_storage::memory::MemoryStorage;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
 
+mod common;
+
 struct Broker {
     pubsub: PubSubClient<Channel>,
     objects: ObjectsClient<Channel>,
     shutdown: CancellationToken,
+    _storage: Option<busmq_testkit::Process>,
 }
 
 impl Drop for Broker {
@@ -29,23 +30,28 @@ impl Drop for Broker {
     }
 }
 
-/// A broker over a fresh memory store, serving until the token is
-/// cancelled.
-async fn serve() -> (std::net::SocketAddr, CancellationToken) {
+/// A broker over a fresh store of the test's deployment, serving until
+/// the token is cancelled.
+async fn serve() -> (
+    std::net::SocketAddr,
+    CancellationToken,
+    Option<busmq_testkit::Process>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
+    let (storage, process) = common::store().await;
     tokio::spawn(busmq_broker::serve(
         listener,
-        Arc::new(MemoryStorage::new()),
+        storage,
         BrokerConfig::default(),
         shutdown.clone(),
     ));
-    (addr, shutdown)
+    (addr, shutdown, process)
 }
 
 async fn broker() -> Broker {
-    let (addr, shutdown) = serve().await;
+    let (addr, shutdown, storage) = serve().await;
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -55,6 +61,7 @@ async fn broker() -> Broker {
         pubsub: PubSubClient::new(channel.clone()),
         objects: ObjectsClient::new(channel),
         shutdown,
+        _storage: storage,
     }
 }
 
@@ -142,7 +149,6 @@ async fn next_event(stream: &mut tonic::Streaming<v1::PubSubEvent>) -> Event {
         .expect("an event")
 }
 
-#[tokio::test]
 async fn subscribe_confirms_then_delivers_what_is_published() {
     let b = broker().await;
     assert_eq!(b.publish("news", "before").await.unwrap(), 0);
@@ -172,7 +178,6 @@ async fn subscribe_confirms_then_delivers_what_is_published() {
     assert_eq!(receivers, 1, "an unsubscribed stream stops counting");
 }
 
-#[tokio::test]
 async fn bad_channel_names_are_invalid_arguments() {
     let b = broker().await;
     for bad in ["", "has space", "ü", &"x".repeat(201)] {
@@ -184,7 +189,6 @@ async fn bad_channel_names_are_invalid_arguments() {
     }
 }
 
-#[tokio::test]
 async fn objects_save_only_what_is_sent_and_load_everything() {
     let b = broker().await;
     let missing = b.load("obj").await.unwrap();
@@ -213,7 +217,6 @@ async fn objects_save_only_what_is_sent_and_load_everything() {
     assert!(b.touch("obj", 30).await.unwrap());
 }
 
-#[tokio::test]
 async fn non_json_values_are_refused_and_nothing_is_saved() {
     let b = broker().await;
     for bad in ["hello", "{", "1 2", "", "'single'"] {
@@ -230,7 +233,6 @@ async fn non_json_values_are_refused_and_nothing_is_saved() {
     assert!(!b.load("obj").await.unwrap().exists, "no field was written");
 }
 
-#[tokio::test]
 async fn ttl_zero_and_bad_object_names_are_invalid_arguments() {
     let b = broker().await;
     b.save("obj", &[("a", "1")], None).await.unwrap();
@@ -259,10 +261,9 @@ async fn ttl_zero_and_bad_object_names_are_invalid_arguments() {
 /// frames of under 256 bytes takes them for a flood and cuts the
 /// connection itself (h2's small-frame budget), which would end this
 /// subscriber before the broker's buffers fill.
-#[tokio::test]
 async fn a_stalled_subscriber_drops_with_an_exact_notice() {
     const TOTAL: u64 = 10_000;
-    let (addr, shutdown) = serve().await;
+    let (addr, shutdown, _storage) = serve().await;
     let _stop = shutdown.drop_guard();
     let url = format!("http://{addr}");
     let mut publisher = PubSubClient::connect(url.clone()).await.unwrap();
@@ -348,3 +349,12 @@ async fn a_stalled_subscriber_drops_with_an_exact_notice() {
         "a subscriber that is behind gets messages in batches"
     );
 }
+
+busmq_testkit::in_both_deployments!(
+    subscribe_confirms_then_delivers_what_is_published,
+    bad_channel_names_are_invalid_arguments,
+    objects_save_only_what_is_sent_and_load_everything,
+    non_json_values_are_refused_and_nothing_is_saved,
+    ttl_zero_and_bad_object_names_are_invalid_arguments,
+    a_stalled_subscriber_drops_with_an_exact_notice,
+);

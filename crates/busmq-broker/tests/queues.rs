@@ -13,7 +13,6 @@ use bytes::Bytes;
 use common::{Broker, Consumer, broker, broker_with, msgs, req};
 use tonic::Code;
 
-#[tokio::test]
 async fn ids_are_dense_from_one_and_order_is_push_order() {
     let b = broker().await;
     assert!(!b.attach("orders").await.existed);
@@ -39,7 +38,6 @@ async fn ids_are_dense_from_one_and_order_is_push_order() {
     );
 }
 
-#[tokio::test]
 async fn unreliable_competing_consumers_get_each_message_once() {
     let b = broker().await;
     b.attach("work").await;
@@ -78,7 +76,6 @@ async fn unreliable_competing_consumers_get_each_message_once() {
     assert_eq!(all, (1..=2000).collect::<Vec<_>>());
 }
 
-#[tokio::test]
 async fn reliable_redelivers_unacked_and_refuses_a_second_consumer() {
     let b = broker().await;
     b.attach("rel").await;
@@ -125,7 +122,6 @@ async fn retry_reliable(b: &Broker, r: ConsumeRequest) -> Consumer {
     panic!("reliable lock never released");
 }
 
-#[tokio::test]
 async fn reliable_last_skips_handled_messages() {
     let b = broker().await;
     b.attach("last").await;
@@ -141,7 +137,6 @@ async fn reliable_last_skips_handled_messages() {
     assert_eq!(ids, vec![4, 5]);
 }
 
-#[tokio::test]
 async fn persistent_readers_each_read_everything_from_their_index() {
     let b = broker().await;
     b.attach("feed").await;
@@ -169,7 +164,6 @@ async fn persistent_readers_each_read_everything_from_their_index() {
     );
 }
 
-#[tokio::test]
 async fn persistent_late_joiner_gets_no_gap_and_no_duplicate() {
     let b = Arc::new(broker().await);
     b.attach("live").await;
@@ -205,7 +199,6 @@ async fn persistent_late_joiner_gets_no_gap_and_no_duplicate() {
 /// store again but waits for the queue's next change: every message pushed
 /// after that batch, while it is on its way or while the consumer waits,
 /// must still reach the consumer, in every mode.
-#[tokio::test]
 async fn nothing_is_stranded_after_a_short_batch() {
     for mode in [
         ConsumeMode::Unreliable,
@@ -249,7 +242,6 @@ async fn nothing_is_stranded_after_a_short_batch() {
     }
 }
 
-#[tokio::test]
 async fn a_backlog_of_large_messages_reaches_a_default_client_in_frames_it_accepts() {
     // 48 messages of 512 KiB (24 MiB) taken at once by a prefetch of 1,024
     // would be one frame far over what the broker may encode and what a
@@ -272,7 +264,6 @@ async fn a_backlog_of_large_messages_reaches_a_default_client_in_frames_it_accep
     assert_eq!(b.info("large").await.count, 0);
 }
 
-#[tokio::test]
 async fn max_ends_the_stream() {
     let b = broker().await;
     b.attach("few").await;
@@ -289,7 +280,6 @@ async fn max_ends_the_stream() {
     assert_eq!(b.info("few").await.count, 7, "max takes no more than max");
 }
 
-#[tokio::test]
 async fn consumers_learn_of_close() {
     let b = broker().await;
     b.attach("doomed").await;
@@ -324,7 +314,6 @@ async fn consumers_learn_of_close() {
     assert_eq!(gone.code(), Code::NotFound);
 }
 
-#[tokio::test]
 async fn unattached_queue_expires_after_its_ttl() {
     let b = broker().await;
     b.client
@@ -366,7 +355,6 @@ async fn unattached_queue_expires_after_its_ttl() {
     );
 }
 
-#[tokio::test]
 async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
     let b = broker_with(BrokerConfig {
         limits: Limits {
@@ -513,7 +501,6 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
     assert_eq!(b.push("q", msgs(0..2)).await.unwrap().last_id, 2);
 }
 
-#[tokio::test]
 async fn push_stream_answers_each_batch_in_order() {
     let b = broker().await;
     b.attach("fast").await;
@@ -560,7 +547,6 @@ async fn push_stream_answers_each_batch_in_order() {
     );
 }
 
-#[tokio::test]
 async fn one_push_stream_feeds_many_queues_each_in_stream_order() {
     let b = broker().await;
     let queues = ["fan.a", "fan.b", "fan.c"];
@@ -612,7 +598,6 @@ async fn one_push_stream_feeds_many_queues_each_in_stream_order() {
     }
 }
 
-#[tokio::test]
 async fn flush_and_metadata() {
     let b = broker().await;
     b.attach("meta").await;
@@ -662,7 +647,6 @@ async fn flush_and_metadata() {
 /// under CPU load by `busmq bench --queues 3000 --producers 1 --consumers 1`,
 /// which lost its connection before it; this quick test does not load the
 /// server enough to reproduce that.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_push_streams_share_one_connection() {
     const QUEUES: usize = 3000;
     const BATCHES: u64 = 8;
@@ -701,3 +685,22 @@ async fn thousands_of_push_streams_share_one_connection() {
     }
     assert_eq!(total, QUEUES as u64 * BATCHES * 64);
 }
+
+busmq_testkit::in_both_deployments!(
+    ids_are_dense_from_one_and_order_is_push_order,
+    unreliable_competing_consumers_get_each_message_once,
+    reliable_redelivers_unacked_and_refuses_a_second_consumer,
+    reliable_last_skips_handled_messages,
+    persistent_readers_each_read_everything_from_their_index,
+    persistent_late_joiner_gets_no_gap_and_no_duplicate,
+    nothing_is_stranded_after_a_short_batch,
+    a_backlog_of_large_messages_reaches_a_default_client_in_frames_it_accepts,
+    max_ends_the_stream,
+    consumers_learn_of_close,
+    unattached_queue_expires_after_its_ttl,
+    bad_input_gets_clear_errors_and_the_server_keeps_serving,
+    push_stream_answers_each_batch_in_order,
+    one_push_stream_feeds_many_queues_each_in_stream_order,
+    flush_and_metadata,
+    thousands_of_push_streams_share_one_connection(flavor = "multi_thread", worker_threads = 2),
+);

@@ -130,7 +130,7 @@ struct ObjectSetArgs {
 /// ack or take acknowledged to a client is on disk (fsync'd) and survives a
 /// restart, a crash or `kill -9`; concurrent operations share one disk
 /// commit. Only one process at a time may use a data directory.
-/// `--storage memory` keeps everything in memory instead (lost on exit). To
+/// `--backend memory` keeps everything in memory instead (lost on exit). To
 /// share a store between several brokers, run `busmq-storage` and
 /// `busmq-broker` separately.
 ///
@@ -150,7 +150,13 @@ struct ServeArgs {
     storage_listen: SocketAddr,
     /// Where queues live: `embedded` (durable, in --data-dir) or `memory`
     /// (lost on exit).
-    #[arg(long, env = "BUSMQ_BACKEND", default_value = "embedded")]
+    /// `--storage` is an older name of this flag.
+    #[arg(
+        long = "backend",
+        alias = "storage",
+        env = "BUSMQ_BACKEND",
+        default_value = "embedded"
+    )]
     storage: busmq_storage::backend::BackendSpec,
     /// Directory of the embedded store, created if missing.
     #[arg(long, env = "BUSMQ_DATA_DIR", default_value = busmq_storage::backend::DEFAULT_DATA_DIR)]
@@ -338,7 +344,7 @@ mod tests {
         assert_eq!(args.limits.limits().max_message_bytes, 1024 * 1024);
         assert_eq!(args.storage, busmq_storage::backend::BackendSpec::Embedded);
         assert_eq!(args.data_dir, std::path::PathBuf::from("./busmq-data"));
-        let Command::Serve(args) = parse(&["serve", "--storage", "memory"]).unwrap().command else {
+        let Command::Serve(args) = parse(&["serve", "--backend", "memory"]).unwrap().command else {
             panic!("not serve");
         };
         assert_eq!(args.storage, busmq_storage::backend::BackendSpec::Memory);

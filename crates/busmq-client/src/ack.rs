@@ -62,7 +62,7 @@ pub(crate) async fn ack_many(client: &Client, acks: &[(&Queue, u64)]) -> Result<
             Some(Outcome::Removed(removed)) => Ok(removed),
             Some(Outcome::Failed(f)) => Err(queue
                 .shared
-                .failed(tonic::Status::new(tonic::Code::from_i32(f.code), f.message))),
+                .failed(Error::Bus(busmq_proto::from_proto_error(&f)))),
             None => Err(queue.shared.failed(Error::Protocol(
                 "AckMany answered an outcome with neither a count nor a failure".into(),
             ))),

@@ -25,7 +25,7 @@ use tonic::codec::Streaming;
 use tonic::transport::Channel as Transport;
 
 use crate::reconnect::{Backoff, is_transient};
-use crate::{ConsumeMode, ConsumeOptions, Error, ErrorCode, Reconnect, Result};
+use crate::{ConsumeMode, ConsumeOptions, Error, Reconnect, Result};
 
 /// The role a peer consumes by default (node-busmq's `local`).
 pub const DEFAULT_LOCAL_ROLE: &str = "local";
@@ -261,10 +261,7 @@ impl ChannelSender {
 
     fn check_open(&self, what: &str) -> Result<()> {
         if self.is_ended() {
-            return Err(Error::Bus(busmq_core::Error::Remote {
-                code: ErrorCode::FailedPrecondition,
-                message: format!("cannot {what}: the channel has ended"),
-            }));
+            return Err(Error::Bus(busmq_core::Error::ChannelEnded(what.to_owned())));
         }
         Ok(())
     }
@@ -280,10 +277,9 @@ impl ChannelSender {
 }
 
 fn session_over() -> Error {
-    Error::Bus(busmq_core::Error::Remote {
-        code: ErrorCode::FailedPrecondition,
-        message: "the channel session is over (disconnected)".to_owned(),
-    })
+    Error::Bus(busmq_core::Error::ChannelEnded(
+        "use the session (it disconnected)".to_owned(),
+    ))
 }
 
 /// What the session's request buffer carries: a request, or `None` to
@@ -630,10 +626,7 @@ impl ChannelSession {
                     ChannelEvent::End { by_self: e.by_self }
                 }
                 Ev::Disconnect(_) => ChannelEvent::Disconnect,
-                Ev::Error(e) => ChannelEvent::Error(Error::from(tonic::Status::new(
-                    tonic::Code::from_i32(e.code),
-                    e.message,
-                ))),
+                Ev::Error(e) => ChannelEvent::Error(Error::Bus(busmq_proto::from_proto_error(&e))),
             };
             self.buffer.push_back(event);
         }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-pub use busmq_core::ErrorCode;
+pub use busmq_core::{ErrorCode, Reason};
 
 /// Everything that can go wrong when talking to a bus.
 ///
@@ -56,6 +56,17 @@ impl Error {
         }
     }
 
+    /// The machine-readable reason the server gave (see `docs/errors.md`),
+    /// e.g. [`Reason::ReliableConsumerActive`] to tell another reliable
+    /// consumer from other failed preconditions. `None` for failures the
+    /// SDK detected itself or that came without one.
+    pub fn reason(&self) -> Option<Reason> {
+        match self {
+            Error::Bus(e) => e.reason(),
+            _ => None,
+        }
+    }
+
     /// True when retrying later may succeed (the server or its store could
     /// not be reached).
     pub fn is_unavailable(&self) -> bool {
@@ -65,6 +76,12 @@ impl Error {
 
 impl From<tonic::Status> for Error {
     fn from(status: tonic::Status) -> Self {
+        // A busmq server says what went wrong in the status details: rebuild
+        // that very error, so callers can match on it.
+        let typed = busmq_proto::from_status(status.clone());
+        if typed.reason().is_some() {
+            return Error::Bus(typed);
+        }
         // Statuses made by the transport rather than by a busmq server may
         // have a terse or empty message, with the cause only in the source
         // chain: fold both into the message, which is all that is kept.

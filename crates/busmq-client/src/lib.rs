@@ -73,7 +73,7 @@ pub use channel::{
 };
 pub use consume::{ClosedReason, ConsumeMode, ConsumeOptions, Consumer, Delivery};
 pub use consume_many::{ManyConsumer, ManyDelivery};
-pub use error::{Error, ErrorCode, Result};
+pub use error::{Error, ErrorCode, Reason, Result};
 pub use events::{QueueEvent, QueueEvents};
 pub use lease::{AckedLeases, LeaseToken, Nacked};
 pub use persistable::{Loaded, Persistable};

@@ -6,9 +6,9 @@ pub mod limits;
 pub mod name;
 pub mod object;
 
-pub use error::{Error, ErrorCode, Result};
+pub use error::{Error, ErrorCode, Reason, Result};
 pub use limits::Limits;
-pub use name::{ChannelName, DEAD_LETTER_SUFFIX, NameMap, ObjectName, QueueName};
+pub use name::{ChannelName, DEAD_LETTER_SUFFIX, NameKind, NameMap, ObjectName, QueueName};
 
 /// A message as it is stored: its id in the queue and its body.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,14 +11,49 @@ use std::sync::Arc;
 
 use crate::{Error, Limits, Result};
 
+/// What a name names, as errors report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NameKind {
+    /// A queue (also the queues behind a channel).
+    Queue,
+    /// A pub/sub channel.
+    Channel,
+    /// A persistable object.
+    Object,
+}
+
+impl NameKind {
+    /// The lowercase word used in messages and error metadata.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NameKind::Queue => "queue",
+            NameKind::Channel => "channel",
+            NameKind::Object => "object",
+        }
+    }
+
+    /// The kind [`NameKind::as_str`] spells `word`, if any.
+    pub fn parse(word: &str) -> Option<Self> {
+        [NameKind::Queue, NameKind::Channel, NameKind::Object]
+            .into_iter()
+            .find(|k| k.as_str() == word)
+    }
+}
+
+impl fmt::Display for NameKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Checks `name` against the shared naming rules; `kind` names what it
 /// names in the error.
-fn validate(kind: &'static str, name: &str, limits: &Limits) -> Result<()> {
-    let invalid = |reason| {
+fn validate(kind: NameKind, name: &str, limits: &Limits) -> Result<()> {
+    let invalid = |reason: &str| {
         Err(Error::InvalidName {
             kind,
             name: name.chars().take(64).collect(),
-            reason,
+            reason: reason.to_owned(),
         })
     };
     if name.is_empty() {
@@ -37,7 +72,7 @@ fn validate(kind: &'static str, name: &str, limits: &Limits) -> Result<()> {
 }
 
 macro_rules! name_type {
-    ($(#[$doc:meta])* $ty:ident, $kind:literal) => {
+    ($(#[$doc:meta])* $ty:ident, $kind:expr) => {
         $(#[$doc])*
         ///
         /// Shared, not copied: a name travels with every change, wake-up
@@ -75,7 +110,7 @@ macro_rules! name_type {
 name_type!(
     /// A valid queue name: 1..=`max_name_len` bytes of `[A-Za-z0-9._:-]`.
     QueueName,
-    "queue"
+    NameKind::Queue
 );
 
 /// A map keyed by queue name, for the maps every push and take looks up.
@@ -101,13 +136,13 @@ impl QueueName {
 name_type!(
     /// A valid pub/sub channel name, with the rules of a [`QueueName`].
     ChannelName,
-    "channel"
+    NameKind::Channel
 );
 
 name_type!(
     /// A valid persistable object name, with the rules of a [`QueueName`].
     ObjectName,
-    "object"
+    NameKind::Object
 );
 
 #[cfg(test)]

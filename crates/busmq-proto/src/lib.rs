@@ -1,8 +1,11 @@
 //! Generated gRPC code for every busmq contract, and the mapping between
 //! busmq's [`Error`] and gRPC [`Status`].
 
-use busmq_core::{Error, ErrorCode};
+use std::collections::HashMap;
+
+use busmq_core::{Error, ErrorCode, Reason};
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
 /// The public API, `busmq.v1`.
 pub mod v1 {
@@ -46,18 +49,88 @@ pub fn error_code(code: Code) -> ErrorCode {
     }
 }
 
-/// Converts a busmq error into the status sent on the wire.
+/// Converts a busmq error into the status sent on the wire: its code, its
+/// message, and a `google.rpc.ErrorInfo` (domain `busmq`) with its reason
+/// and metadata in the status details, so any gRPC client can branch on the
+/// reason and a busmq peer rebuilds the same variant ([`from_status`]).
 pub fn to_status(err: Error) -> Status {
-    Status::new(grpc_code(err.code()), err.to_string())
+    let code = grpc_code(err.code());
+    match err.reason() {
+        Some(reason) => Status::with_error_details(
+            code,
+            err.to_string(),
+            ErrorDetails::with_error_info(reason.as_str(), Reason::DOMAIN, metadata_map(&err)),
+        ),
+        // Already untyped: forward what arrived.
+        None => Status::new(code, err.to_string()),
+    }
 }
 
-/// Converts a status received from another busmq service back into an error
-/// that keeps its code, so it can be forwarded unchanged.
+/// Converts a status received from another busmq service back into the
+/// error it was made from. A status without a busmq `ErrorInfo` (from a
+/// transport failure or a foreign server) keeps its code and message as
+/// [`Error::Remote`].
 pub fn from_status(status: Status) -> Error {
-    Error::Remote {
-        code: error_code(status.code()),
-        message: status.message().to_owned(),
+    let code = error_code(status.code());
+    match status.get_details_error_info() {
+        Some(info) if info.domain == Reason::DOMAIN => Error::from_reason(
+            &info.reason,
+            |k| info.metadata.get(k).map(String::as_str),
+            code,
+            status.message(),
+        ),
+        _ => Error::Remote {
+            code,
+            message: status.message().to_owned(),
+        },
     }
+}
+
+/// The in-band form of an error (`busmq.v1.Error`), for answers that carry
+/// one failure among successes.
+pub fn to_proto_error(err: &Error) -> v1::Error {
+    v1::Error {
+        code: grpc_code(err.code()) as i32,
+        message: err.to_string(),
+        reason: err
+            .reason()
+            .map(|r| r.as_str().to_owned())
+            .unwrap_or_default(),
+        metadata: metadata_map(err),
+    }
+}
+
+/// Rebuilds the error an in-band `busmq.v1.Error` stands for, as
+/// [`from_status`] does for a status.
+pub fn from_proto_error(err: &v1::Error) -> Error {
+    Error::from_reason(
+        &err.reason,
+        |k| err.metadata.get(k).map(String::as_str),
+        error_code(Code::from_i32(err.code)),
+        &err.message,
+    )
+}
+
+/// The in-band form of a failed call's status, keeping its busmq reason
+/// and metadata when it has them.
+pub fn status_to_proto_error(status: &Status) -> v1::Error {
+    let (reason, metadata) = match status.get_details_error_info() {
+        Some(info) if info.domain == Reason::DOMAIN => (info.reason, info.metadata),
+        _ => Default::default(),
+    };
+    v1::Error {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+        reason,
+        metadata,
+    }
+}
+
+fn metadata_map(err: &Error) -> HashMap<String, String> {
+    err.metadata()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
 }
 
 #[cfg(test)]
@@ -69,8 +142,48 @@ mod tests {
         let err = Error::QueueNotFound("q".into());
         let status = to_status(err.clone());
         assert_eq!(status.code(), Code::NotFound);
-        let back = from_status(status);
-        assert_eq!(back.code(), ErrorCode::NotFound);
-        assert_eq!(back.to_string(), err.to_string());
+        let info = status
+            .get_details_error_info()
+            .expect("ErrorInfo in details");
+        assert_eq!(info.reason, "QUEUE_NOT_FOUND");
+        assert_eq!(info.domain, "busmq");
+        assert_eq!(info.metadata.get("queue").map(String::as_str), Some("q"));
+        assert_eq!(from_status(status), err);
+    }
+
+    #[test]
+    fn typed_errors_survive_a_status_and_an_in_band_error() {
+        let errors = [
+            Error::ReliableConsumerActive("jobs".into()),
+            Error::LeaseExpired {
+                queue: "jobs".into(),
+                id: 9,
+                attempt: 2,
+            },
+            Error::ChannelPeerGone,
+            Error::MessageTooLarge { size: 10, limit: 5 },
+        ];
+        for err in errors {
+            assert_eq!(from_status(to_status(err.clone())), err);
+            let wire = to_proto_error(&err);
+            assert_ne!(wire.code, 0);
+            assert_eq!(from_proto_error(&wire), err);
+        }
+    }
+
+    #[test]
+    fn a_status_without_busmq_details_stays_remote() {
+        let back = from_status(Status::not_found("no such thing"));
+        assert_eq!(
+            back,
+            Error::Remote {
+                code: ErrorCode::NotFound,
+                message: "no such thing".into()
+            }
+        );
+        // An untyped error is forwarded untyped, not given a made-up reason.
+        let status = to_status(back);
+        assert!(status.get_details_error_info().is_none());
+        assert_eq!(status.message(), "no such thing");
     }
 }

@@ -1,4 +1,4 @@
-//! An in-memory store: fast, ephemeral, for tests and `--storage memory`.
+//! An in-memory store: fast, ephemeral, for tests and `--backend memory`.
 //! Its queue semantics live in [`crate::queue_state`], shared with the
 //! embedded durable store.
 

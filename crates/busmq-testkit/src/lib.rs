@@ -23,6 +23,7 @@
 
 #![warn(missing_docs)]
 
+pub mod deployment;
 pub mod redis;
 
 use std::ffi::{OsStr, OsString};

@@ -15,7 +15,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Status, Streaming};
+use tonic::{Status, Streaming};
 
 use super::detach;
 use super::frame::{self, Frame};
@@ -254,16 +254,13 @@ impl Session {
             Some(Req::Send(send)) => self.send(send.messages).await,
             Some(Req::Ack(ack)) => self.ack(ack.id).await,
             Some(Req::End(_)) => self.end().await,
-            Some(Req::Open(_)) => Err(Status::invalid_argument(
+            Some(Req::Open(_)) => Err(invalid(
                 "this session is open already; `open` comes once, first",
             )),
-            None => Err(Status::invalid_argument("empty channel request")),
+            None => Err(invalid("empty channel request")),
         };
         if let Err(status) = result {
-            let error = Ev::Error(v1::ChannelError {
-                code: status.code() as i32,
-                message: status.message().to_owned(),
-            });
+            let error = Ev::Error(busmq_proto::status_to_proto_error(&status));
             self.emit(vec![error]).await;
         }
     }
@@ -271,9 +268,7 @@ impl Session {
     fn ensure_open(&self, what: &str) -> Result<(), Status> {
         match self.state {
             State::Open => Ok(()),
-            State::Ended => Err(Status::failed_precondition(format!(
-                "cannot {what}: the channel has ended"
-            ))),
+            State::Ended => Err(to_status(Error::ChannelEnded(what.to_owned()))),
         }
     }
 
@@ -315,9 +310,7 @@ impl Session {
             Ok(_) => Ok(()),
             // The other peer ended the channel and closed its queue; its
             // end frame is on its way to us.
-            Err(Error::QueueNotFound(_)) => Err(Status::failed_precondition(
-                "cannot send: the other peer ended the channel",
-            )),
+            Err(Error::QueueNotFound(_)) => Err(to_status(Error::ChannelPeerGone)),
             Err(e) => Err(to_status(e)),
         }
     }
@@ -325,7 +318,7 @@ impl Session {
     async fn ack(&mut self, id: u64) -> Result<(), Status> {
         self.ensure_open("ack")?;
         let Some(acks) = self.consumer.as_mut().and_then(|c| c.acks.as_mut()) else {
-            return Err(Status::invalid_argument(
+            return Err(invalid(
                 "ack applies only to a channel opened in reliable mode",
             ));
         };
@@ -412,14 +405,13 @@ impl Session {
                     ended = true;
                     Some(Ev::End(v1::ChannelEnded { by_self: false }))
                 }
-                None => Some(Ev::Error(v1::ChannelError {
-                    code: Code::DataLoss as i32,
-                    message: format!(
+                None => Some(Ev::Error(busmq_proto::to_proto_error(&Error::Internal(
+                    format!(
                         "message {id} of {} is not a channel frame (pushed through the \
-                         queue API?); skipped",
+                     queue API?); skipped",
                         self.queues.inbound
                     ),
-                })),
+                )))),
             };
             if let Some(acks) = self.acks() {
                 acks.delivered = id;
@@ -504,6 +496,11 @@ async fn recv(consumer: Option<&mut Consumer>) -> Option<Result<v1::ConsumeEvent
         Some(c) => c.events.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// A request the session refuses as malformed.
+fn invalid(message: &str) -> Status {
+    to_status(Error::InvalidArgument(message.to_owned()))
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! What the broker's integration tests share: a broker on port 0 over the
-//! memory store, and the generated gRPC client with a few conveniences.
+//! store the test's deployment asks for, and the generated gRPC client with
+//! a few conveniences.
 
 #![allow(dead_code)] // each test binary uses its own part
 
@@ -11,7 +12,11 @@ use busmq_proto::v1::{
     self, ConsumeEvent, ConsumeMode, ConsumeRequest, consume_event::Event,
     queues_client::QueuesClient,
 };
+use busmq_storage::Storage;
 use busmq_storage::memory::MemoryStorage;
+use busmq_storage::remote::RemoteStorage;
+use busmq_testkit::Process;
+use busmq_testkit::deployment::{self, Deployment};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
@@ -20,6 +25,23 @@ use tonic::transport::Channel;
 pub struct Broker {
     pub client: QueuesClient<Channel>,
     shutdown: CancellationToken,
+    /// The storage process of a split deployment, stopped with the broker.
+    _storage: Option<Process>,
+}
+
+/// The store of the running test's deployment: a memory store in this
+/// process (the default, as `busmq serve` has it), or a client of a
+/// `busmq-storage` process (memory backend) started for this test and
+/// returned with it.
+pub async fn store() -> (Arc<dyn Storage>, Option<Process>) {
+    match deployment::current().unwrap_or(Deployment::InProcess) {
+        Deployment::InProcess => (Arc::new(MemoryStorage::new()), None),
+        Deployment::Split => {
+            let process = busmq_testkit::storage().await;
+            let remote = RemoteStorage::connect_lazy(&process.url()).unwrap();
+            (Arc::new(remote), Some(process))
+        }
+    }
 }
 
 impl Drop for Broker {
@@ -36,16 +58,21 @@ pub async fn broker_with(config: BrokerConfig) -> Broker {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
+    let (storage, process) = store().await;
     tokio::spawn(busmq_broker::serve(
         listener,
-        Arc::new(MemoryStorage::new()),
+        storage,
         config,
         shutdown.clone(),
     ));
     let client = QueuesClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
-    Broker { client, shutdown }
+    Broker {
+        client,
+        shutdown,
+        _storage: process,
+    }
 }
 
 impl Broker {

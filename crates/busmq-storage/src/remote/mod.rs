@@ -400,7 +400,7 @@ impl Storage for RemoteStorage {
                     messages: match t.result {
                         Some(pb::taken_from::Result::Messages(m)) => from_wire_messages(m),
                         Some(pb::taken_from::Result::Error(e)) => {
-                            Err(from_status(Status::new(e.code.into(), e.message)))
+                            Err(busmq_proto::from_proto_error(&e))
                         }
                         None => Err(Error::Internal("take_many answer without a result".into())),
                     },

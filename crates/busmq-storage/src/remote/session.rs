@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use busmq_proto::from_status;
 use busmq_proto::storage::v1 as pb;
 use busmq_proto::storage::v1::storage_client::StorageClient;
 use pb::session_request::Op;
@@ -237,7 +236,7 @@ fn session_broke(status: &Status) -> String {
 
 fn answer(result: Option<Answer>) -> Result<Answer> {
     match result {
-        Some(Answer::Error(e)) => Err(from_status(Status::new(e.code.into(), e.message))),
+        Some(Answer::Error(e)) => Err(busmq_proto::from_proto_error(&e)),
         Some(answer) => Ok(answer),
         None => Err(Error::Internal(
             "storage sent a session answer this client does not know".into(),

@@ -141,7 +141,7 @@ impl StorageService {
                     asked: t.asked,
                     result: Some(match t.messages {
                         Ok(batch) => pb::taken_from::Result::Messages(messages_to_wire(&batch)),
-                        Err(e) => pb::taken_from::Result::Error(session_error(&to_status(e))),
+                        Err(e) => pb::taken_from::Result::Error(busmq_proto::to_proto_error(&e)),
                     }),
                 })
                 .collect(),
@@ -286,15 +286,6 @@ fn take_mode(reliable: bool) -> TakeMode {
         TakeMode::Pending
     } else {
         TakeMode::Remove
-    }
-}
-
-/// A failure as a session answer carries it: the status its unary RPC
-/// would have ended with.
-fn session_error(status: &Status) -> pb::SessionError {
-    pb::SessionError {
-        code: status.code() as i32,
-        message: status.message().to_owned(),
     }
 }
 

@@ -151,5 +151,5 @@ async fn run(service: StorageService, request: pb::SessionRequest) -> pb::Sessio
 }
 
 fn error(status: &Status) -> Answer {
-    Answer::Error(super::session_error(status))
+    Answer::Error(busmq_proto::status_to_proto_error(status))
 }
