@@ -172,8 +172,11 @@ async fn kill_9_of_serve_loses_no_acknowledged_push() {
     // Restart on the same data directory.
     server.restart().await;
     let bus = Bus::connect(server.url()).await.expect("reconnect");
-    let info = bus.queue("durable").info().await.unwrap();
-    assert!(info.exists, "the queue survived");
+    let info = bus
+        .queue("durable")
+        .info()
+        .await
+        .expect("the queue survived");
     assert!(
         info.next_id > pushed_hi,
         "ids keep counting past every acknowledged push"

@@ -145,7 +145,7 @@ async fn bad_input_is_refused_with_clear_errors() {
                 name: "greeting".into(),
                 json: "hello".into(),
             }],
-            ttl_seconds: None,
+            ttl: None,
         })
         .await
         .unwrap_err();
@@ -164,7 +164,7 @@ async fn bad_input_is_refused_with_clear_errors() {
     let err = raw
         .touch(v1::TouchObjectRequest {
             name: "obj".into(),
-            ttl_seconds: 0,
+            ttl: Some(busmq_proto::prost_types::Duration::default()),
         })
         .await
         .unwrap_err();

@@ -3,7 +3,6 @@
 //! so a load always returns JSON.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use busmq_core::{Error, Limits, ObjectName};
 use busmq_proto::to_status;
@@ -11,7 +10,7 @@ use busmq_proto::v1::{self, objects_server::Objects};
 use busmq_storage::Storage;
 use tonic::{Request, Response, Status};
 
-use crate::config::MAX_TTL_SECS;
+use crate::service::ttl;
 
 /// The object service of one broker.
 pub struct ObjectsService {
@@ -32,15 +31,6 @@ impl ObjectsService {
 
 /// An object ttl: zero would expire the object at once, never what a
 /// caller means.
-fn ttl(seconds: u64) -> Result<Duration, Status> {
-    if seconds == 0 || seconds > MAX_TTL_SECS {
-        return Err(to_status(Error::InvalidArgument(format!(
-            "an object ttl must be 1..={MAX_TTL_SECS} seconds, got {seconds}"
-        ))));
-    }
-    Ok(Duration::from_secs(seconds))
-}
-
 #[tonic::async_trait]
 impl Objects for ObjectsService {
     async fn save(
@@ -52,7 +42,7 @@ impl Objects for ObjectsService {
         let fields: Vec<(String, String)> =
             req.fields.into_iter().map(|f| (f.name, f.json)).collect();
         busmq_core::object::check_fields(&object, &fields, &self.limits).map_err(to_status)?;
-        let ttl = req.ttl_seconds.map(ttl).transpose()?;
+        let ttl = req.ttl.as_ref().map(ttl).transpose()?;
         self.storage
             .object_save(&object, fields, ttl)
             .await
@@ -83,7 +73,12 @@ impl Objects for ObjectsService {
     ) -> Result<Response<v1::TouchObjectResponse>, Status> {
         let req = request.into_inner();
         let object = self.object(&req.name)?;
-        let ttl = ttl(req.ttl_seconds)?;
+        let Some(wire_ttl) = &req.ttl else {
+            return Err(to_status(Error::InvalidArgument(
+                "a touch needs a ttl".into(),
+            )));
+        };
+        let ttl = ttl(wire_ttl)?;
         let exists = self
             .storage
             .object_touch(&object, ttl)

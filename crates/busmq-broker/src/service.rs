@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use busmq_core::{Error, ErrorCode, QueueName};
-use busmq_proto::to_status;
 use busmq_proto::v1::{self, queues_server::Queues};
+use busmq_proto::{duration, prost_types, to_status};
 use busmq_storage::{LeaseToken, ReliableLock, Settled, Settlement, Storage};
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -109,13 +109,14 @@ pub(crate) fn consumer_settings(
     if req.last.is_some() && mode != v1::ConsumeMode::Reliable {
         return Err(invalid("last applies only to reliable consumption"));
     }
-    if req.visibility_timeout_ms.is_some() && mode != v1::ConsumeMode::Lease {
+    if req.visibility_timeout.is_some() && mode != v1::ConsumeMode::Lease {
         return Err(invalid(
-            "visibility_timeout_ms applies only to lease consumption",
+            "visibility_timeout applies only to lease consumption",
         ));
     }
     let mode = match mode {
-        v1::ConsumeMode::Unreliable => Mode::Unreliable,
+        // Unset is the default mode.
+        v1::ConsumeMode::Unspecified | v1::ConsumeMode::Unreliable => Mode::Unreliable,
         v1::ConsumeMode::Reliable => Mode::Reliable {
             lock: ReliableLock {
                 owner: format!("consumer-{:032x}", rand::random::<u128>()),
@@ -127,9 +128,12 @@ pub(crate) fn consumer_settings(
             next: req.index.unwrap_or(0).max(1),
         },
         v1::ConsumeMode::Lease => {
-            let visibility = req
-                .visibility_timeout_ms
-                .map_or(DEFAULT_VISIBILITY, Duration::from_millis);
+            let visibility = match &req.visibility_timeout {
+                None => DEFAULT_VISIBILITY,
+                Some(d) => {
+                    Duration::from_millis(store(duration::whole_millis("visibility_timeout", d))?)
+                }
+            };
             store(busmq_core::check_visibility(visibility))?;
             Mode::Lease {
                 owner: format!("lease-{:032x}", rand::random::<u128>()),
@@ -159,18 +163,21 @@ async fn check_exists(storage: &dyn Storage, queue: &QueueName) -> Result<(), St
     }
 }
 
+/// A ttl a client asks for (of a queue, a channel's queues, an object):
+/// whole seconds, at least one, at most [`busmq_core::MAX_TTL`].
+pub(crate) fn ttl(d: &prost_types::Duration) -> Result<Duration, Status> {
+    match store(duration::whole_seconds("ttl", d))? {
+        0 => Err(invalid("ttl must be at least 1 s")),
+        t if t > MAX_TTL_SECS => Err(invalid(format!("ttl must be at most {MAX_TTL_SECS} s"))),
+        t => Ok(Duration::from_secs(t)),
+    }
+}
+
 /// The ttl an attach asks for: `None` keeps the queue's (or the default).
-pub(crate) fn attach_ttl(ttl_seconds: Option<u64>) -> Result<Option<Duration>, Status> {
-    Ok(match ttl_seconds {
-        None => None,
-        Some(0) => return Err(invalid("ttl_seconds must be at least 1")),
-        Some(t) if t > MAX_TTL_SECS => {
-            return Err(invalid(format!(
-                "ttl_seconds must be at most {MAX_TTL_SECS}"
-            )));
-        }
-        Some(t) => Some(Duration::from_secs(t)),
-    })
+pub(crate) fn attach_ttl(
+    ttl_field: Option<&prost_types::Duration>,
+) -> Result<Option<Duration>, Status> {
+    ttl_field.map(ttl).transpose()
 }
 
 pub(crate) fn invalid(msg: impl Into<String>) -> Status {
@@ -189,7 +196,7 @@ impl Queues for QueuesService {
     ) -> Result<Response<v1::AttachResponse>, Status> {
         let req = request.into_inner();
         let queue = self.name(&req.queue)?;
-        let ttl = attach_ttl(req.ttl_seconds)?;
+        let ttl = attach_ttl(req.ttl.as_ref())?;
         if let Some(max) = req.max_deliveries {
             store(busmq_core::check_max_deliveries(max))?;
             // Its dead letters must land in a queue users can name.
@@ -332,18 +339,21 @@ impl Queues for QueuesService {
         request: Request<v1::AckRequest>,
     ) -> Result<Response<v1::AckResponse>, Status> {
         let req = request.into_inner();
-        if req.lease.is_some() {
-            if req.id != 0 {
-                return Err(invalid(
-                    "set either id (reliable mode) or lease (lease mode), not both",
-                ));
+        match req.target {
+            Some(v1::ack_request::Target::Lease(token)) => {
+                self.settle(&req.queue, Some(token), Settlement::Ack)
+                    .await?;
+                Ok(Response::new(v1::AckResponse { removed: 1 }))
             }
-            self.settle(&req.queue, req.lease, Settlement::Ack).await?;
-            return Ok(Response::new(v1::AckResponse { removed: 1 }));
+            Some(v1::ack_request::Target::Id(id)) => {
+                let queue = self.name(&req.queue)?;
+                let removed = store(self.storage.ack(&queue, id).await)?;
+                Ok(Response::new(v1::AckResponse { removed }))
+            }
+            None => Err(invalid(
+                "an ack names either an id (reliable mode) or a lease (lease mode)",
+            )),
         }
-        let queue = self.name(&req.queue)?;
-        let removed = store(self.storage.ack(&queue, req.id).await)?;
-        Ok(Response::new(v1::AckResponse { removed }))
     }
 
     async fn ack_leases(
@@ -494,23 +504,10 @@ impl Queues for QueuesService {
         request: Request<v1::InfoRequest>,
     ) -> Result<Response<v1::QueueInfo>, Status> {
         let queue = self.name(&request.into_inner().queue)?;
-        let info = match store(self.storage.info(&queue).await)? {
-            None => v1::QueueInfo::default(),
-            Some(i) => v1::QueueInfo {
-                exists: true,
-                count: i.count,
-                ttl_seconds: i.ttl.as_secs(),
-                attachments: i.attachments,
-                pending: i.pending,
-                next_id: i.next_id,
-                pushed: i.pushed,
-                consumed: i.consumed,
-                reliable_consumer: i.reliable_consumer,
-                leased: i.leased,
-                max_deliveries: i.max_deliveries,
-            },
-        };
-        Ok(Response::new(info))
+        match store(self.storage.info(&queue).await)? {
+            Some(info) => Ok(Response::new(info.into())),
+            None => Err(to_status(Error::QueueNotFound(queue.to_string()))),
+        }
     }
 
     async fn get_metadata(

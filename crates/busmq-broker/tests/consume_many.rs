@@ -371,9 +371,9 @@ async fn leases_that_run_out_come_back_on_the_same_stream_without_a_push() {
     let names = filled(&b, 3, 2).await;
     let mut queues = requests(&names, ConsumeMode::Lease);
     for q in &mut queues[..2] {
-        q.visibility_timeout_ms = Some(300);
+        q.visibility_timeout = Some(common::millis(300));
     }
-    queues[2].visibility_timeout_ms = Some(60_000);
+    queues[2].visibility_timeout = Some(common::millis(60_000));
     let mut many = b.consume_many(queues, None).await.unwrap();
     many.until(&[(0, 2), (1, 2), (2, 2)]).await;
     // Nothing is acked: the short leases run out and their messages are

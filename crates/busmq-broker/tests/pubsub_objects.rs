@@ -97,7 +97,7 @@ impl Broker {
         &self,
         name: &str,
         fields: &[(&str, &str)],
-        ttl_seconds: Option<u64>,
+        ttl_seconds: Option<i64>,
     ) -> Result<(), tonic::Status> {
         self.objects
             .clone()
@@ -110,7 +110,7 @@ impl Broker {
                         json: j.to_string(),
                     })
                     .collect(),
-                ttl_seconds,
+                ttl: ttl_seconds.map(common::secs),
             })
             .await?;
         Ok(())
@@ -125,13 +125,13 @@ impl Broker {
             .into_inner())
     }
 
-    async fn touch(&self, name: &str, ttl_seconds: u64) -> Result<bool, tonic::Status> {
+    async fn touch(&self, name: &str, ttl_seconds: i64) -> Result<bool, tonic::Status> {
         Ok(self
             .objects
             .clone()
             .touch(v1::TouchObjectRequest {
                 name: name.into(),
-                ttl_seconds,
+                ttl: Some(common::secs(ttl_seconds)),
             })
             .await?
             .into_inner()

@@ -321,7 +321,7 @@ async fn unattached_queue_expires_after_its_ttl() {
         .attach(v1::AttachRequest {
             max_deliveries: None,
             queue: "brief".into(),
-            ttl_seconds: Some(1),
+            ttl: Some(common::secs(1)),
         })
         .await
         .unwrap();
@@ -347,8 +347,15 @@ async fn unattached_queue_expires_after_its_ttl() {
         event.event,
         Some(Event::Closed(v1::Closed { reason })) if reason == v1::ClosedReason::Expired as i32
     ));
-    let info = b.info("brief").await;
-    assert!(!info.exists && info.count == 0);
+    let mut client = b.client.clone();
+    let info = client.info(v1::InfoRequest {
+        queue: "brief".into(),
+    });
+    assert_eq!(
+        info.await.unwrap_err().code(),
+        Code::NotFound,
+        "expired with the queue"
+    );
     assert!(
         !b.attach("brief").await.existed,
         "messages expired with the queue"
@@ -370,7 +377,7 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
             .attach(v1::AttachRequest {
                 max_deliveries: None,
                 queue: bad.into(),
-                ttl_seconds: None,
+                ttl: None,
             })
             .await
             .unwrap_err();
@@ -385,7 +392,7 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
         .attach(v1::AttachRequest {
             max_deliveries: None,
             queue: "q".into(),
-            ttl_seconds: Some(0),
+            ttl: Some(common::secs(0)),
         })
         .await
         .unwrap_err();
@@ -442,7 +449,7 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
     // Lease mode: options of other modes, timeouts, tokens.
     for bad in [
         ConsumeRequest {
-            visibility_timeout_ms: Some(1000),
+            visibility_timeout: Some(common::millis(1000)),
             ..req("q", ConsumeMode::Reliable)
         },
         ConsumeRequest {
@@ -450,11 +457,11 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
             ..req("q", ConsumeMode::Lease)
         },
         ConsumeRequest {
-            visibility_timeout_ms: Some(0),
+            visibility_timeout: Some(common::millis(0)),
             ..req("q", ConsumeMode::Lease)
         },
         ConsumeRequest {
-            visibility_timeout_ms: Some(12 * 3600 * 1000 + 1),
+            visibility_timeout: Some(common::millis(12 * 3600 * 1000 + 1)),
             ..req("q", ConsumeMode::Lease)
         },
     ] {
@@ -469,20 +476,21 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
         .await
         .unwrap_err();
     assert_eq!(no_token.code(), Code::InvalidArgument);
-    let both = client
+    let neither = client
         .ack(v1::AckRequest {
             queue: "q".into(),
-            id: 3,
-            lease: Some(v1::LeaseToken { id: 3, attempt: 1 }),
+            target: None,
         })
         .await
         .unwrap_err();
-    assert_eq!(both.code(), Code::InvalidArgument);
+    assert_eq!(neither.code(), Code::InvalidArgument);
     let unknown_lease = client
         .ack(v1::AckRequest {
             queue: "q".into(),
-            id: 0,
-            lease: Some(v1::LeaseToken { id: 3, attempt: 1 }),
+            target: Some(v1::ack_request::Target::Lease(v1::LeaseToken {
+                id: 3,
+                attempt: 1,
+            })),
         })
         .await
         .unwrap_err();
@@ -491,7 +499,7 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
         .attach(v1::AttachRequest {
             max_deliveries: Some(1001),
             queue: "q".into(),
-            ttl_seconds: None,
+            ttl: None,
         })
         .await
         .unwrap_err();
@@ -636,8 +644,8 @@ async fn flush_and_metadata() {
     assert_eq!(value.as_deref(), Some("billing"));
     let info = b.info("meta").await;
     assert_eq!(
-        (info.count, info.pushed, info.next_id, info.ttl_seconds),
-        (1, 6, 7, 30)
+        (info.count, info.pushed, info.next_id, info.ttl),
+        (1, 6, 7, Some(common::secs(30)))
     );
 }
 
@@ -659,7 +667,7 @@ async fn thousands_of_push_streams_share_one_connection() {
             client
                 .attach(v1::AttachRequest {
                     queue: queue.clone(),
-                    ttl_seconds: None,
+                    ttl: None,
                     max_deliveries: None,
                 })
                 .await?;

@@ -32,9 +32,8 @@ pub fn stats_text(queue: &str, info: &QueueInfo) -> String {
         0 => "unlimited".to_owned(),
         n => n.to_string(),
     };
-    let rows: [(&str, String); 12] = [
+    let rows: [(&str, String); 11] = [
         ("queue", queue.to_owned()),
-        ("exists", yes_no(info.exists).to_owned()),
         ("messages", info.count.to_string()),
         ("pending acks", info.pending.to_string()),
         ("leased", info.leased.to_string()),
@@ -62,14 +61,14 @@ pub fn stats_text(queue: &str, info: &QueueInfo) -> String {
 pub fn stats_json(queue: &str, info: &QueueInfo) -> serde_json::Value {
     serde_json::json!({
         "queue": queue,
-        "exists": info.exists,
         "count": info.count,
         "pending": info.pending,
         "leased": info.leased,
         "max_deliveries": info.max_deliveries,
         "reliable_consumer": info.reliable_consumer,
         "attachments": info.attachments,
-        "ttl_seconds": info.ttl.as_secs(),
+        // The proto3 JSON form of a google.protobuf.Duration.
+        "ttl": format!("{}s", info.ttl.as_secs()),
         "next_id": info.next_id,
         "pushed": info.pushed,
         "consumed": info.consumed,
@@ -93,7 +92,6 @@ mod tests {
     #[test]
     fn stats_formats() {
         let info = QueueInfo {
-            exists: true,
             count: 3,
             ttl: Duration::from_secs(30),
             attachments: 1,
@@ -110,12 +108,11 @@ mod tests {
         assert!(text.contains("ttl                30s\n"), "{text}");
         assert!(text.contains("reliable consumer  yes\n"), "{text}");
         assert!(text.contains("max deliveries     unlimited\n"), "{text}");
-        assert_eq!(text.lines().count(), 12);
+        assert_eq!(text.lines().count(), 11);
 
         let json = stats_json("foo", &info);
         assert_eq!(json["count"], 3);
-        assert_eq!(json["ttl_seconds"], 30);
-        assert_eq!(json["exists"], true);
+        assert_eq!(json["ttl"], "30s");
         assert_eq!(json["leased"], 1);
         assert_eq!(json["queue"], "foo");
     }

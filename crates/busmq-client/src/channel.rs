@@ -486,9 +486,7 @@ impl ChannelSession {
             last: options.last,
             index: options.index,
             prefetch: options.prefetch,
-            ttl_seconds: channel
-                .ttl
-                .map(|ttl| ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0)),
+            ttl: channel.ttl.map(busmq_proto::duration::seconds_rounded_up),
         };
         let (tx, rx) = mpsc::channel(REQUEST_BUFFER);
         let outbox = Arc::new(tokio::sync::Mutex::new(rx));

@@ -221,10 +221,7 @@ impl ConsumeOptions {
             index: self.index,
             last: self.last,
             prefetch: self.prefetch,
-            visibility_timeout_ms: self.lease.map(|v| {
-                let ms = v.as_millis() + u128::from(!v.subsec_nanos().is_multiple_of(1_000_000));
-                u64::try_from(ms).unwrap_or(u64::MAX)
-            }),
+            visibility_timeout: self.lease.map(busmq_proto::duration::millis_rounded_up),
         })
     }
 }
@@ -612,7 +609,12 @@ mod tests {
             .request("q")
             .unwrap();
         assert_eq!(r.mode, pb::ConsumeMode::Lease as i32);
-        assert_eq!(r.visibility_timeout_ms, Some(2), "rounded up");
+        let visibility = r.visibility_timeout.unwrap();
+        assert_eq!(
+            (visibility.seconds, visibility.nanos),
+            (0, 2_000_000),
+            "rounded up"
+        );
 
         let r = ConsumeOptions::persistent(5).request("q").unwrap();
         assert_eq!(r.mode, pb::ConsumeMode::Persistent as i32);

@@ -78,8 +78,7 @@ impl Queue {
         let s = &self.shared;
         let request = pb::AckRequest {
             queue: s.name.clone(),
-            id: 0,
-            lease: Some(token.into()),
+            target: Some(pb::ack_request::Target::Lease(token.into())),
         };
         s.client().ack(request).await.map_err(|e| s.failed(e))?;
         Ok(())

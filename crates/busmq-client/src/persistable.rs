@@ -60,7 +60,8 @@ pub struct Persistable {
 
 /// The periodic touch of a persisted object.
 struct Persisting {
-    ttl_seconds: u64,
+    /// Whole seconds (rounded up), as the server counts them.
+    ttl: Duration,
     toucher: AbortHandle,
 }
 
@@ -78,7 +79,7 @@ impl fmt::Debug for Persistable {
             .field("dirty", &self.dirty)
             .field(
                 "persist_ttl_seconds",
-                &self.persisting.as_ref().map(|p| p.ttl_seconds),
+                &self.persisting.as_ref().map(|p| p.ttl.as_secs()),
             )
             .finish()
     }
@@ -150,7 +151,10 @@ impl Persistable {
             .save(pb::SaveObjectRequest {
                 name: self.name.clone(),
                 fields,
-                ttl_seconds: self.persisting.as_ref().map(|p| p.ttl_seconds),
+                ttl: self
+                    .persisting
+                    .as_ref()
+                    .map(|p| busmq_proto::duration::to_proto(p.ttl)),
             })
             .await?;
         self.dirty.clear();
@@ -192,14 +196,15 @@ impl Persistable {
                 "persist needs a ttl of at least one second".into(),
             ));
         }
-        let ttl_seconds = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+        let wire_ttl = busmq_proto::duration::seconds_rounded_up(ttl);
+        let ttl = Duration::from_secs(wire_ttl.seconds.unsigned_abs());
         let touch = pb::TouchObjectRequest {
             name: self.name.clone(),
-            ttl_seconds,
+            ttl: Some(wire_ttl),
         };
         self.client.touch(touch.clone()).await?;
         let mut client = self.client.clone();
-        let period = Duration::from_secs(ttl_seconds) / 3;
+        let period = ttl / 3;
         let toucher = tokio::spawn(async move {
             let mut ticks = tokio::time::interval(period);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -214,10 +219,7 @@ impl Persistable {
             }
         })
         .abort_handle();
-        self.persisting = Some(Persisting {
-            ttl_seconds,
-            toucher,
-        });
+        self.persisting = Some(Persisting { ttl, toucher });
         Ok(())
     }
 

@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 use crate::events::EVENT_CAPACITY;
 use crate::reconnect::Reconnect;
 use crate::{
-    ConsumeOptions, Consumer, Error, Pusher, PusherOptions, QueueEvent, QueueEvents, Result,
+    ConsumeOptions, Consumer, Error, Pusher, PusherOptions, QueueEvent, QueueEvents, Reason, Result,
 };
 
 /// Options of [`Queue::attach`].
@@ -48,9 +48,8 @@ impl AttachOptions {
         self
     }
 
-    fn ttl_seconds(&self) -> Option<u64> {
-        self.ttl
-            .map(|ttl| ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0))
+    fn wire_ttl(&self) -> Option<busmq_proto::prost_types::Duration> {
+        self.ttl.map(busmq_proto::duration::seconds_rounded_up)
     }
 }
 
@@ -100,51 +99,7 @@ impl IntoIterator for IdRange {
 }
 
 /// Everything the server knows about a queue, from [`Queue::info`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct QueueInfo {
-    /// False when there is no such queue; every other field is then zero.
-    pub exists: bool,
-    /// Messages stored: waiting plus delivered-but-not-acked.
-    pub count: u64,
-    /// How long the queue lives with no attachments.
-    pub ttl: Duration,
-    /// Current attachments, from every client.
-    pub attachments: u64,
-    /// Messages delivered in reliable mode and not acked yet.
-    pub pending: u64,
-    /// The id the next pushed message will get.
-    pub next_id: u64,
-    /// Messages pushed since the queue was created, by every client.
-    pub pushed: u64,
-    /// Messages taken since the queue was created, by every client
-    /// (persistent reads remove nothing and are not counted).
-    pub consumed: u64,
-    /// True while a reliable consumer holds the queue.
-    pub reliable_consumer: bool,
-    /// Messages leased to lease-mode consumers and not acked yet.
-    pub leased: u64,
-    /// Deliveries before a message moves to the dead-letter queue; 0 is
-    /// unlimited.
-    pub max_deliveries: u32,
-}
-
-impl From<pb::QueueInfo> for QueueInfo {
-    fn from(info: pb::QueueInfo) -> Self {
-        QueueInfo {
-            exists: info.exists,
-            count: info.count,
-            ttl: Duration::from_secs(info.ttl_seconds),
-            attachments: info.attachments,
-            pending: info.pending,
-            next_id: info.next_id,
-            pushed: info.pushed,
-            consumed: info.consumed,
-            reliable_consumer: info.reliable_consumer,
-            leased: info.leased,
-            max_deliveries: info.max_deliveries,
-        }
-    }
-}
+pub use busmq_core::QueueInfo;
 
 /// The attachments one queue handle made.
 #[derive(Default)]
@@ -282,7 +237,7 @@ impl Queue {
         s.emit(QueueEvent::Attaching);
         let request = pb::AttachRequest {
             queue: s.name.clone(),
-            ttl_seconds: options.ttl_seconds(),
+            ttl: options.wire_ttl(),
             max_deliveries: options.max_deliveries,
         };
         let existed = s
@@ -379,8 +334,7 @@ impl Queue {
         let s = &self.shared;
         let request = pb::AckRequest {
             queue: s.name.clone(),
-            id,
-            lease: None,
+            target: Some(pb::ack_request::Target::Id(id)),
         };
         Ok(s.client()
             .ack(request)
@@ -430,35 +384,45 @@ impl Queue {
     }
 
     /// Everything the server knows about the queue, in one round trip.
+    /// A queue that does not exist is [`Reason::QueueNotFound`], as for
+    /// every other call on it.
     pub async fn info(&self) -> Result<QueueInfo> {
+        let s = &self.shared;
+        let missing = || s.failed(busmq_core::Error::QueueNotFound(s.name.clone()));
+        self.info_if_exists().await?.ok_or_else(missing)
+    }
+
+    /// [`info`](Self::info), with a queue that does not exist as `None`
+    /// rather than an error (nor an error event).
+    async fn info_if_exists(&self) -> Result<Option<QueueInfo>> {
         let s = &self.shared;
         let request = pb::InfoRequest {
             queue: s.name.clone(),
         };
-        Ok(s.client()
-            .info(request)
-            .await
-            .map_err(|e| s.failed(e))?
-            .into_inner()
-            .into())
+        match s.client().info(request).await {
+            Ok(info) => Ok(Some(info.into_inner().into())),
+            Err(status) => match Error::from(status) {
+                e if e.reason() == Some(Reason::QueueNotFound) => Ok(None),
+                e => Err(s.failed(e)),
+            },
+        }
     }
 
     /// True when the queue exists.
     pub async fn exists(&self) -> Result<bool> {
-        Ok(self.info().await?.exists)
+        Ok(self.info_if_exists().await?.is_some())
     }
 
     /// Messages stored in the queue (waiting plus delivered-but-not-acked);
     /// zero when there is no such queue.
     pub async fn count(&self) -> Result<u64> {
-        Ok(self.info().await?.count)
+        Ok(self.info_if_exists().await?.map_or(0, |i| i.count))
     }
 
     /// How long the queue lives with no attachments; `None` when there is no
     /// such queue.
     pub async fn ttl(&self) -> Result<Option<Duration>> {
-        let info = self.info().await?;
-        Ok(info.exists.then_some(info.ttl))
+        Ok(self.info_if_exists().await?.map(|i| i.ttl))
     }
 
     /// Reads the metadata value of `key`; `None` when it has none.
@@ -527,20 +491,31 @@ mod tests {
 
     #[test]
     fn ttl_rounds_up_to_seconds() {
-        assert_eq!(AttachOptions::default().ttl_seconds(), None);
+        assert_eq!(AttachOptions::default().wire_ttl(), None);
         assert_eq!(
-            AttachOptions::ttl(Duration::from_secs(30)).ttl_seconds(),
+            AttachOptions::ttl(Duration::from_secs(30))
+                .wire_ttl()
+                .map(|d| d.seconds),
             Some(30)
         );
         assert_eq!(
-            AttachOptions::ttl(Duration::from_millis(1500)).ttl_seconds(),
+            AttachOptions::ttl(Duration::from_millis(1500))
+                .wire_ttl()
+                .map(|d| d.seconds),
             Some(2)
         );
         assert_eq!(
-            AttachOptions::ttl(Duration::from_millis(1)).ttl_seconds(),
+            AttachOptions::ttl(Duration::from_millis(1))
+                .wire_ttl()
+                .map(|d| d.seconds),
             Some(1)
         );
-        assert_eq!(AttachOptions::ttl(Duration::ZERO).ttl_seconds(), Some(0));
+        assert_eq!(
+            AttachOptions::ttl(Duration::ZERO)
+                .wire_ttl()
+                .map(|d| d.seconds),
+            Some(0)
+        );
     }
 
     #[test]

@@ -193,7 +193,9 @@ impl Queues for Mock {
         &self,
         request: Request<pb::AckRequest>,
     ) -> Result<Response<pb::AckResponse>, Status> {
-        let id = request.into_inner().id;
+        let Some(pb::ack_request::Target::Id(id)) = request.into_inner().target else {
+            return Err(Status::invalid_argument("this mock acks by id only"));
+        };
         if id > 100 {
             return Err(Status::not_found("message 101 was never delivered"));
         }
@@ -240,12 +242,13 @@ impl Queues for Mock {
         request: Request<pb::InfoRequest>,
     ) -> Result<Response<pb::QueueInfo>, Status> {
         if request.into_inner().queue == "missing" {
-            return Ok(Response::new(pb::QueueInfo::default()));
+            return Err(busmq_proto::to_status(busmq_core::Error::QueueNotFound(
+                "missing".into(),
+            )));
         }
         Ok(Response::new(pb::QueueInfo {
-            exists: true,
             count: 5,
-            ttl_seconds: 30,
+            ttl: Some(busmq_proto::duration::to_proto(Duration::from_secs(30))),
             attachments: 2,
             pending: 1,
             next_id: 9,
@@ -322,8 +325,8 @@ async fn attach_detach_events_and_ttl() {
     assert_eq!(next_event(&mut events).await, QueueEvent::Detaching);
     assert_eq!(next_event(&mut events).await, QueueEvent::Detached);
     let sent = mock.attach_requests.lock().unwrap().clone();
-    assert_eq!(sent[0].ttl_seconds, Some(3));
-    assert_eq!(sent[1].ttl_seconds, None);
+    assert_eq!(sent[0].ttl.map(|d| d.seconds), Some(3));
+    assert_eq!(sent[1].ttl, None);
 }
 
 #[tokio::test]

@@ -5,10 +5,12 @@ pub mod error;
 pub mod limits;
 pub mod name;
 pub mod object;
+pub mod queue_info;
 
 pub use error::{Error, ErrorCode, Reason, Result};
 pub use limits::Limits;
 pub use name::{ChannelName, DEAD_LETTER_SUFFIX, NameKind, NameMap, ObjectName, QueueName};
+pub use queue_info::QueueInfo;
 
 /// A message as it is stored: its id in the queue and its body.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,11 +1,16 @@
 //! Generated gRPC code for every busmq contract, and the mapping between
 //! busmq's [`Error`] and gRPC [`Status`].
 
+pub mod duration;
+
 use std::collections::HashMap;
 
 use busmq_core::{Error, ErrorCode, Reason};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
+
+/// The well-known protobuf types the contracts use (`Duration`, `Empty`).
+pub use prost_types;
 
 /// The public API, `busmq.v1`.
 pub mod v1 {
@@ -123,6 +128,40 @@ pub fn status_to_proto_error(status: &Status) -> v1::Error {
         message: status.message().to_owned(),
         reason,
         metadata,
+    }
+}
+
+/// A `QueueInfo` on the other side of the wire: every field as it is,
+/// but the ttl, which each direction converts.
+macro_rules! queue_info {
+    ($ty:path, $from:ident, ttl: $ttl:expr) => {
+        $ty {
+            count: $from.count,
+            ttl: $ttl,
+            attachments: $from.attachments,
+            pending: $from.pending,
+            next_id: $from.next_id,
+            pushed: $from.pushed,
+            consumed: $from.consumed,
+            reliable_consumer: $from.reliable_consumer,
+            leased: $from.leased,
+            max_deliveries: $from.max_deliveries,
+        }
+    };
+}
+
+impl From<busmq_core::QueueInfo> for v1::QueueInfo {
+    fn from(i: busmq_core::QueueInfo) -> Self {
+        queue_info!(v1::QueueInfo, i, ttl: Some(duration::to_proto(i.ttl)))
+    }
+}
+
+impl From<v1::QueueInfo> for busmq_core::QueueInfo {
+    fn from(i: v1::QueueInfo) -> Self {
+        // Written by a busmq server from a valid duration; anything else
+        // reads as no ttl rather than failing the whole answer.
+        let ttl = i.ttl.and_then(|d| duration::from_proto("ttl", &d).ok());
+        queue_info!(busmq_core::QueueInfo, i, ttl: ttl.unwrap_or_default())
     }
 }
 

@@ -171,30 +171,8 @@ pub enum Settled {
     DeadLettered,
 }
 
-/// State of one queue.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct QueueInfo {
-    /// Stored messages: waiting plus pending.
-    pub count: u64,
-    /// How long the queue lives with no attachments.
-    pub ttl: Duration,
-    pub attachments: u64,
-    /// Messages taken in reliable mode and not acked.
-    pub pending: u64,
-    /// The id the next pushed message gets.
-    pub next_id: u64,
-    /// Messages ever pushed.
-    pub pushed: u64,
-    /// Messages ever taken (persistent reads excluded).
-    pub consumed: u64,
-    /// A reliable consumer holds the queue.
-    pub reliable_consumer: bool,
-    /// Messages leased in lease mode and not settled.
-    pub leased: u64,
-    /// Deliveries after which a message goes to the dead-letter queue
-    /// instead of back to the queue; 0 is unlimited.
-    pub max_deliveries: u32,
-}
+/// State of one queue; the same type the broker and the SDK use.
+pub use busmq_core::QueueInfo;
 
 /// A change that may concern a waiting consumer.
 #[derive(Debug, Clone, PartialEq, Eq)]

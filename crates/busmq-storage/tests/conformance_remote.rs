@@ -139,7 +139,10 @@ async fn bad_input_gets_clear_statuses() {
         let r = client
             .attach(pb::AttachRequest {
                 queue: bad.to_owned(),
-                ttl_seconds: Some(30),
+                ttl: Some(busmq_proto::prost_types::Duration {
+                    seconds: 30,
+                    nanos: 0,
+                }),
             })
             .await;
         assert_eq!(code(r), tonic::Code::InvalidArgument, "name {bad:?}");
@@ -148,7 +151,10 @@ async fn bad_input_gets_clear_statuses() {
     client
         .attach(pb::AttachRequest {
             queue: name.clone(),
-            ttl_seconds: Some(30),
+            ttl: Some(busmq_proto::prost_types::Duration {
+                seconds: 30,
+                nanos: 0,
+            }),
         })
         .await
         .unwrap();
@@ -199,7 +205,7 @@ async fn bad_input_gets_clear_statuses() {
         tonic::Code::ResourceExhausted
     );
     let r = client
-        .ack(pb::AckRequest {
+        .ack(busmq_proto::v1::QueueAck {
             queue: name.clone(),
             id: 7,
         })

@@ -132,7 +132,10 @@ async fn bad_requests_fail_alone_and_the_session_goes_on() {
     client
         .attach(pb::AttachRequest {
             queue: "q".into(),
-            ttl_seconds: Some(60),
+            ttl: Some(busmq_proto::prost_types::Duration {
+                seconds: 60,
+                nanos: 0,
+            }),
         })
         .await
         .unwrap();
@@ -145,7 +148,7 @@ async fn bad_requests_fail_alone_and_the_session_goes_on() {
             (4, push("q", vec![Bytes::from(vec![0u8; (1 << 20) + 1])])),
             (
                 5,
-                Some(Op::Ack(pb::AckRequest {
+                Some(Op::Ack(busmq_proto::v1::QueueAck {
                     queue: "q".into(),
                     id: 7,
                 })),
@@ -280,7 +283,10 @@ async fn still_serving(channel: Channel, name: &str) {
     client
         .attach(pb::AttachRequest {
             queue: name.into(),
-            ttl_seconds: Some(60),
+            ttl: Some(busmq_proto::prost_types::Duration {
+                seconds: 60,
+                nanos: 0,
+            }),
         })
         .await
         .unwrap();

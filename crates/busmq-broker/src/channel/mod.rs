@@ -68,7 +68,7 @@ impl ChannelsService {
         mode: Mode,
         prefetch: u32,
     ) -> Result<(Consumer, u64), Status> {
-        let ttl = attach_ttl(open.ttl_seconds)?;
+        let ttl = attach_ttl(open.ttl.as_ref())?;
         self.storage
             .attach(&queues.inbound, ttl)
             .await
@@ -163,7 +163,7 @@ impl Channels for ChannelsService {
             index: open.index,
             last: open.last,
             prefetch: open.prefetch,
-            visibility_timeout_ms: None,
+            visibility_timeout: None,
         };
         let (mode, prefetch) = consumer_settings(&consume, &self.config)?;
         if matches!(mode, Mode::Lease { .. }) {

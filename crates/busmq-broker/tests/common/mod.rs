@@ -22,6 +22,16 @@ use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
+/// A protobuf duration of whole seconds.
+pub fn secs(seconds: i64) -> busmq_proto::prost_types::Duration {
+    busmq_proto::prost_types::Duration { seconds, nanos: 0 }
+}
+
+/// A protobuf duration of whole milliseconds.
+pub fn millis(ms: u64) -> busmq_proto::prost_types::Duration {
+    busmq_proto::duration::to_proto(Duration::from_millis(ms))
+}
+
 pub struct Broker {
     pub client: QueuesClient<Channel>,
     shutdown: CancellationToken,
@@ -82,7 +92,7 @@ impl Broker {
             .attach(v1::AttachRequest {
                 max_deliveries: None,
                 queue: queue.into(),
-                ttl_seconds: None,
+                ttl: None,
             })
             .await
             .unwrap()
@@ -122,9 +132,8 @@ impl Broker {
         self.client
             .clone()
             .ack(v1::AckRequest {
-                lease: None,
                 queue: queue.into(),
-                id,
+                target: Some(v1::ack_request::Target::Id(id)),
             })
             .await
             .map(|r| r.into_inner().removed)

@@ -13,6 +13,7 @@ use busmq_core::Limits;
 use busmq_proto::from_status;
 use busmq_proto::storage::v1 as pb;
 use busmq_proto::storage::v1::storage_client::StorageClient;
+use busmq_proto::{duration, v1};
 use bytes::Bytes;
 use futures::StreamExt;
 use prost::Message as _;
@@ -163,22 +164,10 @@ fn queue_request(queue: &QueueName) -> pb::QueueRequest {
 }
 
 /// Milliseconds of a lease, saturating.
-fn lease_ms(lock: &ReliableLock) -> u64 {
-    millis(lock.lease)
-}
-
-/// Milliseconds of a duration, rounded up so a short one never becomes
-/// zero, saturating.
-fn millis(d: Duration) -> u64 {
-    let ms = d.as_millis() + u128::from(!d.subsec_nanos().is_multiple_of(1_000_000));
-    u64::try_from(ms).unwrap_or(u64::MAX)
-}
-
-/// Milliseconds of an object ttl, rounded up so a short ttl never becomes
-/// zero, and saturating.
-fn ttl_ms(ttl: Duration) -> u64 {
-    let ms = ttl.as_millis() + u128::from(!ttl.subsec_nanos().is_multiple_of(1_000_000));
-    u64::try_from(ms).unwrap_or(u64::MAX)
+/// A lock's lease on the wire, rounded up to whole milliseconds so a short
+/// one never becomes zero.
+fn wire_lease(lock: &ReliableLock) -> Option<busmq_proto::prost_types::Duration> {
+    Some(duration::millis_rounded_up(lock.lease))
 }
 
 /// The events a wire subscription event stands for; none for an empty one
@@ -224,11 +213,6 @@ impl RemoteSubscription {
             }
         }
     }
-}
-
-/// Whole seconds of a ttl, rounded up so a short ttl never becomes zero.
-fn ttl_seconds(ttl: Duration) -> u64 {
-    ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0)
 }
 
 /// A batch the storage sent; one that does not decode is the storage's
@@ -284,7 +268,7 @@ impl WatchState {
             if !self.backoff.is_zero() {
                 tokio::time::sleep(self.backoff).await;
             }
-            match self.client.watch(pb::Empty {}).await {
+            match self.client.watch(()).await {
                 Ok(response) => {
                     self.stream = Some(response.into_inner());
                     self.backoff = Duration::ZERO;
@@ -309,7 +293,7 @@ impl Storage for RemoteStorage {
             .client()
             .attach(pb::AttachRequest {
                 queue: queue.to_string(),
-                ttl_seconds: ttl.map(ttl_seconds),
+                ttl: ttl.map(duration::seconds_rounded_up),
             })
             .await
             .map_err(|s| self.error(s))?
@@ -424,7 +408,7 @@ impl Storage for RemoteStorage {
     }
 
     async fn ack(&self, queue: &QueueName, id: u64) -> Result<u64> {
-        let op = Op::Ack(pb::AckRequest {
+        let op = Op::Ack(v1::QueueAck {
             queue: queue.to_string(),
             id,
         });
@@ -445,7 +429,7 @@ impl Storage for RemoteStorage {
             .begin_reliable(pb::BeginReliableRequest {
                 queue: queue.to_string(),
                 owner: lock.owner.clone(),
-                lease_ms: lease_ms(lock),
+                lease: wire_lease(lock),
                 last,
             })
             .await
@@ -459,7 +443,7 @@ impl Storage for RemoteStorage {
             .renew_reliable(pb::ReliableLockRequest {
                 queue: queue.to_string(),
                 owner: lock.owner.clone(),
-                lease_ms: lease_ms(lock),
+                lease: wire_lease(lock),
             })
             .await
             .map_err(|s| self.error(s))?;
@@ -472,7 +456,7 @@ impl Storage for RemoteStorage {
             .end_reliable(pb::ReliableLockRequest {
                 queue: queue.to_string(),
                 owner: lock.owner.clone(),
-                lease_ms: lease_ms(lock),
+                lease: wire_lease(lock),
             })
             .await
             .map_err(|s| self.error(s))?;
@@ -490,7 +474,7 @@ impl Storage for RemoteStorage {
             queue: queue.to_string(),
             owner: owner.to_owned(),
             max,
-            visibility_ms: millis(visibility),
+            visibility: Some(duration::millis_rounded_up(visibility)),
         });
         let r = match self.sessions.call(op).await? {
             Answer::Lease(r) => r,
@@ -508,7 +492,9 @@ impl Storage for RemoteStorage {
                     attempt: m.attempt,
                 })
                 .collect(),
-            next_expiry: r.next_expiry_ms.map(Duration::from_millis),
+            next_expiry: r
+                .next_expiry
+                .and_then(|d| duration::from_proto("next_expiry", &d).ok()),
         })
     }
 
@@ -585,30 +571,19 @@ impl Storage for RemoteStorage {
     }
 
     async fn info(&self, queue: &QueueName) -> Result<Option<QueueInfo>> {
-        let i = self
-            .client()
-            .info(queue_request(queue))
-            .await
-            .map_err(|s| self.error(s))?
-            .into_inner();
-        Ok(i.exists.then(|| QueueInfo {
-            count: i.count,
-            ttl: Duration::from_secs(i.ttl_seconds),
-            attachments: i.attachments,
-            pending: i.pending,
-            next_id: i.next_id,
-            pushed: i.pushed,
-            consumed: i.consumed,
-            reliable_consumer: i.reliable_consumer,
-            leased: i.leased,
-            max_deliveries: i.max_deliveries,
-        }))
+        match self.client().info(queue_request(queue)).await {
+            Ok(info) => Ok(Some(info.into_inner().into())),
+            Err(status) => match self.error(status) {
+                Error::QueueNotFound(_) => Ok(None),
+                e => Err(e),
+            },
+        }
     }
 
     async fn get_metadata(&self, queue: &QueueName, key: &str) -> Result<Option<String>> {
         let r = self
             .client()
-            .get_metadata(pb::GetMetadataRequest {
+            .get_metadata(v1::GetMetadataRequest {
                 queue: queue.to_string(),
                 key: key.to_owned(),
             })
@@ -619,7 +594,7 @@ impl Storage for RemoteStorage {
 
     async fn set_metadata(&self, queue: &QueueName, key: &str, value: &str) -> Result<()> {
         self.client()
-            .set_metadata(pb::SetMetadataRequest {
+            .set_metadata(v1::SetMetadataRequest {
                 queue: queue.to_string(),
                 key: key.to_owned(),
                 value: value.to_owned(),
@@ -649,7 +624,7 @@ impl Storage for RemoteStorage {
     async fn publish(&self, channel: &ChannelName, message: Bytes) -> Result<u64> {
         let r = self
             .client()
-            .publish(pb::PublishRequest {
+            .publish(v1::PublishRequest {
                 channel: channel.to_string(),
                 message,
             })
@@ -667,7 +642,7 @@ impl Storage for RemoteStorage {
     async fn subscribe(&self, channel: &ChannelName) -> Result<Subscription> {
         let stream = self
             .client()
-            .subscribe(pb::SubscribeRequest {
+            .subscribe(v1::SubscribeRequest {
                 channel: channel.to_string(),
             })
             .await
@@ -696,9 +671,9 @@ impl Storage for RemoteStorage {
                 object: object.to_string(),
                 fields: fields
                     .into_iter()
-                    .map(|(name, value)| pb::ObjectField { name, value })
+                    .map(|(name, json)| v1::ObjectField { name, json })
                     .collect(),
-                ttl_ms: ttl.map(ttl_ms),
+                ttl: ttl.map(duration::millis_rounded_up),
             })
             .await
             .map_err(|s| self.error(s))?;
@@ -717,7 +692,7 @@ impl Storage for RemoteStorage {
         Ok(r.exists.then(|| {
             r.fields
                 .into_iter()
-                .map(|f| (f.name, f.value))
+                .map(|f| (f.name, f.json))
                 .collect::<ObjectFields>()
         }))
     }
@@ -727,7 +702,7 @@ impl Storage for RemoteStorage {
             .client()
             .object_touch(pb::ObjectTouchRequest {
                 object: object.to_string(),
-                ttl_ms: ttl_ms(ttl),
+                ttl: Some(duration::millis_rounded_up(ttl)),
             })
             .await
             .map_err(|s| self.error(s))?;
@@ -773,13 +748,6 @@ mod tests {
             kind: pb::NotificationKind::Closed as i32,
         });
         assert!(matches!(n, Notification::Closed(q) if q.as_str() == "q"));
-    }
-
-    #[test]
-    fn ttl_rounds_up() {
-        assert_eq!(ttl_seconds(Duration::from_millis(1)), 1);
-        assert_eq!(ttl_seconds(Duration::from_secs(30)), 30);
-        assert_eq!(ttl_seconds(Duration::ZERO), 0);
     }
 
     #[tokio::test]

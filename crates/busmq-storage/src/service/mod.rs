@@ -13,6 +13,7 @@ use busmq_core::Limits;
 use busmq_proto::storage::v1 as pb;
 use busmq_proto::storage::v1::storage_server::Storage as StorageRpc;
 use busmq_proto::to_status;
+use busmq_proto::{duration, prost_types, v1};
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -82,7 +83,7 @@ impl StorageService {
     }
 
     /// Push: validates the batch against the limits first.
-    pub(crate) async fn push_op(&self, req: pb::PushRequest) -> Result<pb::PushResponse, Status> {
+    pub(crate) async fn push_op(&self, req: pb::PushRequest) -> Result<v1::PushResponse, Status> {
         let queue = self.name(&req.queue)?;
         let payloads = req.messages.unwrap_or_default();
         // Counted before a view of each payload is made: a forged list of
@@ -97,7 +98,7 @@ impl StorageService {
             .push(&queue, messages)
             .await
             .map_err(to_status)?;
-        Ok(pb::PushResponse {
+        Ok(v1::PushResponse {
             first_id: ids.first,
             last_id: ids.last,
         })
@@ -160,10 +161,10 @@ impl StorageService {
     }
 
     /// Ack.
-    pub(crate) async fn ack_op(&self, req: pb::AckRequest) -> Result<pb::AckResponse, Status> {
+    pub(crate) async fn ack_op(&self, req: v1::QueueAck) -> Result<v1::AckResponse, Status> {
         let queue = self.name(&req.queue)?;
         let removed = self.storage.ack(&queue, req.id).await.map_err(to_status)?;
-        Ok(pb::AckResponse { removed })
+        Ok(v1::AckResponse { removed })
     }
 
     /// Lease, after checking the visibility timeout and owner.
@@ -172,7 +173,7 @@ impl StorageService {
         req: pb::LeaseRequest,
     ) -> Result<pb::LeaseResponse, Status> {
         let queue = self.name(&req.queue)?;
-        let visibility = Duration::from_millis(req.visibility_ms);
+        let visibility = wire_duration("visibility", req.visibility)?;
         busmq_core::check_visibility(visibility).map_err(to_status)?;
         crate::check_lease_owner(&req.owner).map_err(to_status)?;
         let leases = self
@@ -184,15 +185,13 @@ impl StorageService {
             messages: leases
                 .messages
                 .into_iter()
-                .map(|m| pb::LeasedMessage {
+                .map(|m| v1::Message {
                     id: m.message.id,
                     payload: m.message.payload,
                     attempt: m.attempt,
                 })
                 .collect(),
-            next_expiry_ms: leases
-                .next_expiry
-                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            next_expiry: leases.next_expiry.map(duration::to_proto),
         })
     }
 
@@ -231,7 +230,8 @@ fn invalid(msg: impl Into<String>) -> Status {
     to_status(Error::InvalidArgument(msg.into()))
 }
 
-fn ttl(seconds: u64) -> Result<Duration, Status> {
+fn ttl(d: &prost_types::Duration) -> Result<Duration, Status> {
+    let seconds = duration::whole_seconds("ttl", d).map_err(to_status)?;
     let ttl = Duration::from_secs(seconds);
     if ttl > MAX_TTL {
         return Err(invalid(format!(
@@ -244,12 +244,12 @@ fn ttl(seconds: u64) -> Result<Duration, Status> {
 
 /// An object ttl: more than zero (zero would expire it at once, never what a
 /// caller means) and at most [`MAX_TTL`].
-fn object_ttl(ms: u64) -> Result<Duration, Status> {
-    let ttl = Duration::from_millis(ms);
+fn object_ttl(d: &prost_types::Duration) -> Result<Duration, Status> {
+    let ttl = duration::from_proto("ttl", d).map_err(to_status)?;
     if ttl.is_zero() || ttl > MAX_TTL {
         return Err(invalid(format!(
-            "object ttl must be 1..={} ms, got {ms}",
-            MAX_TTL.as_millis()
+            "object ttl must be more than zero and at most {} s, got {ttl:?}",
+            MAX_TTL.as_secs()
         )));
     }
     Ok(ttl)
@@ -267,14 +267,22 @@ pub fn batch_to_proto(batch: crate::pubsub::Batch) -> Result<pb::ChannelEvent, S
     Ok(pb::ChannelEvent { event: Some(event) })
 }
 
-fn lock(owner: String, lease_ms: u64) -> Result<ReliableLock, Status> {
+/// A length of time the broker sends; unset is zero, which the check of
+/// each field refuses where zero means nothing.
+fn wire_duration(field: &str, d: Option<prost_types::Duration>) -> Result<Duration, Status> {
+    d.map_or(Ok(Duration::ZERO), |d| duration::from_proto(field, &d))
+        .map_err(to_status)
+}
+
+fn lock(owner: String, lease: Option<prost_types::Duration>) -> Result<ReliableLock, Status> {
     if owner.is_empty() {
         return Err(invalid("a reliable consumer needs a non-empty owner"));
     }
-    let lease = Duration::from_millis(lease_ms);
+    let lease = wire_duration("lease", lease)?;
     if lease > MAX_LEASE {
         return Err(invalid(format!(
-            "lease of {lease_ms} ms is over the limit of {} ms",
+            "lease of {} ms is over the limit of {} ms",
+            lease.as_millis(),
             MAX_LEASE.as_millis()
         )));
     }
@@ -356,12 +364,12 @@ impl StorageRpc for StorageService {
     async fn attach(
         &self,
         request: Request<pb::AttachRequest>,
-    ) -> Result<Response<pb::AttachResponse>, Status> {
+    ) -> Result<Response<v1::AttachResponse>, Status> {
         let req = request.into_inner();
         let queue = self.name(&req.queue)?;
-        let ttl = req.ttl_seconds.map(ttl).transpose()?;
+        let ttl = req.ttl.map(|d| ttl(&d)).transpose()?;
         let attached = self.storage.attach(&queue, ttl).await.map_err(to_status)?;
-        Ok(Response::new(pb::AttachResponse {
+        Ok(Response::new(v1::AttachResponse {
             existed: attached.existed,
             attachments: attached.attachments,
         }))
@@ -370,16 +378,16 @@ impl StorageRpc for StorageService {
     async fn detach(
         &self,
         request: Request<pb::QueueRequest>,
-    ) -> Result<Response<pb::DetachResponse>, Status> {
+    ) -> Result<Response<v1::DetachResponse>, Status> {
         let queue = self.name(&request.into_inner().queue)?;
         let attachments = self.storage.detach(&queue).await.map_err(to_status)?;
-        Ok(Response::new(pb::DetachResponse { attachments }))
+        Ok(Response::new(v1::DetachResponse { attachments }))
     }
 
     async fn push(
         &self,
         request: Request<pb::PushRequest>,
-    ) -> Result<Response<pb::PushResponse>, Status> {
+    ) -> Result<Response<v1::PushResponse>, Status> {
         self.push_op(request.into_inner()).await.map(Response::new)
     }
 
@@ -399,8 +407,8 @@ impl StorageRpc for StorageService {
 
     async fn ack(
         &self,
-        request: Request<pb::AckRequest>,
-    ) -> Result<Response<pb::AckResponse>, Status> {
+        request: Request<v1::QueueAck>,
+    ) -> Result<Response<v1::AckResponse>, Status> {
         self.ack_op(request.into_inner()).await.map(Response::new)
     }
 
@@ -410,7 +418,7 @@ impl StorageRpc for StorageService {
     ) -> Result<Response<pb::BeginReliableResponse>, Status> {
         let req = request.into_inner();
         let queue = self.name(&req.queue)?;
-        let lock = lock(req.owner, req.lease_ms)?;
+        let lock = lock(req.owner, req.lease)?;
         let requeued = self
             .storage
             .begin_reliable(&queue, &lock, req.last)
@@ -425,7 +433,7 @@ impl StorageRpc for StorageService {
     ) -> Result<Response<pb::RenewReliableResponse>, Status> {
         let req = request.into_inner();
         let queue = self.name(&req.queue)?;
-        let lock = lock(req.owner, req.lease_ms)?;
+        let lock = lock(req.owner, req.lease)?;
         let held = self
             .storage
             .renew_reliable(&queue, &lock)
@@ -440,7 +448,7 @@ impl StorageRpc for StorageService {
     ) -> Result<Response<pb::EndReliableResponse>, Status> {
         let req = request.into_inner();
         let queue = self.name(&req.queue)?;
-        let lock = lock(req.owner, req.lease_ms)?;
+        let lock = lock(req.owner, req.lease)?;
         let released = self
             .storage
             .end_reliable(&queue, &lock)
@@ -482,63 +490,49 @@ impl StorageRpc for StorageService {
     async fn set_max_deliveries(
         &self,
         request: Request<pb::SetMaxDeliveriesRequest>,
-    ) -> Result<Response<pb::Empty>, Status> {
+    ) -> Result<Response<()>, Status> {
         let req = request.into_inner();
         let queue = self.name(&req.queue)?;
         self.storage
             .set_max_deliveries(&queue, req.max_deliveries)
             .await
             .map_err(to_status)?;
-        Ok(Response::new(pb::Empty {}))
+        Ok(Response::new(()))
     }
 
     async fn close(
         &self,
         request: Request<pb::QueueRequest>,
-    ) -> Result<Response<pb::CloseResponse>, Status> {
+    ) -> Result<Response<v1::CloseResponse>, Status> {
         let queue = self.name(&request.into_inner().queue)?;
         let existed = self.storage.close(&queue).await.map_err(to_status)?;
-        Ok(Response::new(pb::CloseResponse { existed }))
+        Ok(Response::new(v1::CloseResponse { existed }))
     }
 
     async fn flush(
         &self,
         request: Request<pb::QueueRequest>,
-    ) -> Result<Response<pb::FlushResponse>, Status> {
+    ) -> Result<Response<v1::FlushResponse>, Status> {
         let queue = self.name(&request.into_inner().queue)?;
         let removed = self.storage.flush(&queue).await.map_err(to_status)?;
-        Ok(Response::new(pb::FlushResponse { removed }))
+        Ok(Response::new(v1::FlushResponse { removed }))
     }
 
     async fn info(
         &self,
         request: Request<pb::QueueRequest>,
-    ) -> Result<Response<pb::QueueInfo>, Status> {
+    ) -> Result<Response<v1::QueueInfo>, Status> {
         let queue = self.name(&request.into_inner().queue)?;
-        let info = self.storage.info(&queue).await.map_err(to_status)?;
-        let reply = match info {
-            None => pb::QueueInfo::default(),
-            Some(i) => pb::QueueInfo {
-                exists: true,
-                count: i.count,
-                ttl_seconds: i.ttl.as_secs(),
-                attachments: i.attachments,
-                pending: i.pending,
-                next_id: i.next_id,
-                pushed: i.pushed,
-                consumed: i.consumed,
-                reliable_consumer: i.reliable_consumer,
-                leased: i.leased,
-                max_deliveries: i.max_deliveries,
-            },
-        };
-        Ok(Response::new(reply))
+        match self.storage.info(&queue).await.map_err(to_status)? {
+            Some(info) => Ok(Response::new(info.into())),
+            None => Err(to_status(Error::QueueNotFound(queue.to_string()))),
+        }
     }
 
     async fn get_metadata(
         &self,
-        request: Request<pb::GetMetadataRequest>,
-    ) -> Result<Response<pb::GetMetadataResponse>, Status> {
+        request: Request<v1::GetMetadataRequest>,
+    ) -> Result<Response<v1::GetMetadataResponse>, Status> {
         let req = request.into_inner();
         let queue = self.name(&req.queue)?;
         let value = self
@@ -546,20 +540,20 @@ impl StorageRpc for StorageService {
             .get_metadata(&queue, &req.key)
             .await
             .map_err(to_status)?;
-        Ok(Response::new(pb::GetMetadataResponse { value }))
+        Ok(Response::new(v1::GetMetadataResponse { value }))
     }
 
     async fn set_metadata(
         &self,
-        request: Request<pb::SetMetadataRequest>,
-    ) -> Result<Response<pb::Empty>, Status> {
+        request: Request<v1::SetMetadataRequest>,
+    ) -> Result<Response<()>, Status> {
         let req = request.into_inner();
         let queue = self.name(&req.queue)?;
         self.storage
             .set_metadata(&queue, &req.key, &req.value)
             .await
             .map_err(to_status)?;
-        Ok(Response::new(pb::Empty {}))
+        Ok(Response::new(()))
     }
 
     type SessionStream = SessionStream;
@@ -576,10 +570,7 @@ impl StorageRpc for StorageService {
 
     type WatchStream = WatchStream;
 
-    async fn watch(
-        &self,
-        _request: Request<pb::Empty>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(&self, _request: Request<()>) -> Result<Response<Self::WatchStream>, Status> {
         // Subscribe before answering: once the client has the response
         // headers, no later change can be missed.
         let source = self.storage.watch();
@@ -590,21 +581,21 @@ impl StorageRpc for StorageService {
 
     async fn publish(
         &self,
-        request: Request<pb::PublishRequest>,
-    ) -> Result<Response<pb::PublishResponse>, Status> {
+        request: Request<v1::PublishRequest>,
+    ) -> Result<Response<v1::PublishResponse>, Status> {
         let req = request.into_inner();
         let receivers =
             crate::pubsub::publish_checked(&*self.storage, &self.limits, &req.channel, req.message)
                 .await
                 .map_err(to_status)?;
-        Ok(Response::new(pb::PublishResponse { receivers }))
+        Ok(Response::new(v1::PublishResponse { receivers }))
     }
 
     type SubscribeStream = SubscribeStream;
 
     async fn subscribe(
         &self,
-        request: Request<pb::SubscribeRequest>,
+        request: Request<v1::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let batches = crate::pubsub::subscribe_checked(
             &*self.storage,
@@ -621,18 +612,18 @@ impl StorageRpc for StorageService {
     async fn object_save(
         &self,
         request: Request<pb::ObjectSaveRequest>,
-    ) -> Result<Response<pb::Empty>, Status> {
+    ) -> Result<Response<()>, Status> {
         let req = request.into_inner();
         let object = self.object(&req.object)?;
         let fields: Vec<(String, String)> =
-            req.fields.into_iter().map(|f| (f.name, f.value)).collect();
+            req.fields.into_iter().map(|f| (f.name, f.json)).collect();
         busmq_core::object::check_fields(&object, &fields, &self.limits).map_err(to_status)?;
-        let ttl = req.ttl_ms.map(object_ttl).transpose()?;
+        let ttl = req.ttl.map(|d| object_ttl(&d)).transpose()?;
         self.storage
             .object_save(&object, fields, ttl)
             .await
             .map_err(to_status)?;
-        Ok(Response::new(pb::Empty {}))
+        Ok(Response::new(()))
     }
 
     async fn object_load(
@@ -646,7 +637,7 @@ impl StorageRpc for StorageService {
             fields: fields
                 .unwrap_or_default()
                 .into_iter()
-                .map(|(name, value)| pb::ObjectField { name, value })
+                .map(|(name, json)| v1::ObjectField { name, json })
                 .collect(),
         }))
     }
@@ -657,7 +648,7 @@ impl StorageRpc for StorageService {
     ) -> Result<Response<pb::ObjectTouchResponse>, Status> {
         let req = request.into_inner();
         let object = self.object(&req.object)?;
-        let ttl = object_ttl(req.ttl_ms)?;
+        let ttl = object_ttl(&req.ttl.unwrap_or_default())?;
         let exists = self
             .storage
             .object_touch(&object, ttl)
@@ -676,13 +667,17 @@ mod tests {
         StorageService::new(Arc::new(MemoryStorage::new()), Limits::default())
     }
 
+    fn secs(seconds: i64) -> prost_types::Duration {
+        prost_types::Duration { seconds, nanos: 0 }
+    }
+
     #[tokio::test]
     async fn rejects_bad_input_with_codes() {
         let svc = service();
         let bad_name = svc
             .attach(Request::new(pb::AttachRequest {
                 queue: "no spaces".into(),
-                ttl_seconds: Some(30),
+                ttl: Some(secs(30)),
             }))
             .await
             .unwrap_err();
@@ -691,7 +686,7 @@ mod tests {
         let huge_ttl = svc
             .attach(Request::new(pb::AttachRequest {
                 queue: "q".into(),
-                ttl_seconds: Some(u64::MAX),
+                ttl: Some(secs(i64::MAX)),
             }))
             .await
             .unwrap_err();
@@ -699,7 +694,7 @@ mod tests {
 
         svc.attach(Request::new(pb::AttachRequest {
             queue: "q".into(),
-            ttl_seconds: Some(30),
+            ttl: Some(secs(30)),
         }))
         .await
         .unwrap();
@@ -725,7 +720,7 @@ mod tests {
             .begin_reliable(Request::new(pb::BeginReliableRequest {
                 queue: "q".into(),
                 owner: "me".into(),
-                lease_ms: u64::MAX,
+                lease: Some(secs(i64::MAX)),
                 last: 0,
             }))
             .await
@@ -736,7 +731,7 @@ mod tests {
             .renew_reliable(Request::new(pb::ReliableLockRequest {
                 queue: "q".into(),
                 owner: String::new(),
-                lease_ms: 1000,
+                lease: Some(secs(1)),
             }))
             .await
             .unwrap_err();
@@ -756,7 +751,7 @@ mod tests {
     async fn rejects_bad_pubsub_and_object_input_with_codes() {
         let svc = service();
         let bad_channel = svc
-            .publish(Request::new(pb::PublishRequest {
+            .publish(Request::new(v1::PublishRequest {
                 channel: "no spaces".into(),
                 message: bytes::Bytes::from_static(b"x"),
             }))
@@ -765,7 +760,7 @@ mod tests {
         assert_eq!(bad_channel.code(), tonic::Code::InvalidArgument);
         assert!(bad_channel.message().contains("invalid channel name"));
         let big = svc
-            .publish(Request::new(pb::PublishRequest {
+            .publish(Request::new(v1::PublishRequest {
                 channel: "c".into(),
                 message: vec![0u8; (1 << 20) + 1].into(),
             }))
@@ -773,7 +768,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(big.code(), tonic::Code::ResourceExhausted);
         let Err(bad_subscribe) = svc
-            .subscribe(Request::new(pb::SubscribeRequest {
+            .subscribe(Request::new(v1::SubscribeRequest {
                 channel: String::new(),
             }))
             .await
@@ -782,14 +777,14 @@ mod tests {
         };
         assert_eq!(bad_subscribe.code(), tonic::Code::InvalidArgument);
 
-        let save = |object: &str, value: &str, ttl_ms| {
+        let save = |object: &str, value: &str, ttl_secs: Option<i64>| {
             svc.object_save(Request::new(pb::ObjectSaveRequest {
                 object: object.into(),
-                fields: vec![pb::ObjectField {
+                fields: vec![v1::ObjectField {
                     name: "f".into(),
-                    value: value.into(),
+                    json: value.into(),
                 }],
-                ttl_ms,
+                ttl: ttl_secs.map(secs),
             }))
         };
         let not_json = save("o", "plain", None).await.unwrap_err();
@@ -803,7 +798,7 @@ mod tests {
         let zero_touch = svc
             .object_touch(Request::new(pb::ObjectTouchRequest {
                 object: "o".into(),
-                ttl_ms: 0,
+                ttl: Some(secs(0)),
             }))
             .await
             .unwrap_err();
