@@ -134,8 +134,8 @@ pub fn status_to_proto_error(status: &Status) -> v1::Error {
 /// A `QueueInfo` on the other side of the wire: every field as it is,
 /// but the ttl, which each direction converts.
 macro_rules! queue_info {
-    ($ty:path, $from:ident, ttl: $ttl:expr) => {
-        $ty {
+    ($($ty:ident)::+, $from:ident, ttl: $ttl:expr) => {
+        $($ty)::+ {
             count: $from.count,
             ttl: $ttl,
             attachments: $from.attachments,
