@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use anyhow::Context;
 use busmq_broker::BrokerConfig;
-use busmq_storage::backend::{self, BackendOptions, BackendSpec};
+use busmq_storage_server::{self as backend, BackendOptions, BackendSpec};
 use tokio_util::sync::CancellationToken;
 
 use crate::BenchArgs;

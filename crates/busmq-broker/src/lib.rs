@@ -21,7 +21,7 @@ mod consume;
 pub mod objects;
 pub mod pubsub;
 mod push_stream;
-pub mod service;
+pub mod queues;
 pub mod wakeup;
 
 pub use config::BrokerConfig;
@@ -70,7 +70,7 @@ pub async fn serve(
     ))
     .max_decoding_message_size(max_bytes)
     .max_encoding_message_size(max_bytes);
-    let queues = QueuesServer::new(service::QueuesService::new(
+    let queues = QueuesServer::new(queues::QueuesService::new(
         storage,
         wakeups,
         config,
@@ -79,25 +79,22 @@ pub async fn serve(
     .max_decoding_message_size(max_bytes)
     .max_encoding_message_size(max_bytes);
 
-    let (reporter, health) = busmq_runtime::health_reporter();
+    let (reporter, health) = busmq_server::health_reporter();
     let names = [
         SERVICE_NAME,
         OTHER_SERVICES[0],
         OTHER_SERVICES[1],
         OTHER_SERVICES[2],
     ];
-    busmq_runtime::report_health(reporter, &names, shutdown.clone()).await;
+    busmq_server::report_health(reporter, &names, shutdown.clone()).await;
 
-    busmq_runtime::grpc_server()
+    busmq_server::grpc_server()
         .add_service(health)
-        .add_service(busmq_runtime::reflection())
+        .add_service(busmq_server::reflection())
         .add_service(queues)
         .add_service(pubsub)
         .add_service(objects)
         .add_service(channels)
-        .serve_with_incoming_shutdown(
-            busmq_runtime::incoming(listener),
-            shutdown.cancelled_owned(),
-        )
+        .serve_with_incoming_shutdown(busmq_server::incoming(listener), shutdown.cancelled_owned())
         .await
 }

@@ -11,9 +11,9 @@ use busmq_storage::memory::MemoryStorage;
 use busmq_storage::remote::RemoteStorage;
 use clap::Parser;
 
-/// See [`busmq_runtime::Allocator`].
+/// See [`busmq_server::Allocator`].
 #[global_allocator]
-static ALLOCATOR: busmq_runtime::Allocator = busmq_runtime::ALLOCATOR;
+static ALLOCATOR: busmq_server::Allocator = busmq_server::ALLOCATOR;
 
 /// The busmq broker: queues, consume modes and acks over gRPC (busmq.v1).
 ///
@@ -30,7 +30,7 @@ struct Args {
     #[arg(long, env = "BUSMQ_STORAGE", default_value = "http://127.0.0.1:50052")]
     storage: String,
     #[command(flatten)]
-    limits: busmq_runtime::LimitsArgs,
+    limits: busmq_server::LimitsArgs,
     /// Messages in flight to a consumer that names no prefetch.
     #[arg(long, env = "BUSMQ_PREFETCH", default_value_t = BrokerConfig::default().default_prefetch)]
     prefetch: u32,
@@ -42,7 +42,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    busmq_runtime::init_tracing();
+    busmq_server::init_tracing();
     let limits = args.limits.limits();
     anyhow::ensure!(args.prefetch >= 1, "--prefetch must be at least 1");
     anyhow::ensure!(
@@ -62,8 +62,8 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("storage {}", args.storage))?,
         )
     };
-    let shutdown = busmq_runtime::shutdown_on_signal();
-    let listener = busmq_runtime::bind(args.listen).await?;
+    let shutdown = busmq_server::shutdown_on_signal();
+    let listener = busmq_server::bind(args.listen).await?;
     tracing::info!(
         listen = %listener.local_addr()?,
         storage = %args.storage,
@@ -74,7 +74,7 @@ async fn main() -> anyhow::Result<()> {
         served = server => served.context("broker server failed")?,
         _ = async {
             shutdown.cancelled().await;
-            tokio::time::sleep(busmq_runtime::DRAIN_TIMEOUT).await;
+            tokio::time::sleep(busmq_server::DRAIN_TIMEOUT).await;
         } => tracing::warn!("in-flight work did not drain in time; exiting"),
     }
     Ok(())

@@ -10,7 +10,7 @@ use busmq_proto::v1::{self, objects_server::Objects};
 use busmq_storage::Storage;
 use tonic::{Request, Response, Status};
 
-use crate::service::ttl;
+use crate::queues::ttl;
 
 /// The object service of one broker.
 pub struct ObjectsService {

@@ -651,7 +651,7 @@ async fn flush_and_metadata() {
 
 /// A client with thousands of queues multiplexes thousands of push streams
 /// over one connection, and every batch of every stream is acknowledged.
-/// (The connection-window fix in `busmq_runtime::grpc_server` is reproduced
+/// (The connection-window fix in `busmq_server::grpc_server` is reproduced
 /// under CPU load by `busmq bench --queues 3000 --producers 1 --consumers 1`,
 /// which lost its connection before it; this quick test does not load the
 /// server enough to reproduce that.)

@@ -140,7 +140,7 @@ async fn send_stdin(sender: ChannelSender) -> anyhow::Result<()> {
 }
 
 async fn talk(mut session: ChannelSession, args: &ChannelArgs) -> anyhow::Result<()> {
-    let shutdown = busmq_runtime::shutdown_on_signal();
+    let shutdown = busmq_server::shutdown_on_signal();
     // The session opens with `connect`: print it before anything is sent.
     if let Some(ChannelEvent::Connect { .. }) = session.next().await {
         println!("connect");

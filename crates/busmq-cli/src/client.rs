@@ -115,7 +115,7 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
 }
 
 async fn consume_attached(queue: &Queue, options: ConsumeOptions, raw: bool) -> anyhow::Result<()> {
-    let shutdown = busmq_runtime::shutdown_on_signal();
+    let shutdown = busmq_server::shutdown_on_signal();
     let mut consumer = queue.consume(options).await?;
     if consumer.redelivered() > 0 {
         tracing::info!(

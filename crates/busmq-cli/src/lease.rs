@@ -133,7 +133,7 @@ async fn take(args: TakeArgs) -> anyhow::Result<()> {
     let options = ConsumeOptions::lease(Duration::from_millis(args.visibility_ms)).max(args.max);
     let taken = async {
         let mut consumer = queue.consume(options).await?;
-        let shutdown = busmq_runtime::shutdown_on_signal();
+        let shutdown = busmq_server::shutdown_on_signal();
         let mut out = io::stdout().lock();
         while let Some(delivery) = next_or_shutdown(&mut consumer, &shutdown).await {
             let delivery = delivery?;

@@ -7,9 +7,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-/// See [`busmq_runtime::Allocator`].
+/// See [`busmq_server::Allocator`].
 #[global_allocator]
-static ALLOCATOR: busmq_runtime::Allocator = busmq_runtime::ALLOCATOR;
+static ALLOCATOR: busmq_server::Allocator = busmq_server::ALLOCATOR;
 
 mod channel;
 mod client;
@@ -44,6 +44,8 @@ enum Command {
     Subscribe(SubscribeArgs),
     #[command(subcommand)]
     Object(ObjectCommand),
+    // Only with the default `bench` feature; its help is BenchArgs' own.
+    #[cfg(feature = "bench")]
     Bench(busmq_bench::BenchArgs),
 }
 
@@ -157,12 +159,12 @@ struct ServeArgs {
         env = "BUSMQ_BACKEND",
         default_value = "embedded"
     )]
-    storage: busmq_storage::backend::BackendSpec,
+    storage: busmq_storage_server::BackendSpec,
     /// Directory of the embedded store, created if missing.
-    #[arg(long, env = "BUSMQ_DATA_DIR", default_value = busmq_storage::backend::DEFAULT_DATA_DIR)]
+    #[arg(long, env = "BUSMQ_DATA_DIR", default_value = busmq_storage_server::DEFAULT_DATA_DIR)]
     data_dir: std::path::PathBuf,
     #[command(flatten)]
-    limits: busmq_runtime::LimitsArgs,
+    limits: busmq_server::LimitsArgs,
     /// Messages in flight to a consumer that names no prefetch.
     #[arg(long, env = "BUSMQ_PREFETCH", default_value_t = busmq_broker::BrokerConfig::default().default_prefetch)]
     prefetch: u32,
@@ -297,7 +299,7 @@ struct StatsArgs {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    busmq_runtime::init_tracing();
+    busmq_server::init_tracing();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Push(args) => client::push(args).await,
@@ -309,6 +311,7 @@ async fn main() -> ExitCode {
         Command::Subscribe(args) => pubsub::subscribe(args).await,
         Command::Object(ObjectCommand::Get(args)) => object::get(args).await,
         Command::Object(ObjectCommand::Set(args)) => object::set(args).await,
+        #[cfg(feature = "bench")]
         Command::Bench(args) => busmq_bench::run(args).await.map(drop),
     };
     match result {
@@ -342,12 +345,12 @@ mod tests {
         assert_eq!(args.listen.port(), 50051);
         assert_eq!(args.storage_listen.port(), 50052);
         assert_eq!(args.limits.limits().max_message_bytes, 1024 * 1024);
-        assert_eq!(args.storage, busmq_storage::backend::BackendSpec::Embedded);
+        assert_eq!(args.storage, busmq_storage_server::BackendSpec::Embedded);
         assert_eq!(args.data_dir, std::path::PathBuf::from("./busmq-data"));
         let Command::Serve(args) = parse(&["serve", "--backend", "memory"]).unwrap().command else {
             panic!("not serve");
         };
-        assert_eq!(args.storage, busmq_storage::backend::BackendSpec::Memory);
+        assert_eq!(args.storage, busmq_storage_server::BackendSpec::Memory);
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("subscribing to {}", args.channel))?;
     // On standard error, so a script can wait for it before publishing.
     eprintln!("busmq: subscribed to {}", args.channel);
-    let shutdown = busmq_runtime::shutdown_on_signal();
+    let shutdown = busmq_server::shutdown_on_signal();
     let mut out = io::BufWriter::new(io::stdout().lock());
     let mut printed = 0u64;
     let result = loop {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use busmq_broker::BrokerConfig;
-use busmq_storage::backend::{self, BackendOptions};
+use busmq_storage_server::{self as backend, BackendOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::ServeArgs;
@@ -30,9 +30,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let storage = backend::open(&args.storage, &options)
         .await
         .with_context(|| format!("opening storage backend {:?}", args.storage))?;
-    let shutdown = busmq_runtime::shutdown_on_signal();
-    let storage_listener = busmq_runtime::bind(args.storage_listen).await?;
-    let broker_listener = busmq_runtime::bind(args.listen).await?;
+    let shutdown = busmq_server::shutdown_on_signal();
+    let storage_listener = busmq_server::bind(args.storage_listen).await?;
+    let broker_listener = busmq_server::bind(args.listen).await?;
     tracing::info!(backend = ?args.storage, "store opened");
     tracing::info!(
         listen = %storage_listener.local_addr()?,
@@ -64,13 +64,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let deadline = async {
         shutdown.cancelled().await;
-        tokio::time::sleep(busmq_runtime::DRAIN_TIMEOUT).await;
+        tokio::time::sleep(busmq_server::DRAIN_TIMEOUT).await;
     };
     tokio::select! {
         served = servers => served?,
         _ = deadline => tracing::warn!(
             "in-flight work did not finish within {:?}; exiting anyway",
-            busmq_runtime::DRAIN_TIMEOUT
+            busmq_server::DRAIN_TIMEOUT
         ),
     }
     tracing::info!("busmq stopped");

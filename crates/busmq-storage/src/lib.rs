@@ -16,15 +16,16 @@ use futures::stream::BoxStream;
 
 pub use busmq_core::{ChannelName, Error, Message, ObjectName, QueueName, Result};
 
-pub mod backend;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "embedded")]
 pub mod embedded;
 pub mod leases;
 pub mod memory;
 pub mod object_state;
 pub mod pubsub;
 pub mod queue_state;
+#[cfg(feature = "redis")]
 pub mod redis;
 pub mod remote;
 pub mod server;

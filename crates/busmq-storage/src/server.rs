@@ -30,14 +30,14 @@ pub const HEALTH_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// Requests and responses may be as large as [`Limits::max_request_bytes`].
 /// On shutdown, health flips to NOT_SERVING, open `Watch` streams end and
 /// in-flight calls finish before this returns; callers that want a bound on
-/// that wait (see `busmq_runtime::DRAIN_TIMEOUT`) race it against a timer.
+/// that wait (see `busmq_server::DRAIN_TIMEOUT`) race it against a timer.
 pub async fn serve(
     listener: TcpListener,
     storage: Arc<dyn Storage>,
     limits: Limits,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let (reporter, health) = busmq_runtime::health_reporter();
+    let (reporter, health) = busmq_server::health_reporter();
     report_health(reporter, Arc::clone(&storage), shutdown.clone()).await;
 
     let max = limits.max_request_bytes();
@@ -48,14 +48,11 @@ pub async fn serve(
             .accept_compressed(CompressionEncoding::Gzip)
             .accept_compressed(CompressionEncoding::Zstd);
 
-    busmq_runtime::grpc_server()
+    busmq_server::grpc_server()
         .add_service(health)
-        .add_service(busmq_runtime::reflection())
+        .add_service(busmq_server::reflection())
         .add_service(storage)
-        .serve_with_incoming_shutdown(
-            busmq_runtime::incoming(listener),
-            shutdown.cancelled_owned(),
-        )
+        .serve_with_incoming_shutdown(busmq_server::incoming(listener), shutdown.cancelled_owned())
         .await
 }
 

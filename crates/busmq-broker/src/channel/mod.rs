@@ -22,7 +22,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::BrokerConfig;
 use crate::consume::{ConsumeTask, Mode, QueueReader, STREAM_BUFFER};
-use crate::service::{attach_ttl, consumer_settings, invalid};
+use crate::queues::{attach_ttl, consumer_settings, invalid};
 use crate::wakeup::Wakeups;
 
 use names::{Role, SessionQueues};

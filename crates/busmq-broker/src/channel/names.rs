@@ -3,7 +3,7 @@
 use busmq_core::{Limits, QueueName};
 use tonic::Status;
 
-use crate::service::invalid;
+use crate::queues::invalid;
 
 /// Every channel queue is named `channel:<name>:<role>`, so channel queues
 /// are easy to tell apart from plain queues in `busmq stats`.

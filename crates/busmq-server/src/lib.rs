@@ -25,7 +25,7 @@ pub use tonic_health::server::health_reporter;
 pub type Allocator = tikv_jemallocator::Jemalloc;
 
 /// The value of [`Allocator`] to declare: `#[global_allocator] static
-/// ALLOCATOR: busmq_runtime::Allocator = busmq_runtime::ALLOCATOR;`.
+/// ALLOCATOR: busmq_server::Allocator = busmq_server::ALLOCATOR;`.
 pub const ALLOCATOR: Allocator = tikv_jemallocator::Jemalloc;
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).

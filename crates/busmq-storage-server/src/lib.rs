@@ -1,14 +1,16 @@
-//! Choosing a store from configuration: `memory`, `embedded` or Redis URLs.
-//! Both `busmq-storage` and `busmq serve` open their store through here.
+//! Choosing a store from configuration (`memory`, `embedded` or Redis URLs)
+//! and opening it: the one crate that links every backend. The
+//! `busmq-storage` binary, `busmq serve` and `busmq bench` open their store
+//! through here; a broker never does, so it links neither SQLite nor Redis.
 
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use crate::embedded::EmbeddedStorage;
-use crate::memory::MemoryStorage;
-use crate::redis::{RedisConfig, RedisStorage};
-use crate::{Error, Result, Storage};
+use busmq_storage::embedded::EmbeddedStorage;
+use busmq_storage::memory::MemoryStorage;
+use busmq_storage::redis::{RedisConfig, RedisStorage};
+use busmq_storage::{Error, Result, Storage};
 
 /// Where default embedded data lives, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "./busmq-data";
@@ -23,7 +25,7 @@ pub enum BackendSpec {
     Embedded,
     /// Redis: `redis://`, `rediss://`, a comma-separated list of URLs
     /// (shards), `redis+sentinel://` or `redis+cluster://`; see
-    /// [`crate::redis`].
+    /// [`busmq_storage::redis`].
     Redis(Box<RedisConfig>),
 }
 
@@ -34,7 +36,7 @@ impl FromStr for BackendSpec {
         match s.trim() {
             "memory" => Ok(BackendSpec::Memory),
             "embedded" => Ok(BackendSpec::Embedded),
-            spec if crate::redis::is_redis_spec(spec) => {
+            spec if busmq_storage::redis::is_redis_spec(spec) => {
                 Ok(BackendSpec::Redis(Box::new(RedisConfig::parse(spec)?)))
             }
             other => Err(Error::InvalidArgument(format!(

@@ -4,12 +4,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use busmq_storage::backend::{self, BackendOptions, BackendSpec, DEFAULT_DATA_DIR};
+use busmq_storage_server::{self as backend, BackendOptions, BackendSpec, DEFAULT_DATA_DIR};
 use clap::Parser;
 
-/// See [`busmq_runtime::Allocator`].
+/// See [`busmq_server::Allocator`].
 #[global_allocator]
-static ALLOCATOR: busmq_runtime::Allocator = busmq_runtime::ALLOCATOR;
+static ALLOCATOR: busmq_server::Allocator = busmq_server::ALLOCATOR;
 
 /// The busmq storage service: the only process that talks to a store.
 /// Brokers reach it over gRPC (busmq.storage.v1), with grpc.health.v1 and
@@ -35,13 +35,13 @@ struct Args {
     data_dir: PathBuf,
 
     #[command(flatten)]
-    limits: busmq_runtime::LimitsArgs,
+    limits: busmq_server::LimitsArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    busmq_runtime::init_tracing();
+    busmq_server::init_tracing();
 
     let limits = args.limits.limits();
     let options = BackendOptions {
@@ -51,8 +51,8 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("opening storage backend {:?}", args.backend))?;
 
-    let shutdown = busmq_runtime::shutdown_on_signal();
-    let listener = busmq_runtime::bind(args.listen).await?;
+    let shutdown = busmq_server::shutdown_on_signal();
+    let listener = busmq_server::bind(args.listen).await?;
     let addr = listener
         .local_addr()
         .context("reading the listening address")?;
@@ -61,13 +61,13 @@ async fn main() -> anyhow::Result<()> {
     let server = busmq_storage::server::serve(listener, storage, limits, shutdown.clone());
     let drain_deadline = async {
         shutdown.cancelled().await;
-        tokio::time::sleep(busmq_runtime::DRAIN_TIMEOUT).await;
+        tokio::time::sleep(busmq_server::DRAIN_TIMEOUT).await;
     };
     tokio::select! {
         result = server => result.context("storage gRPC server failed")?,
         () = drain_deadline => {
             tracing::warn!("in-flight calls did not finish within {:?}; exiting anyway",
-                busmq_runtime::DRAIN_TIMEOUT);
+                busmq_server::DRAIN_TIMEOUT);
         }
     }
     tracing::info!("busmq-storage stopped");
