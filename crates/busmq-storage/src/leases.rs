@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::queue_state::{Journal, Queue, QueueStore, Recorder, deadline};
+use crate::queue_store::{Journal, Queue, QueueStore, Recorder, deadline};
 use crate::{
     Error, LeaseToken, LeasedMessage, Leases, Message, QueueName, Result, Settled, Settlement,
 };

@@ -24,7 +24,7 @@ pub mod leases;
 pub mod memory;
 pub mod object_state;
 pub mod pubsub;
-pub mod queue_state;
+pub mod queue_store;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod remote;

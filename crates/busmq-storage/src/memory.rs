@@ -1,10 +1,10 @@
 //! An in-memory store: fast, ephemeral, for tests and `--backend memory`.
-//! Its queue semantics live in [`crate::queue_state`], shared with the
+//! Its queue semantics live in [`crate::queue_store`], shared with the
 //! embedded durable store.
 
 use std::collections::HashMap;
 
-use crate::queue_state::{QueueStore, Volatile};
+use crate::queue_store::{QueueStore, Volatile};
 
 /// An in-memory [`Storage`](crate::Storage): a [`QueueStore`] whose journal
 /// forgets. Queues expire on tokio's clock, so tests can drive expiry with

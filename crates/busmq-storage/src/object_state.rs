@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::queue_state::{Change, Journal, QueueStore, Recorder, Shared, deadline};
+use crate::queue_store::{Change, Journal, QueueStore, Recorder, Shared, deadline};
 use crate::{Error, ObjectFields, ObjectName, Result};
 
 /// One persistable object.

@@ -14,7 +14,7 @@
 //! ```
 //!
 //! A queue's stored messages are the ids of its `runs` rows (see
-//! [`super::runs`]); those with an id up to `pending_hi` are pending (see [`crate::queue_state::Queue`]). A
+//! [`super::runs`]); those with an id up to `pending_hi` are pending (see [`crate::queue_store::Queue`]). A
 //! `deliveries` row counts the deliveries of a stored message delivered
 //! before; with a lease owner, the message is leased until `lease_until_ms`. Times
 //! are wall-clock milliseconds since the Unix epoch, so deadlines mean the
@@ -34,7 +34,7 @@ use busmq_core::Limits;
 use super::runs::{self, RunIndex};
 use crate::leases::Delivery;
 use crate::object_state::{Objects, StoredObject};
-use crate::queue_state::{Change, Queue, QueueMeta, deadline};
+use crate::queue_store::{Change, Queue, QueueMeta, deadline};
 use crate::{Message, ObjectName, QueueName};
 
 /// The database file inside the data directory.

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::db::{Clock, DB_FILE, Db, Record, Recovered};
-use crate::queue_state::{Change, Journal};
+use crate::queue_store::{Change, Journal};
 use crate::{Error, Result};
 
 /// The lock file that keeps a second process out of the directory.

@@ -17,7 +17,7 @@
 
 use std::path::Path;
 
-use crate::queue_state::QueueStore;
+use crate::queue_store::QueueStore;
 use crate::{Error, Result};
 
 pub mod db;
