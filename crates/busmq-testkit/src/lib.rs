@@ -25,6 +25,7 @@
 
 pub mod deployment;
 pub mod redis;
+pub mod skip;
 
 use std::ffi::{OsStr, OsString};
 use std::fs::OpenOptions;
@@ -67,6 +68,27 @@ pub fn bin_path(name: &str) -> PathBuf {
         );
     }
     path
+}
+
+/// Cargo's target directory, found from the running test executable
+/// (`<target>/<profile>/deps/<test>`): where tests keep what outlives one
+/// run, such as a Python virtualenv.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the path of the running test executable");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| {
+            if deps.ends_with("deps") {
+                deps.parent()
+            } else {
+                Some(deps)
+            }
+        })
+        .expect("the test executable is in a directory");
+    profile_dir
+        .parent()
+        .expect("the profile directory is inside the target directory")
+        .to_path_buf()
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0,
