@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::db::{Clock, DB_FILE, Db, Record, Recovered};
+use super::db::{DB_FILE, Db};
+use super::record::{Clock, Record};
+use super::recovery::Recovered;
 use crate::queue_store::{Change, Journal};
 use crate::{Error, Result};
 

@@ -22,7 +22,10 @@ use crate::{Error, Result};
 
 pub mod db;
 pub mod journal;
+pub mod record;
+mod recovery;
 pub mod runs;
+mod schema;
 
 pub use journal::SqliteJournal;
 

@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, HashMap};
 use bytes::Bytes;
 use rusqlite::{OptionalExtension, Transaction, params};
 
-use super::db::int;
+use super::record::int;
 use crate::Message;
 
 /// `runs` as [`super::db`]'s schema creates it.
