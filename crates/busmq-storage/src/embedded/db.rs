@@ -1,5 +1,5 @@
-//! The embedded store's database: opening it (see [`super::schema`] for
-//! the tables and [`super::recovery`] for reading them back) and the write
+//! The embedded store's database: opening it (see `schema.rs` for
+//! the tables and `recovery.rs` for reading them back) and the write
 //! path, which coalesces a batch of records to its net effect and writes
 //! it in one transaction, one fsync.
 

@@ -150,7 +150,7 @@
 //! error, a timeout, `READONLY` (a demoted master), `MASTERDOWN` or
 //! `UNBLOCKED` drops the connection and triggers a reconnect. An
 //! unreachable Redis at start-up is logged with its URL and retried
-//! forever; [`Storage::ready`] is false until every
+//! forever; [`Storage::ready`](crate::Storage::ready) is false until every
 //! shard is connected.
 
 mod config;
@@ -203,7 +203,7 @@ const PING_INTERVAL: Duration = Duration::from_secs(5);
 /// Longest ttl or lease sent to Redis (100 years); longer ones are capped.
 const MAX_MS: u128 = 100 * 365 * 24 * 3600 * 1000;
 
-/// A [`Storage`] on Redis. Cheap to clone: clones share connections.
+/// A [`Storage`](crate::Storage) on Redis. Cheap to clone: clones share connections.
 /// Background tasks (connection supervisors, subscribers, expiry timers)
 /// stop when the last clone is dropped.
 #[derive(Clone)]
