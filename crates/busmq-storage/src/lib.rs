@@ -20,7 +20,6 @@ pub use busmq_core::{ChannelName, Error, Message, ObjectName, QueueName, Result}
 pub mod conformance;
 #[cfg(feature = "embedded")]
 pub mod embedded;
-pub mod leases;
 pub mod memory;
 pub mod object_state;
 pub mod pubsub;

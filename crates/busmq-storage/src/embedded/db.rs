@@ -326,7 +326,7 @@ mod tests {
     use crate::Message;
     use crate::embedded::record::{Clock, DeliveryRow, MetaRow};
     use crate::embedded::schema::{PAGE_SIZE, SCHEMA, SCHEMA_VERSION};
-    use crate::leases::Delivery;
+    use crate::queue_store::Delivery;
     use crate::queue_store::{Queue, QueueMeta};
     use busmq_core::Limits;
     use bytes::Bytes;

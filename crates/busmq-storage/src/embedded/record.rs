@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::leases::Delivery;
+use crate::queue_store::Delivery;
 use crate::queue_store::{Change, QueueMeta, deadline};
 use crate::{ObjectName, QueueName};
 

@@ -11,8 +11,8 @@ use rusqlite::params;
 use super::db::{Db, drop_qid};
 use super::record::{Clock, DeliveryRow, MetaRow, uint};
 use super::runs;
-use crate::leases::Delivery;
 use crate::object_state::{Objects, StoredObject};
+use crate::queue_store::Delivery;
 use crate::queue_store::Queue;
 use crate::{Message, ObjectName, QueueName};
 

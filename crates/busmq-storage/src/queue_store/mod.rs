@@ -9,8 +9,19 @@
 //! request), so the journal sees changes in exactly the order they were
 //! applied. Replaying the changes onto an empty state rebuilds the state.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::future::Future;
+mod change;
+mod lease;
+mod queue;
+
+pub(crate) use change::Recorder;
+pub use change::{Change, Journal, QueueMeta, Volatile};
+use lease::LeaseAsk;
+pub use lease::{Delivery, Lease};
+pub use queue::Queue;
+use queue::dead_letter;
+pub(crate) use queue::deadline;
+
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -21,9 +32,7 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_stream::wrappers::BroadcastStream;
 
-use busmq_core::{DEAD_LETTER_TTL_SECS, DEFAULT_TTL_SECS, NameMap};
-
-use crate::leases::{Delivery, Lease};
+use busmq_core::{DEFAULT_TTL_SECS, NameMap};
 
 use crate::object_state::Objects;
 use crate::pubsub::Hub;
@@ -41,301 +50,6 @@ use crate::{
 /// bytes.
 const NOTIFY_CAPACITY: usize = 65_536;
 
-/// One queue. Invariant: `pending` and `ready` are each sorted by id, and
-/// every pending id is below every ready id (pending messages came from the
-/// front of `ready`, and go back to its front as a whole). So the pending
-/// messages are exactly the stored messages with id <= [`Queue::pending_hi`],
-/// which is how a journal can record them. Leased messages are in neither:
-/// a lease taken from the front of `ready` goes back into `ready` at its
-/// id's place, which keeps `ready` sorted (see [`crate::leases`]); leases
-/// and a reliable consumer never coexist, so pending messages stay below.
-#[derive(Debug)]
-pub struct Queue {
-    pub(crate) ready: VecDeque<Message>,
-    pub(crate) pending: VecDeque<Message>,
-    pub(crate) next_id: u64,
-    /// Highest id ever taken as pending: acks above it are unknown.
-    pub(crate) delivered_hi: u64,
-    pub(crate) attachments: u64,
-    pub(crate) ttl: Duration,
-    /// Set while the queue has no attachments.
-    pub(crate) expires_at: Option<Instant>,
-    pub(crate) reliable: Option<(String, Instant)>,
-    pub(crate) pushed: u64,
-    pub(crate) consumed: u64,
-    pub(crate) metadata: HashMap<String, String>,
-    /// Messages leased in lease mode, by id.
-    pub(crate) leases: BTreeMap<u64, Lease>,
-    /// Deliveries so far of stored messages that were delivered and put
-    /// back (nack, expiry, reliable requeue); absent means none.
-    pub(crate) returns: HashMap<u64, u32>,
-    /// Deliveries before a message is dead-lettered; 0 is unlimited.
-    pub(crate) max_deliveries: u32,
-}
-
-impl Queue {
-    pub(crate) fn new(ttl: Duration) -> Self {
-        Queue {
-            ready: VecDeque::new(),
-            pending: VecDeque::new(),
-            next_id: 1,
-            delivered_hi: 0,
-            attachments: 0,
-            ttl,
-            expires_at: None,
-            reliable: None,
-            pushed: 0,
-            consumed: 0,
-            metadata: HashMap::new(),
-            leases: BTreeMap::new(),
-            returns: HashMap::new(),
-            max_deliveries: 0,
-        }
-    }
-
-    pub(crate) fn expired(&self, now: Instant) -> bool {
-        self.expires_at.is_some_and(|at| at <= now)
-    }
-
-    /// Takes up to `max` messages from the front (see [`Storage::take`]),
-    /// recording the change to `name`.
-    fn take(
-        &mut self,
-        name: &QueueName,
-        max: u32,
-        mode: TakeMode,
-        rec: &mut Recorder,
-    ) -> Vec<Message> {
-        let n = self.ready.len().min(max as usize);
-        let taken: Vec<Message> = self.ready.drain(..n).collect();
-        let (Some(first), Some(last)) = (taken.first(), taken.last()) else {
-            return taken;
-        };
-        self.consumed += taken.len() as u64;
-        match mode {
-            // A crash that loses this change leaves the messages ready
-            // instead of pending: delivered again, as reliable mode allows
-            // for anything not acked. So delivery waits only for the pushes
-            // it takes to be durable, not for a commit of its own.
-            TakeMode::Pending => {
-                self.delivered_hi = self.delivered_hi.max(last.id);
-                self.pending.extend(taken.iter().cloned());
-                rec.lazy = true;
-            }
-            // Ready ids are above every pending id, so the range holds no
-            // pending message; it may hold leased ones, which `remove_ids`
-            // leaves out.
-            TakeMode::Remove if self.leases.is_empty() => {
-                rec.remove(name, first.id, last.id);
-                self.forget_returns(taken.iter().map(|m| m.id));
-            }
-            TakeMode::Remove => {
-                rec.remove_ids(name, taken.iter().map(|m| m.id));
-                self.forget_returns(taken.iter().map(|m| m.id));
-            }
-        }
-        rec.meta(name, self);
-        taken
-    }
-
-    pub(crate) fn lock_holder(&self, now: Instant) -> Option<&str> {
-        match &self.reliable {
-            Some((owner, until)) if *until > now => Some(owner),
-            _ => None,
-        }
-    }
-
-    /// The highest pending id, 0 when nothing is pending.
-    pub fn pending_hi(&self) -> u64 {
-        self.pending.back().map_or(0, |m| m.id)
-    }
-
-    /// Moves every pending message back to the front of `ready`, or to
-    /// `dead` when it used up its deliveries; returns how many went back.
-    fn requeue_pending(
-        &mut self,
-        name: &QueueName,
-        rec: &mut Recorder,
-        dead: &mut Vec<Message>,
-    ) -> u64 {
-        let mut n = 0;
-        let mut dead_here = Vec::new();
-        while let Some(m) = self.pending.pop_back() {
-            let delivered = self.returns.get(&m.id).copied().unwrap_or(0) + 1;
-            if self.max_deliveries > 0 && delivered >= self.max_deliveries {
-                self.returns.remove(&m.id);
-                rec.remove(name, m.id, m.id);
-                dead_here.push(m);
-                continue;
-            }
-            self.returns.insert(m.id, delivered);
-            rec.delivery(name, m.id, Some(Delivery::returned(delivered)));
-            self.ready.push_front(m);
-            n += 1;
-        }
-        dead.extend(dead_here.into_iter().rev());
-        n
-    }
-
-    /// Everything about the queue except its messages and metadata.
-    pub(crate) fn meta(&self) -> QueueMeta {
-        QueueMeta {
-            ttl: self.ttl,
-            attachments: self.attachments,
-            expires_at: self.expires_at,
-            reliable: self.reliable.clone(),
-            next_id: self.next_id,
-            delivered_hi: self.delivered_hi,
-            pending_hi: self.pending_hi(),
-            pushed: self.pushed,
-            consumed: self.consumed,
-            max_deliveries: self.max_deliveries,
-        }
-    }
-
-    /// Rebuilds a queue from what a journal recorded: its meta, its stored
-    /// messages in id order, the delivery records of its messages, and its
-    /// metadata. Delivery records of messages not stored are ignored.
-    pub(crate) fn restore(
-        meta: QueueMeta,
-        messages: impl IntoIterator<Item = Message>,
-        mut deliveries: HashMap<u64, Delivery>,
-        metadata: HashMap<String, String>,
-    ) -> Self {
-        let mut q = Queue::new(meta.ttl);
-        for m in messages {
-            let delivery = deliveries.remove(&m.id);
-            if m.id <= meta.pending_hi {
-                if let Some(d) = delivery {
-                    q.returns.insert(m.id, d.attempts);
-                }
-                q.pending.push_back(m);
-                continue;
-            }
-            match delivery {
-                Some(Delivery {
-                    attempts,
-                    lease: Some((owner, until)),
-                }) => {
-                    q.leases.insert(
-                        m.id,
-                        Lease {
-                            message: m,
-                            attempt: attempts,
-                            owner,
-                            until,
-                        },
-                    );
-                }
-                Some(d) => {
-                    q.returns.insert(m.id, d.attempts);
-                    q.ready.push_back(m);
-                }
-                None => q.ready.push_back(m),
-            }
-        }
-        q.max_deliveries = meta.max_deliveries;
-        q.next_id = meta.next_id;
-        q.delivered_hi = meta.delivered_hi;
-        q.attachments = meta.attachments;
-        q.expires_at = meta.expires_at;
-        q.reliable = meta.reliable;
-        q.pushed = meta.pushed;
-        q.consumed = meta.consumed;
-        q.metadata = metadata;
-        q
-    }
-}
-
-/// `now + d`, saturating far in the future instead of overflowing: a
-/// direct caller of the trait may pass any duration.
-pub(crate) fn deadline(now: Instant, d: Duration) -> Instant {
-    now.checked_add(d)
-        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
-}
-
-/// Everything about a queue except its messages and metadata, as a journal
-/// records it after a change.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueMeta {
-    pub ttl: Duration,
-    pub attachments: u64,
-    pub expires_at: Option<Instant>,
-    /// Owner and lease end of the reliable lock.
-    pub reliable: Option<(String, Instant)>,
-    pub next_id: u64,
-    pub delivered_hi: u64,
-    /// Stored messages with an id up to this one are pending (0: none).
-    pub pending_hi: u64,
-    pub pushed: u64,
-    pub consumed: u64,
-    pub max_deliveries: u32,
-}
-
-/// The effect of one mutation on one queue, as a journal records it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
-    /// The queue's meta is now this (creating the queue if it was not
-    /// recorded).
-    Meta(QueueName, QueueMeta),
-    /// Messages appended with consecutive ids from `first`.
-    Append {
-        queue: QueueName,
-        first: u64,
-        payloads: Vec<Bytes>,
-    },
-    /// Every stored message with an id in `from..=to` is gone.
-    Remove {
-        queue: QueueName,
-        from: u64,
-        to: u64,
-    },
-    /// The delivery record of one stored message is now this (`None`:
-    /// it has none). Removing a message removes its record too.
-    Delivery {
-        queue: QueueName,
-        id: u64,
-        delivery: Option<Delivery>,
-    },
-    /// One metadata value was written.
-    Metadata {
-        queue: QueueName,
-        key: String,
-        value: String,
-    },
-    /// The queue is gone, with its messages and metadata.
-    Drop(QueueName),
-    /// Fields of a persistable object were written (creating it).
-    ObjectFields {
-        object: ObjectName,
-        fields: Vec<(String, String)>,
-    },
-    /// The expiry deadline of an object is now this.
-    ObjectExpiry {
-        object: ObjectName,
-        expires_at: Option<Instant>,
-    },
-    /// The object is gone, with its fields.
-    ObjectDrop(ObjectName),
-}
-
-/// Where a [`QueueStore`] records its changes.
-pub trait Journal: Send + Sync + 'static {
-    /// Whether changes are recorded at all; when false, none are built.
-    const RECORDS: bool;
-
-    /// Records `changes` (applied in this order, after every change
-    /// submitted before) and returns a ticket for [`Journal::wait`]. Called
-    /// under the store's lock, so it must not block on I/O.
-    fn submit(&self, changes: Vec<Change>) -> u64;
-
-    /// The ticket of the latest submission.
-    fn last_ticket(&self) -> u64;
-
-    /// Resolves once every change up to `ticket` is recorded for good.
-    fn wait(&self, ticket: u64) -> impl Future<Output = Result<()>> + Send;
-}
-
 /// When an operation that adds messages tells consumers about them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Announce {
@@ -343,152 +57,6 @@ enum Announce {
     AfterDurable,
     /// As soon as they are applied in memory.
     BeforeDurable,
-}
-
-/// The journal of a store that forgets everything when the process ends.
-#[derive(Debug, Default)]
-pub struct Volatile;
-
-impl Journal for Volatile {
-    const RECORDS: bool = false;
-
-    fn submit(&self, _changes: Vec<Change>) -> u64 {
-        0
-    }
-
-    fn last_ticket(&self) -> u64 {
-        0
-    }
-
-    fn wait(&self, _ticket: u64) -> impl Future<Output = Result<()>> + Send {
-        std::future::ready(Ok(()))
-    }
-}
-
-/// The changes one operation makes, built only when the journal records.
-pub(crate) struct Recorder {
-    pub(crate) on: bool,
-    pub(crate) changes: Vec<Change>,
-    /// The operation may return before its own changes are durable (only
-    /// what it saw must be): losing them in a crash must be harmless.
-    pub(crate) lazy: bool,
-}
-
-impl Recorder {
-    pub(crate) fn new(on: bool) -> Self {
-        Recorder {
-            on,
-            changes: Vec::new(),
-            lazy: false,
-        }
-    }
-
-    pub(crate) fn record(&mut self, change: impl FnOnce() -> Change) {
-        if self.on {
-            self.changes.push(change());
-        }
-    }
-
-    pub(crate) fn meta(&mut self, name: &QueueName, q: &Queue) {
-        self.record(|| Change::Meta(name.clone(), q.meta()));
-    }
-
-    pub(crate) fn delivery(&mut self, name: &QueueName, id: u64, delivery: Option<Delivery>) {
-        self.record(|| Change::Delivery {
-            queue: name.clone(),
-            id,
-            delivery,
-        });
-    }
-
-    /// Removes exactly the given ids (sorted), as few ranges as possible:
-    /// a range must not cover a leased message lying between them.
-    pub(crate) fn remove_ids(&mut self, name: &QueueName, ids: impl IntoIterator<Item = u64>) {
-        if !self.on {
-            return;
-        }
-        let mut run: Option<(u64, u64)> = None;
-        for id in ids {
-            run = match run {
-                Some((from, to)) if to + 1 == id => Some((from, id)),
-                Some((from, to)) => {
-                    self.remove(name, from, to);
-                    Some((id, id))
-                }
-                None => Some((id, id)),
-            };
-        }
-        if let Some((from, to)) = run {
-            self.remove(name, from, to);
-        }
-    }
-
-    pub(crate) fn remove(&mut self, name: &QueueName, from: u64, to: u64) {
-        if from <= to {
-            self.record(|| Change::Remove {
-                queue: name.clone(),
-                from,
-                to,
-            });
-        }
-    }
-}
-
-/// Where [`dead_letter`] put the dead letters.
-struct DeadLetterQueue {
-    name: QueueName,
-    /// Its new expiry deadline, when it has no attachments.
-    expires_at: Option<Instant>,
-    /// An expired queue of that name was replaced.
-    replaced_expired: bool,
-}
-
-/// Appends `dead` (in id order) to the dead-letter queue of `source`,
-/// creating it unattached with [`DEAD_LETTER_TTL_SECS`] if needed. An
-/// unattached one lives its ttl from now: from its latest dead letter.
-fn dead_letter(
-    queues: &mut NameMap<Queue>,
-    source: &QueueName,
-    dead: Vec<Message>,
-    now: Instant,
-    rec: &mut Recorder,
-) -> DeadLetterQueue {
-    let name = source.dead_letters();
-    let replaced_expired = queues.get(&name).is_some_and(|q| q.expired(now));
-    if replaced_expired {
-        queues.remove(&name);
-        rec.record(|| Change::Drop(name.clone()));
-    }
-    let q = queues.entry(name.clone()).or_insert_with(|| {
-        let q = Queue::new(Duration::from_secs(DEAD_LETTER_TTL_SECS));
-        // A journal records a queue's meta before anything else about it.
-        rec.meta(&name, &q);
-        q
-    });
-    let first = q.next_id;
-    let n = dead.len() as u64;
-    rec.record(|| Change::Append {
-        queue: name.clone(),
-        first,
-        payloads: dead.iter().map(|m| m.payload.clone()).collect(),
-    });
-    for (id, m) in (first..).zip(dead) {
-        q.ready.push_back(Message {
-            id,
-            payload: m.payload,
-        });
-    }
-    q.next_id += n;
-    q.pushed += n;
-    if q.attachments == 0 {
-        q.expires_at = Some(deadline(now, q.ttl));
-    }
-    rec.meta(&name, q);
-    DeadLetterQueue {
-        expires_at: q.expires_at,
-        name,
-        replaced_expired,
-    }
 }
 
 /// A [`Storage`] whose live state is in this process, recording every change
@@ -1001,7 +569,25 @@ impl<J: Journal> Storage for QueueStore<J> {
         max: u32,
         visibility: Duration,
     ) -> Result<Leases> {
-        self.lease_messages(queue, owner, max, visibility).await
+        busmq_core::check_visibility(visibility)?;
+        crate::check_lease_owner(owner)?;
+        let now = Instant::now();
+        let (leases, requeued) = self
+            .with_queue_dl(queue, |q, rec, dead| {
+                let ask = LeaseAsk {
+                    owner,
+                    max,
+                    visibility,
+                };
+                q.lease(queue, ask, now, rec, dead)
+            })
+            .await??;
+        // Expired leases this call put back and did not take itself are
+        // for the other waiting consumers.
+        if requeued > leases.messages.len() as u64 {
+            self.notify_data(queue);
+        }
+        Ok(leases)
     }
 
     async fn settle(
@@ -1010,11 +596,33 @@ impl<J: Journal> Storage for QueueStore<J> {
         token: LeaseToken,
         settlement: Settlement,
     ) -> Result<Settled> {
-        self.settle_lease(queue, token, settlement).await
+        token.check()?;
+        let now = Instant::now();
+        let (settled, requeued) = self
+            .with_queue_dl(queue, |q, rec, dead| {
+                q.settle(queue, token, settlement, now, rec, dead)
+            })
+            .await?;
+        if requeued > 0 {
+            self.notify_data(queue);
+        }
+        settled
     }
 
     async fn release_leases(&self, queue: &QueueName, owner: &str) -> Result<u64> {
-        Self::or_missing(self.release_owner(queue, owner).await, 0)
+        let now = Instant::now();
+        let released = self
+            .with_queue_dl(queue, |q, rec, dead| {
+                q.release(queue, owner, now, rec, dead)
+            })
+            .await
+            .map(|(released, requeued)| {
+                if requeued > 0 {
+                    self.notify_data(queue);
+                }
+                released
+            });
+        Self::or_missing(released, 0)
     }
 
     async fn set_max_deliveries(&self, queue: &QueueName, max: u32) -> Result<()> {
