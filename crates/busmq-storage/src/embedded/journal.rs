@@ -90,7 +90,7 @@ impl Linger {
     /// Holds the inbox open until a submission arrives or [`LINGER`] passes.
     fn hold<'a>(
         &mut self,
-        channel: &'a Channel,
+        handoff: &'a Handoff,
         mut inbox: MutexGuard<'a, Inbox>,
     ) -> MutexGuard<'a, Inbox> {
         let submitted = inbox.ticket;
@@ -100,7 +100,7 @@ impl Linger {
             let Some(left) = until.checked_duration_since(Instant::now()) else {
                 break;
             };
-            inbox = channel
+            inbox = handoff
                 .wake
                 .wait_timeout(inbox, left)
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -114,12 +114,14 @@ impl Linger {
     }
 }
 
-struct Channel {
+/// Where submissions wait for the writer thread: the inbox it drains, and
+/// the condition variable that wakes it.
+struct Handoff {
     inbox: Mutex<Inbox>,
     wake: Condvar,
 }
 
-impl Channel {
+impl Handoff {
     fn inbox(&self) -> MutexGuard<'_, Inbox> {
         self.inbox
             .lock()
@@ -131,7 +133,7 @@ impl Channel {
 /// by group commit on a dedicated thread.
 pub struct SqliteJournal {
     dir: PathBuf,
-    channel: Arc<Channel>,
+    handoff: Arc<Handoff>,
     last_ticket: AtomicU64,
     progress: Arc<watch::Sender<Progress>>,
     writer: Option<JoinHandle<()>>,
@@ -179,24 +181,24 @@ impl SqliteJournal {
             "embedded store opened"
         );
 
-        let channel = Arc::new(Channel {
+        let handoff = Arc::new(Handoff {
             inbox: Mutex::new(Inbox::default()),
             wake: Condvar::new(),
         });
         let progress = Arc::new(watch::Sender::new(Progress::default()));
         let writer = {
-            let channel = Arc::clone(&channel);
+            let handoff = Arc::clone(&handoff);
             let progress = Arc::clone(&progress);
             let dir = dir.to_path_buf();
             std::thread::Builder::new()
                 .name("busmq-embedded-writer".into())
-                .spawn(move || write_loop(db, &channel, &progress, &dir))
+                .spawn(move || write_loop(db, &handoff, &progress, &dir))
                 .map_err(|e| unavailable("cannot start the writer thread", &e))?
         };
         Ok((
             SqliteJournal {
                 dir: dir.to_path_buf(),
-                channel,
+                handoff,
                 last_ticket: AtomicU64::new(0),
                 progress,
                 writer: Some(writer),
@@ -218,16 +220,16 @@ impl SqliteJournal {
 }
 
 /// The writer thread: commits whatever has gathered, until closed.
-fn write_loop(mut db: Db, channel: &Channel, progress: &watch::Sender<Progress>, dir: &Path) {
+fn write_loop(mut db: Db, handoff: &Handoff, progress: &watch::Sender<Progress>, dir: &Path) {
     let mut batch = Vec::new();
     let mut linger = Linger { skip: 0 };
     loop {
         let ticket = {
-            let mut inbox = channel.inbox();
+            let mut inbox = handoff.inbox();
             let mut idled = false;
             while inbox.records.is_empty() && !inbox.closing {
                 idled = true;
-                inbox = channel
+                inbox = handoff
                     .wake
                     .wait(inbox)
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -236,7 +238,7 @@ fn write_loop(mut db: Db, channel: &Channel, progress: &watch::Sender<Progress>,
                 return;
             }
             if idled && !inbox.closing && linger.wanted(&inbox.records) {
-                inbox = linger.hold(channel, inbox);
+                inbox = linger.hold(handoff, inbox);
             }
             std::mem::swap(&mut batch, &mut inbox.records);
             inbox.ticket
@@ -255,7 +257,7 @@ fn write_loop(mut db: Db, channel: &Channel, progress: &watch::Sender<Progress>,
                     dir.display()
                 );
                 tracing::error!("{message}; the store accepts no more changes");
-                channel.inbox().failed = true;
+                handoff.inbox().failed = true;
                 progress.send_modify(|p| p.failed = Some(message));
                 return;
             }
@@ -268,14 +270,14 @@ impl Journal for SqliteJournal {
 
     fn submit(&self, changes: Vec<Change>) -> u64 {
         let clock = Clock::now();
-        let mut inbox = self.channel.inbox();
+        let mut inbox = self.handoff.inbox();
         if !inbox.failed {
             let was_empty = inbox.records.is_empty();
             inbox
                 .records
                 .extend(changes.into_iter().map(|c| Record::new(c, clock)));
             if was_empty || inbox.lingering {
-                self.channel.wake.notify_one();
+                self.handoff.wake.notify_one();
             }
         }
         inbox.ticket += 1;
@@ -308,8 +310,8 @@ impl Drop for SqliteJournal {
     /// Writes what is still in the inbox, stops the writer and closes the
     /// database, so the directory can be opened again at once.
     fn drop(&mut self) {
-        self.channel.inbox().closing = true;
-        self.channel.wake.notify_one();
+        self.handoff.inbox().closing = true;
+        self.handoff.wake.notify_one();
         if let Some(writer) = self.writer.take()
             && writer.join().is_err()
         {
