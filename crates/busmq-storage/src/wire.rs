@@ -9,7 +9,7 @@
 use busmq_proto::storage::v1 as pb;
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::{Error, Message};
+use crate::{Error, Message, TakeMode};
 
 /// Packs `payloads` into one field.
 pub fn pack(payloads: &[Bytes]) -> pb::Payloads {
@@ -94,6 +94,25 @@ fn malformed(lengths: &[u32], size: usize) -> Error {
         "a batch of {} payloads whose lengths add up to {total} bytes, with {size} bytes of data",
         lengths.len()
     ))
+}
+
+impl From<TakeMode> for pb::TakeMode {
+    fn from(mode: TakeMode) -> Self {
+        match mode {
+            TakeMode::Remove => pb::TakeMode::Remove,
+            TakeMode::Pending => pb::TakeMode::Pending,
+        }
+    }
+}
+
+/// The take mode of a request as it came over the wire; unset is
+/// [`TakeMode::Remove`], an unknown value is refused.
+pub fn take_mode(mode: i32) -> Result<TakeMode, Error> {
+    match pb::TakeMode::try_from(mode) {
+        Ok(pb::TakeMode::Unspecified | pb::TakeMode::Remove) => Ok(TakeMode::Remove),
+        Ok(pb::TakeMode::Pending) => Ok(TakeMode::Pending),
+        Err(_) => Err(Error::InvalidArgument(format!("unknown take mode {mode}"))),
+    }
 }
 
 #[cfg(test)]

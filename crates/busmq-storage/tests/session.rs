@@ -113,7 +113,7 @@ fn take(queue: &str, max: u32) -> Option<Op> {
     Some(Op::Take(pb::TakeRequest {
         queue: queue.to_owned(),
         max,
-        reliable: false,
+        mode: pb::TakeMode::Remove.into(),
     }))
 }
 

@@ -29,6 +29,11 @@ pub const UNKNOWN_LEASE: i64 = 5;
 /// A reliable consumer cannot start while leases are outstanding.
 pub const LEASES_ACTIVE: i64 = 6;
 
+/// The take script's mode argument for [`crate::TakeMode::Remove`].
+pub const TAKE_REMOVE: &str = "r";
+/// The take script's mode argument for [`crate::TakeMode::Pending`].
+pub const TAKE_PENDING: &str = "p";
+
 /// Shared by every script: key names, id decoding, the binary search over a
 /// list sorted by id, and the ttl rules of an unattached queue.
 const PRELUDE: &str = include_str!("lua/prelude.lua");
@@ -43,7 +48,7 @@ const DETACH: &str = include_str!("lua/detach.lua");
 /// ARGV: channel, queue, payload... Reply: {OK, first, last}.
 const PUSH: &str = include_str!("lua/push.lua");
 
-/// ARGV: max, 'r' (remove) or 'p' (pending). Reply: {OK, {member...}}.
+/// ARGV: max, [`TAKE_REMOVE`] or [`TAKE_PENDING`]. Reply: {OK, {member...}}.
 const TAKE: &str = include_str!("lua/take.lua");
 
 /// ARGV: from, max. Reply: {OK, {member...}}.

@@ -14,7 +14,7 @@ use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
 use super::keys::{object_key, pubsub_channel};
 use super::reply::{Outcome, int, leased_members, members, uint, unexpected};
 use super::subscriptions::{open_channel, pump_channel};
-use super::{CHANNEL, Layout, PUBSUB_SHARD, RedisStorage, ms};
+use super::{CHANNEL, Layout, PUBSUB_SHARD, RedisStorage, ms, scripts};
 use crate::pubsub::{Outbox, SUBSCRIPTION_BUFFER};
 use crate::{
     Attached, ChannelName, Error, IdRange, LeaseToken, Leases, Message, Notification,
@@ -107,8 +107,8 @@ impl Storage for RedisStorage {
     async fn take(&self, queue: &QueueName, max: u32, mode: TakeMode) -> Result<Vec<Message>> {
         let inner = &self.inner;
         let mode = match mode {
-            TakeMode::Remove => "r",
-            TakeMode::Pending => "p",
+            TakeMode::Remove => scripts::TAKE_REMOVE,
+            TakeMode::Pending => scripts::TAKE_PENDING,
         };
         let args = |inv: &mut ScriptInvocation<'_>| {
             inv.arg(max).arg(mode);

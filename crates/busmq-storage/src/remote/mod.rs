@@ -314,9 +314,8 @@ impl Storage for RemoteStorage {
     }
 
     async fn push(&self, queue: &QueueName, messages: Vec<Bytes>) -> Result<IdRange> {
-        if messages.is_empty() {
-            return Err(Error::EmptyBatch);
-        }
+        // The storage service validates the batch (Limits::check_batch);
+        // its refusal comes back as the same typed error.
         let request = pb::PushRequest {
             queue: queue.to_string(),
             messages: Some(wire::pack(&messages)),
@@ -343,7 +342,7 @@ impl Storage for RemoteStorage {
         let op = Op::Take(pb::TakeRequest {
             queue: queue.to_string(),
             max,
-            reliable: mode == TakeMode::Pending,
+            mode: pb::TakeMode::from(mode).into(),
         });
         match self.sessions.call(op).await? {
             Answer::Messages(r) => from_wire_messages(r),
@@ -358,7 +357,7 @@ impl Storage for RemoteStorage {
                 .map(|r| pb::TakeRequest {
                     queue: r.queue.to_string(),
                     max: r.max,
-                    reliable: r.mode == TakeMode::Pending,
+                    mode: pb::TakeMode::from(r.mode).into(),
                 })
                 .collect(),
             budget,

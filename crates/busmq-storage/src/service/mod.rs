@@ -27,7 +27,7 @@ pub use session::{SESSION_BUFFER, SESSION_WINDOW, SessionStream};
 use crate::wire::{self, messages_to_wire};
 use crate::{
     Error, LeaseToken, Notification, ObjectName, QueueName, ReliableLock, Settled, Settlement,
-    Storage, TakeMode, TakeRequest,
+    Storage, TakeRequest,
 };
 
 /// Notifications buffered per watcher before it is sent a LAGGED
@@ -107,9 +107,10 @@ impl StorageService {
     /// Take, capped at one batch.
     pub(crate) async fn take_op(&self, req: pb::TakeRequest) -> Result<pb::Messages, Status> {
         let queue = self.name(&req.queue)?;
+        let mode = wire::take_mode(req.mode).map_err(to_status)?;
         let taken = self
             .storage
-            .take(&queue, self.cap(req.max), take_mode(req.reliable))
+            .take(&queue, self.cap(req.max), mode)
             .await
             .map_err(to_status)?;
         Ok(messages_to_wire(&taken))
@@ -127,7 +128,7 @@ impl StorageService {
                 Ok(TakeRequest {
                     queue: self.name(&r.queue)?,
                     max: self.cap(r.max),
-                    mode: take_mode(r.reliable),
+                    mode: wire::take_mode(r.mode).map_err(to_status)?,
                 })
             })
             .collect::<Result<Vec<_>, Status>>()?;
@@ -287,14 +288,6 @@ fn lock(owner: String, lease: Option<prost_types::Duration>) -> Result<ReliableL
         )));
     }
     Ok(ReliableLock { owner, lease })
-}
-
-fn take_mode(reliable: bool) -> TakeMode {
-    if reliable {
-        TakeMode::Pending
-    } else {
-        TakeMode::Remove
-    }
 }
 
 /// The wire form of a notification.
