@@ -14,6 +14,8 @@
 #   `busmq serve` holding 10,000 idle queues.
 #
 #   scripts/bench-all.sh                # 10–20 minutes on 2 cores, after the build
+#   HEADLINE=1 scripts/bench-all.sh     # the headline rows only, ~3 minutes:
+#       100 queues on memory, embedded and Redis, split vs all-in-one
 #
 # Environment: OUT (directory for the logs; default a temporary one),
 # DURATION (10s), ROUNDS (3: alternating rounds of each ratio target; the
@@ -87,6 +89,17 @@ run() {
 echo "== disk: 1,000 synchronous 4 KiB writes (dd oflag=dsync), what one durable commit costs at least"
 dd if=/dev/zero of="$OUT/dsync.tmp" bs=4k count=1000 oflag=dsync 2>&1 | tail -n 1 | tee "$OUT/dsync.txt"
 rm -f "$OUT/dsync.tmp"
+
+if [ -n "${HEADLINE:-}" ]; then
+    run memory --storage memory --duration "$DURATION"
+    run redis-1 --storage "${R[0]}" --duration "$DURATION"
+    run embedded --storage embedded --duration "$DURATION"
+    echo
+    ROUNDS=$ROUNDS STORAGE=embedded PORT_BASE=$((PORT_BASE + 10)) scripts/bench-topologies.sh --duration "$DURATION" | tee "$OUT/topologies.txt"
+    grep -h "^split / all-in-one: median" "$OUT/topologies.txt" | tee -a "$OUT/ratios.txt" || true
+    echo "every run's output is in $OUT"
+    exit 0
+fi
 
 OUT=$OUT/peers scripts/bench-peers.sh --duration "$DURATION" | tee "$OUT/peers.txt"
 
