@@ -52,15 +52,7 @@ pub const TERMINATE_TIMEOUT: Duration = Duration::from_secs(15);
 ///
 /// When the binary has not been built, telling how to build it.
 pub fn bin_path(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the path of the running test executable");
-    let mut dir = exe
-        .parent()
-        .expect("the test executable is in a directory")
-        .to_path_buf();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    let path = profile_dir().join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     if !path.is_file() {
         panic!(
             "binary {name:?} not found at {}: run `cargo build --workspace --bins` first",
@@ -74,21 +66,24 @@ pub fn bin_path(name: &str) -> PathBuf {
 /// (`<target>/<profile>/deps/<test>`): where tests keep what outlives one
 /// run, such as a Python virtualenv.
 pub fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the path of the running test executable");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| {
-            if deps.ends_with("deps") {
-                deps.parent()
-            } else {
-                Some(deps)
-            }
-        })
-        .expect("the test executable is in a directory");
-    profile_dir
+    profile_dir()
         .parent()
         .expect("the profile directory is inside the target directory")
         .to_path_buf()
+}
+
+/// `<target>/<profile>`, where the running test executable's build put
+/// the workspace binaries.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the path of the running test executable");
+    let mut dir = exe
+        .parent()
+        .expect("the test executable is in a directory")
+        .to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0,
