@@ -233,7 +233,10 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Takes up to `max` messages from the front of the queue, in order;
     /// fewer only when no more are ready (consumers rely on this to wait
-    /// for the next change instead of asking again).
+    /// for the next change instead of asking again). A pending take fails
+    /// with [`Error::LeaseConsumersActive`] while leases are outstanding:
+    /// pending messages must stay below every ready and leased id for
+    /// cumulative acks and requeues to keep the queue's order.
     async fn take(&self, queue: &QueueName, max: u32, mode: TakeMode) -> Result<Vec<Message>>;
 
     /// Takes from several queues as one fetch, as a Kafka fetch covers

@@ -382,15 +382,10 @@ mod differential {
                         )
                     }
                     65..=72 => {
-                        // Pending takes only under the reliable lock, as
-                        // the broker does them. Beside outstanding leases (a
-                        // lapsed lock, a client with none) a nacked lease
-                        // goes back below ids already pending, both stores
-                        // lose their id order and their answers part
-                        // (memory's ack also forgets the delivery counts of
-                        // ready messages below the acked id), so that mix
-                        // stays out until the stores refuse or handle it.
-                        let mode = if op <= 68 || reliable.is_none() {
+                        // Pending takes beside outstanding leases (a
+                        // lapsed lock, a client with none) must be refused
+                        // alike by both.
+                        let mode = if op <= 68 {
                             TakeMode::Remove
                         } else {
                             TakeMode::Pending

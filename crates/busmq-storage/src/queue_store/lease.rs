@@ -274,6 +274,7 @@ mod tests {
 
     use super::super::queue::{ids, queue_of};
     use super::*;
+    use crate::TakeMode;
 
     const VISIBILITY: Duration = Duration::from_secs(30);
 
@@ -444,5 +445,21 @@ mod tests {
         let refused = q.lease(&name(), ask, now, &mut Recorder::new(true), &mut Vec::new());
         assert!(matches!(refused, Err(Error::ReliableConsumerActive(_))));
         assert_eq!(ids(&q.ready), [1]);
+    }
+
+    #[test]
+    fn no_pending_takes_while_leases_are_outstanding() {
+        // Were 2 and 3 pending beside leased 1, nacking 1 would put it
+        // below them in `ready` and a requeue would give 2, 3, 1.
+        let now = Instant::now();
+        let mut q = queue_of(3);
+        lease(&mut q, "a", 1, now);
+        let mut rec = Recorder::new(true);
+        let refused = q.take(&name(), 2, TakeMode::Pending, &mut rec);
+        assert!(matches!(refused, Err(Error::LeaseConsumersActive(_))));
+        assert_eq!(ids(&q.ready), [2, 3], "nothing was taken");
+        assert!(q.pending.is_empty());
+        let removed = q.take(&name(), 1, TakeMode::Remove, &mut rec).unwrap();
+        assert_eq!(ids(&removed), [2], "removing takes stay allowed");
     }
 }

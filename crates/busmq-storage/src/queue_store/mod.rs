@@ -396,7 +396,7 @@ impl<J: Journal> Storage for QueueStore<J> {
 
     async fn take(&self, queue: &QueueName, max: u32, mode: TakeMode) -> Result<Vec<Message>> {
         self.with_queue(queue, |q, rec| q.take(queue, max, mode, rec))
-            .await
+            .await?
     }
 
     async fn take_many(&self, requests: &[TakeRequest], budget: u32) -> Vec<Taken> {
@@ -415,8 +415,10 @@ impl<J: Journal> Storage for QueueStore<J> {
                 let messages = match lookup(&mut queues, &r.queue, now, &mut rec) {
                     Lookup::Live(q) => {
                         let batch = q.take(&r.queue, asked, r.mode, &mut rec);
-                        left -= batch.len() as u32;
-                        Ok(batch)
+                        if let Ok(batch) = &batch {
+                            left -= batch.len() as u32;
+                        }
+                        batch
                     }
                     Lookup::Expired => {
                         expired.push(r.queue.clone());

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::change::{Change, QueueMeta, Recorder};
 use super::lease::{Delivery, Lease};
-use crate::{Message, QueueName, TakeMode};
+use crate::{Error, Message, QueueName, Result, TakeMode};
 
 /// One queue. Invariant: `pending` and `ready` are each sorted by id, and
 /// every pending id is below every ready id (pending messages came from the
@@ -77,11 +77,16 @@ impl Queue {
         max: u32,
         mode: TakeMode,
         rec: &mut Recorder,
-    ) -> Vec<Message> {
+    ) -> Result<Vec<Message>> {
+        // A leased message nacked later goes back below what this would
+        // make pending, and pending messages must stay below.
+        if mode == TakeMode::Pending && !self.leases.is_empty() {
+            return Err(Error::LeaseConsumersActive(name.to_string()));
+        }
         let n = self.ready.len().min(max as usize);
         let taken: Vec<Message> = self.ready.drain(..n).collect();
         let (Some(first), Some(last)) = (taken.first(), taken.last()) else {
-            return taken;
+            return Ok(taken);
         };
         self.consumed += taken.len() as u64;
         match mode {
@@ -107,7 +112,7 @@ impl Queue {
             }
         }
         rec.meta(name, self);
-        taken
+        Ok(taken)
     }
 
     pub(crate) fn lock_holder(&self, now: Instant) -> Option<&str> {
@@ -318,7 +323,7 @@ mod tests {
         let q_name = name("q");
         let mut q = queue_of(5);
         let mut rec = Recorder::new(true);
-        let taken = q.take(&q_name, 3, TakeMode::Remove, &mut rec);
+        let taken = q.take(&q_name, 3, TakeMode::Remove, &mut rec).unwrap();
         assert_eq!(ids(&taken), [1, 2, 3]);
         assert_eq!(ids(&q.ready), [4, 5]);
         assert_eq!(q.consumed, 3);
@@ -337,6 +342,7 @@ mod tests {
         assert!(
             queue_of(0)
                 .take(&q_name, 10, TakeMode::Remove, &mut rec)
+                .unwrap()
                 .is_empty()
         );
         assert!(rec.changes.is_empty());
@@ -347,7 +353,7 @@ mod tests {
         let q_name = name("q");
         let mut q = queue_of(4);
         let mut rec = Recorder::new(true);
-        let taken = q.take(&q_name, 2, TakeMode::Pending, &mut rec);
+        let taken = q.take(&q_name, 2, TakeMode::Pending, &mut rec).unwrap();
         assert_eq!(ids(&taken), [1, 2]);
         assert_eq!(ids(&q.pending), [1, 2]);
         assert_eq!((q.delivered_hi, q.pending_hi()), (2, 2));
@@ -365,7 +371,7 @@ mod tests {
         let q_name = name("q");
         let mut q = queue_of(5);
         let mut rec = Recorder::new(true);
-        q.take(&q_name, 3, TakeMode::Pending, &mut rec);
+        q.take(&q_name, 3, TakeMode::Pending, &mut rec).unwrap();
         let mut dead = Vec::new();
         assert_eq!(q.requeue_pending(&q_name, &mut rec, &mut dead), 3);
         assert!(dead.is_empty());
@@ -381,10 +387,10 @@ mod tests {
         q.max_deliveries = 2;
         let mut rec = Recorder::new(true);
         let mut dead = Vec::new();
-        q.take(&q_name, 2, TakeMode::Pending, &mut rec);
+        q.take(&q_name, 2, TakeMode::Pending, &mut rec).unwrap();
         q.requeue_pending(&q_name, &mut rec, &mut dead);
         assert!(dead.is_empty(), "first delivery of 2");
-        q.take(&q_name, 3, TakeMode::Pending, &mut rec);
+        q.take(&q_name, 3, TakeMode::Pending, &mut rec).unwrap();
         assert_eq!(q.requeue_pending(&q_name, &mut rec, &mut dead), 1);
         assert_eq!(ids(&dead), [1, 2], "second delivery of 1 and 2");
         assert_eq!(ids(&q.ready), [3, 4]);

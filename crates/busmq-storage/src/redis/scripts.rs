@@ -48,7 +48,8 @@ const DETACH: &str = include_str!("lua/detach.lua");
 /// ARGV: channel, queue, payload... Reply: {OK, first, last}.
 const PUSH: &str = include_str!("lua/push.lua");
 
-/// ARGV: max, [`TAKE_REMOVE`] or [`TAKE_PENDING`]. Reply: {OK, {member...}}.
+/// ARGV: max, [`TAKE_REMOVE`] or [`TAKE_PENDING`]. Reply: {OK, {member...}}
+/// or, for a pending take while leases are outstanding, {LEASES_ACTIVE}.
 const TAKE: &str = include_str!("lua/take.lua");
 
 /// ARGV: from, max. Reply: {OK, {member...}}.

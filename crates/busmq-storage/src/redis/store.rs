@@ -116,6 +116,7 @@ impl Storage for RedisStorage {
         match inner.exec(queue, &inner.scripts.take, &args, false).await? {
             (_, Outcome::Ok(v)) => members(v.into_iter().next(), "take"),
             (_, Outcome::Missing) => Err(queue_not_found(queue)),
+            (_, Outcome::LeasesActive) => Err(Error::LeaseConsumersActive(queue.to_string())),
             _ => Err(unexpected("take", &"a status")),
         }
     }

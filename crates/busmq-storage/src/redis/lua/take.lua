@@ -1,5 +1,8 @@
 if redis.call('EXISTS', meta) == 0 then return {1} end
 local max = num(ARGV[1])
+-- Pending ids must stay below ready and leased ones (see begin_reliable),
+-- which a pending take beside outstanding leases would break.
+if ARGV[2] == 'p' and redis.call('HLEN', leases) > 0 then return {6} end
 if max <= 0 then return {0, {}} end
 local taken = redis.call('LPOP', ready, max)
 if not taken then return {0, {}} end
