@@ -378,6 +378,30 @@ async fn bad_input_gets_a_clear_status_and_the_broker_keeps_serving() {
     assert_eq!(fine.push("still here").await.unwrap(), 1);
 }
 
+/// The services a server lists through reflection protocol `$version`
+/// (`v1` or `v1alpha`, whose generated types differ), as debug text.
+macro_rules! list_services {
+    ($version:ident, $channel:expr) => {{
+        use tonic_reflection::pb::$version::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest,
+        };
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut answers = ServerReflectionClient::new($channel)
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        format!(
+            "{:?}",
+            answers.message().await.unwrap().unwrap().message_response
+        )
+    }};
+}
+
 #[tokio::test]
 async fn every_server_reports_health_and_serves_reflection() {
     use tonic_health::pb::health_check_response::ServingStatus;
@@ -408,28 +432,56 @@ async fn every_server_reports_health_and_serves_reflection() {
             assert_eq!(status, ServingStatus::Serving as i32, "{service} {name:?}");
         }
 
-        let mut reflection =
-            tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(
-                channel,
+        // Both reflection versions: grpcio-reflection, older grpcurl,
+        // Postman and evans speak only v1alpha.
+        for (version, listed) in [
+            ("v1", list_services!(v1, channel.clone())),
+            ("v1alpha", list_services!(v1alpha, channel.clone())),
+        ] {
+            assert!(
+                listed.contains(service),
+                "{version}: {service} not listed: {listed}"
             );
-        let request = tonic_reflection::pb::v1::ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(
-                tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
-                    String::new(),
-                ),
-            ),
-        };
-        let mut answers = reflection
-            .server_reflection_info(tokio_stream::iter([request]))
-            .await
-            .unwrap()
-            .into_inner();
-        let answer = answers.message().await.unwrap().unwrap();
-        let listed = format!("{:?}", answer.message_response);
-        assert!(listed.contains(service), "{service} not listed: {listed}");
-        assert!(listed.contains("grpc.health.v1.Health"), "{listed}");
+            assert!(
+                listed.contains("grpc.health.v1.Health"),
+                "{version}: {listed}"
+            );
+        }
     }
+}
+
+/// `busmq health ADDR` as a container healthcheck runs it.
+async fn health(addr: &str) -> std::process::Output {
+    tokio::process::Command::new(busmq_testkit::bin_path("busmq"))
+        .args(["health", addr, "--timeout", "5"])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn busmq_health_exits_zero_only_while_a_server_is_serving() {
+    let c = cluster().await;
+    for addr in [c.broker.addr().to_string(), c.storage_addr.to_string()] {
+        let out = health(&addr).await;
+        assert!(out.status.success(), "{addr}: {out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "SERVING\n");
+    }
+    // A service the server does not have, and a port nobody listens on.
+    let broker = c.broker.addr().to_string();
+    let unknown = tokio::process::Command::new(busmq_testkit::bin_path("busmq"))
+        .args(["health", &broker, "--service", "no.such.Service"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!unknown.status.success(), "{unknown:?}");
+    let nobody = health(&busmq_testkit::free_addr().to_string()).await;
+    assert!(!nobody.status.success(), "{nobody:?}");
+    assert!(
+        String::from_utf8_lossy(&nobody.stderr).contains("cannot connect"),
+        "{nobody:?}"
+    );
 }
 
 #[tokio::test]

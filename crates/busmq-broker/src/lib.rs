@@ -90,7 +90,8 @@ pub async fn serve(
 
     busmq_server::grpc_server()
         .add_service(health)
-        .add_service(busmq_server::reflection())
+        .add_service(busmq_server::reflection_v1())
+        .add_service(busmq_server::reflection_v1alpha())
         .add_service(queues)
         .add_service(pubsub)
         .add_service(objects)

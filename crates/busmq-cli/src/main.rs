@@ -13,6 +13,7 @@ static ALLOCATOR: busmq_server::Allocator = busmq_server::ALLOCATOR;
 
 mod channel;
 mod client;
+mod health;
 mod lease;
 mod object;
 mod output;
@@ -42,6 +43,7 @@ enum Command {
     Stats(StatsArgs),
     Publish(PublishArgs),
     Subscribe(SubscribeArgs),
+    Health(health::HealthArgs),
     #[command(subcommand)]
     Object(ObjectCommand),
     // Only with the default `bench` feature; its help is BenchArgs' own.
@@ -309,6 +311,7 @@ async fn main() -> ExitCode {
         Command::Stats(args) => client::stats(args).await,
         Command::Publish(args) => pubsub::publish(args).await,
         Command::Subscribe(args) => pubsub::subscribe(args).await,
+        Command::Health(args) => health::run(args).await,
         Command::Object(ObjectCommand::Get(args)) => object::get(args).await,
         Command::Object(ObjectCommand::Set(args)) => object::set(args).await,
         #[cfg(feature = "bench")]

@@ -76,15 +76,30 @@ async fn wait_for_signal() {
     }
 }
 
-/// gRPC server reflection for every busmq contract and for health.
-pub fn reflection() -> tonic_reflection::server::v1::ServerReflectionServer<
+/// gRPC server reflection (`grpc.reflection.v1`) for every busmq contract
+/// and for health. Serve [`reflection_v1alpha`] beside it: grpcio-reflection,
+/// older grpcurl, Postman and evans speak only the older version.
+pub fn reflection_v1() -> tonic_reflection::server::v1::ServerReflectionServer<
     impl tonic_reflection::server::v1::ServerReflection,
 > {
+    reflection_builder()
+        .build_v1()
+        .expect("descriptor sets compiled into the binary are valid")
+}
+
+/// [`reflection_v1`] in the `grpc.reflection.v1alpha` protocol.
+pub fn reflection_v1alpha() -> tonic_reflection::server::v1alpha::ServerReflectionServer<
+    impl tonic_reflection::server::v1alpha::ServerReflection,
+> {
+    reflection_builder()
+        .build_v1alpha()
+        .expect("descriptor sets compiled into the binary are valid")
+}
+
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(busmq_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .expect("descriptor sets compiled into the binary are valid")
 }
 
 /// Marks `services` (and the whole server, "") as serving, and flips them to

@@ -50,7 +50,8 @@ pub async fn serve(
 
     busmq_server::grpc_server()
         .add_service(health)
-        .add_service(busmq_server::reflection())
+        .add_service(busmq_server::reflection_v1())
+        .add_service(busmq_server::reflection_v1alpha())
         .add_service(storage)
         .serve_with_incoming_shutdown(busmq_server::incoming(listener), shutdown.cancelled_owned())
         .await
