@@ -3,6 +3,7 @@
 
 mod limits;
 pub use limits::LimitsArgs;
+pub mod metrics;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -28,17 +29,46 @@ pub type Allocator = tikv_jemallocator::Jemalloc;
 /// ALLOCATOR: busmq_server::Allocator = busmq_server::ALLOCATOR;`.
 pub const ALLOCATOR: Allocator = tikv_jemallocator::Jemalloc;
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+/// How log lines are written: `--log-format` / `BUSMQ_LOG_FORMAT` of every
+/// server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// For a person reading a terminal or a file.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), in the
+/// [`LogFormat`] `BUSMQ_LOG_FORMAT` names (text when unset or unknown).
 pub fn init_tracing() {
+    let format = std::env::var("BUSMQ_LOG_FORMAT")
+        .ok()
+        .and_then(|v| clap::ValueEnum::from_str(&v, true).ok())
+        .unwrap_or_default();
+    init_tracing_as(format);
+}
+
+/// [`init_tracing`] in `format`, whatever the environment says.
+pub fn init_tracing_as(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // A second init (tests starting several servers) is harmless.
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second init (tests starting several servers) is harmless.
+    let _ = match format {
         // Colour only for a person at a terminal, never in log files.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
+    };
 }
 
 /// One token for the whole process, cancelled on SIGTERM or Ctrl-C. Every
@@ -137,15 +167,16 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// The incoming connections of `listener`, with TCP_NODELAY: small frames
-/// of a stream must not wait for Nagle.
+/// of a stream must not wait for Nagle. Each is counted in
+/// `busmq_grpc_connections` while open.
 pub fn incoming(
     listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+) -> impl tokio_stream::Stream<Item = std::io::Result<metrics::CountedStream>> {
     use tokio_stream::StreamExt;
     TcpListenerStream::new(listener).map(|conn| {
         let conn = conn?;
         conn.set_nodelay(true)?;
-        Ok(conn)
+        Ok(metrics::CountedStream::new(conn))
     })
 }
 
@@ -165,8 +196,12 @@ pub const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
 /// The gRPC server builder every busmq server starts from: HTTP/2 windows
 /// sized for thousands of streams per connection (see
 /// [`CONNECTION_WINDOW_BYTES`]).
-pub fn grpc_server() -> tonic::transport::Server {
-    tonic::transport::Server::builder().initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+pub fn grpc_server()
+-> tonic::transport::Server<tower_layer::Stack<metrics::GrpcMetricsLayer, tower_layer::Identity>> {
+    tonic::transport::Server::builder()
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        // Counts every call by method and status code.
+        .layer(metrics::GrpcMetricsLayer)
 }
 
 /// How long in-flight work may take to finish after shutdown is requested,
