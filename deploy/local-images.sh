@@ -80,9 +80,8 @@ debian_mirror() {
 # never reach into the host's /dev.
 remove_tree() {
   local mnt
-  for mnt in $(awk -v w="$1/" 'index($2, w) == 1 { print $2 }' /proc/mounts | sort -r); do
-    $sudo umount -l "$mnt" || true
-  done
+  awk -v w="$1/" 'index($2, w) == 1 { print $2 }' /proc/mounts | sort -r \
+    | while read -r mnt; do $sudo umount -l "$mnt" || true; done
   $sudo rm -rf --one-file-system "$1"
 }
 
@@ -107,7 +106,7 @@ make_rootfs_tarballs() {
   step "debootstrap $suite (minbase) from $mirror"
   $sudo debootstrap --variant=minbase --include=ca-certificates --components=main \
     --cache-dir="$cache/debs" "$suite" "$root" "$mirror" >"$work/debootstrap.log" 2>&1 \
-    || { cat "$work/debootstrap.log" >&2; exit 1; }
+    || { $sudo cat "$work/debootstrap.log" >&2; exit 1; }
 
   step "installing redis-server into a copy of the rootfs"
   $sudo cp -a "$root" "$redis"
@@ -124,10 +123,12 @@ make_rootfs_tarballs() {
   printf '#!/bin/sh\nexit 101\n' | $sudo tee "$redis/usr/sbin/policy-rc.d" >/dev/null
   $sudo chmod 0755 "$redis/usr/sbin/policy-rc.d"
   local apt_opts=(-o Acquire::Check-Valid-Until=false -o Acquire::Check-Date=false)
-  $sudo chroot "$redis" apt-get "${apt_opts[@]}" update -qq >"$work/apt.log" 2>&1 \
-    && DEBIAN_FRONTEND=noninteractive $sudo chroot "$redis" apt-get "${apt_opts[@]}" \
-      install -y -qq --no-install-recommends redis-server redis-tools >>"$work/apt.log" 2>&1 \
-    || { cat "$work/apt.log" >&2; exit 1; }
+  if ! { $sudo chroot "$redis" apt-get "${apt_opts[@]}" update -qq \
+    && $sudo env DEBIAN_FRONTEND=noninteractive chroot "$redis" apt-get "${apt_opts[@]}" \
+      install -y -qq --no-install-recommends redis-server redis-tools; } >"$work/apt.log" 2>&1; then
+    $sudo cat "$work/apt.log" >&2
+    exit 1
+  fi
   $sudo rm -f "$redis/usr/sbin/policy-rc.d"
   for f in hosts resolv.conf; do
     $sudo rm -f "$redis/etc/$f"
@@ -219,10 +220,16 @@ for name in "${names[@]}"; do
     cp "$binaries/$name" "$context/bin/$name"
   fi
 done
+previous=$(docker image inspect -f '{{ .Id }}' "$busmq_image" 2>/dev/null || true)
 step "docker build $busmq_image (deploy/docker/Dockerfile.prebuilt)"
 docker build -q -f deploy/docker/Dockerfile.prebuilt \
   --build-arg "RUNTIME_IMAGE=$base_image" \
   --label "busmq.binaries=$fingerprint" \
   -t "$busmq_image" "$context" >/dev/null
 rm -rf "$context"
+# The image this one replaces, now untagged. Docker refuses (and it stays)
+# while a container runs it or another tag names it.
+if [ -n "$previous" ] && [ "$previous" != "$(docker image inspect -f '{{ .Id }}' "$busmq_image")" ]; then
+  docker rmi "$previous" >/dev/null 2>&1 || true
+fi
 step "done: $busmq_image $(docker image inspect -f '{{ .Size }}' "$busmq_image" | awk '{ printf "%.0f MB", $1 / 1e6 }')"
