@@ -22,6 +22,7 @@ const PACKAGES: &[&str] = &[
     "grpcio==1.76.0",
     "grpcio-tools==1.76.0",
     "grpcio-status==1.76.0",
+    "grpcio-reflection==1.76.0",
 ];
 
 fn repo_root() -> PathBuf {
@@ -89,6 +90,61 @@ async fn generated_python_stubs_push_consume_lease_and_read_error_reasons() {
         assert!(
             stdout.lines().any(|l| l == step),
             "step {step:?} missing from: {stdout}"
+        );
+    }
+}
+
+/// What a Python user meets first with grpcio-reflection, which speaks only
+/// grpc.reflection.v1alpha: the broker and the storage service list their
+/// services, and a listed service resolves to its methods.
+#[tokio::test(flavor = "multi_thread")]
+async fn grpcio_reflection_lists_and_describes_every_servers_services() {
+    let python = match python_env().await {
+        Ok(python) => python,
+        Err(reason) => {
+            skip("python_reflection", &reason);
+            return;
+        }
+    };
+    let builder = Process::builder("busmq");
+    let listen = builder.listen_addr().to_string();
+    let storage_listen = busmq_testkit::free_addr().to_string();
+    let serve = builder
+        .args(["serve", "--backend", "memory", "--listen", &listen])
+        .args(["--storage-listen", &storage_listen])
+        .spawn();
+    serve.wait_ready().await;
+
+    let script = repo_root().join("tests/python/reflection_list.py");
+    for (addr, service, method) in [
+        (&listen, "busmq.v1.Queues", "Push"),
+        (&storage_listen, "busmq.storage.v1.Storage", "Session"),
+    ] {
+        let output = run(
+            &python,
+            &[
+                script.to_str().unwrap(),
+                "--addr",
+                addr,
+                "--describe",
+                service,
+            ],
+        )
+        .await
+        .expect("run the reflection listing");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{}", describe(&output));
+        let lines: Vec<&str> = stdout.lines().collect();
+        for listed in [service, "grpc.health.v1.Health"] {
+            assert!(lines.contains(&listed), "{listed} not listed: {stdout}");
+        }
+        let methods = lines
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("methods {service}: ")))
+            .unwrap_or_else(|| panic!("{service} not resolved: {stdout}"));
+        assert!(
+            methods.split(',').any(|m| m == method),
+            "{service} lacks {method}: {methods}"
         );
     }
 }
