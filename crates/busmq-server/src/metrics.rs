@@ -85,6 +85,57 @@ impl FromStr for MetricsListen {
     }
 }
 
+/// The admin port of `busmq-broker` and `busmq serve`.
+pub const BROKER_METRICS_PORT: u16 = 9101;
+
+/// The admin port of `busmq-storage`.
+pub const STORAGE_METRICS_PORT: u16 = 9102;
+
+/// The metrics flags of every server.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MetricsArgs {
+    /// Admin HTTP address serving Prometheus `GET /metrics` [default:
+    /// 0.0.0.0:9101 on busmq-broker and busmq serve, 0.0.0.0:9102 on
+    /// busmq-storage]. `off` or an empty value disables it (and all
+    /// recording).
+    #[arg(long, env = "BUSMQ_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<MetricsListen>,
+    /// Queues with series of their own (`queue` label); every later queue
+    /// is counted under queue="other", so many queues never mean many
+    /// series.
+    #[arg(long, env = "BUSMQ_METRICS_MAX_QUEUES", default_value_t = DEFAULT_MAX_QUEUES)]
+    pub metrics_max_queues: usize,
+}
+
+impl MetricsArgs {
+    /// Where to listen: the flag, else `0.0.0.0:default_port`. An empty
+    /// `BUSMQ_METRICS_LISTEN` (which the flag parser reads as unset) is
+    /// off.
+    pub fn listen(&self, default_port: u16) -> MetricsListen {
+        match self.metrics_listen {
+            Some(listen) => listen,
+            None if std::env::var_os("BUSMQ_METRICS_LISTEN").is_some_and(|v| v.is_empty()) => {
+                MetricsListen(None)
+            }
+            None => MetricsListen(Some(SocketAddr::from(([0, 0, 0, 0], default_port)))),
+        }
+    }
+
+    /// [`serve`] as these flags say, on `default_port` unless they name
+    /// another address.
+    ///
+    /// # Errors
+    ///
+    /// As [`serve`].
+    pub async fn serve(
+        &self,
+        default_port: u16,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<Option<SocketAddr>> {
+        serve(self.listen(default_port), self.metrics_max_queues, shutdown).await
+    }
+}
+
 /// Installs the Prometheus recorder for the whole process, with queues
 /// beyond the first `max_queues` under [`OTHER_QUEUE`], and serves
 /// `GET /metrics` on `listen` until `shutdown`. Returns the address bound
@@ -240,7 +291,8 @@ pub enum DeliveryMode {
 }
 
 impl DeliveryMode {
-    const ALL: [DeliveryMode; 4] = [
+    /// Every mode, in the order of their numbers.
+    pub const ALL: [DeliveryMode; 4] = [
         DeliveryMode::Unreliable,
         DeliveryMode::Reliable,
         DeliveryMode::Persistent,
@@ -259,56 +311,42 @@ impl DeliveryMode {
 }
 
 /// The series of one `queue` label: a queue of its own, or every queue
-/// beyond the cap. Handles are made once per label, so recording is an
+/// beyond the cap. Each handle is made once per label, on first use (so a
+/// process shows only the series it records: a storage process the dead
+/// letters, a broker the pushes and deliveries), and recording is then an
 /// atomic add, never a lookup.
 #[derive(Debug)]
 pub struct QueueMetrics {
     label: Arc<str>,
-    /// `busmq_messages_pushed_total`.
-    pub pushed: Counter,
-    delivered: [Counter; 4],
-    /// `busmq_redeliveries_total`.
-    pub redeliveries: Counter,
-    /// `busmq_dead_lettered_total`.
-    pub dead_lettered: Counter,
-    /// `busmq_queue_consumers`.
-    pub consumers: Gauge,
-    /// `busmq_queue_depth`.
-    pub depth: Gauge,
-    /// `busmq_queue_pending`.
-    pub pending: Gauge,
+    pushed: OnceLock<Counter>,
+    delivered: [OnceLock<Counter>; 4],
+    redeliveries: OnceLock<Counter>,
+    dead_lettered: OnceLock<Counter>,
+    consumers: OnceLock<Gauge>,
+    depth: OnceLock<Gauge>,
+    pending: OnceLock<Gauge>,
 }
 
 impl QueueMetrics {
     fn new(label: &str) -> Self {
-        let label: Arc<str> = Arc::from(label);
-        let q = || label.to_string();
-        let delivered = DeliveryMode::ALL.map(|mode| {
-            metrics::counter!("busmq_messages_delivered_total", "queue" => q(), "mode" => mode.as_str())
-        });
         QueueMetrics {
-            pushed: metrics::counter!("busmq_messages_pushed_total", "queue" => q()),
-            delivered,
-            redeliveries: metrics::counter!("busmq_redeliveries_total", "queue" => q()),
-            dead_lettered: metrics::counter!("busmq_dead_lettered_total", "queue" => q()),
-            consumers: metrics::gauge!("busmq_queue_consumers", "queue" => q()),
-            depth: metrics::gauge!("busmq_queue_depth", "queue" => q()),
-            pending: metrics::gauge!("busmq_queue_pending", "queue" => q()),
-            label,
+            label: Arc::from(label),
+            pushed: OnceLock::new(),
+            delivered: Default::default(),
+            redeliveries: OnceLock::new(),
+            dead_lettered: OnceLock::new(),
+            consumers: OnceLock::new(),
+            depth: OnceLock::new(),
+            pending: OnceLock::new(),
         }
     }
 
-    fn noop() -> Self {
-        QueueMetrics {
-            label: Arc::from(""),
-            pushed: Counter::noop(),
-            delivered: [(); 4].map(|()| Counter::noop()),
-            redeliveries: Counter::noop(),
-            dead_lettered: Counter::noop(),
-            consumers: Gauge::noop(),
-            depth: Gauge::noop(),
-            pending: Gauge::noop(),
-        }
+    fn counter<'a>(&self, cell: &'a OnceLock<Counter>, name: &'static str) -> &'a Counter {
+        cell.get_or_init(|| metrics::counter!(name, "queue" => self.label.to_string()))
+    }
+
+    fn gauge<'a>(&self, cell: &'a OnceLock<Gauge>, name: &'static str) -> &'a Gauge {
+        cell.get_or_init(|| metrics::gauge!(name, "queue" => self.label.to_string()))
     }
 
     /// The `queue` label: the queue's name, or [`OTHER_QUEUE`].
@@ -321,9 +359,45 @@ impl QueueMetrics {
         &*self.label == OTHER_QUEUE
     }
 
+    /// `busmq_messages_pushed_total`.
+    pub fn pushed(&self) -> &Counter {
+        self.counter(&self.pushed, "busmq_messages_pushed_total")
+    }
+
     /// `busmq_messages_delivered_total` of `mode`.
     pub fn delivered(&self, mode: DeliveryMode) -> &Counter {
-        &self.delivered[mode as usize]
+        self.delivered[mode as usize].get_or_init(|| {
+            metrics::counter!(
+                "busmq_messages_delivered_total",
+                "queue" => self.label.to_string(),
+                "mode" => mode.as_str(),
+            )
+        })
+    }
+
+    /// `busmq_redeliveries_total`.
+    pub fn redeliveries(&self) -> &Counter {
+        self.counter(&self.redeliveries, "busmq_redeliveries_total")
+    }
+
+    /// `busmq_dead_lettered_total`.
+    pub fn dead_lettered(&self) -> &Counter {
+        self.counter(&self.dead_lettered, "busmq_dead_lettered_total")
+    }
+
+    /// `busmq_queue_consumers`.
+    pub fn consumers(&self) -> &Gauge {
+        self.gauge(&self.consumers, "busmq_queue_consumers")
+    }
+
+    /// `busmq_queue_depth`.
+    pub fn depth(&self) -> &Gauge {
+        self.gauge(&self.depth, "busmq_queue_depth")
+    }
+
+    /// `busmq_queue_pending`.
+    pub fn pending(&self) -> &Gauge {
+        self.gauge(&self.pending, "busmq_queue_pending")
     }
 }
 
@@ -350,7 +424,8 @@ impl Queues {
 
 static QUEUES: OnceLock<RwLock<Queues>> = OnceLock::new();
 
-static NOOP: LazyLock<Arc<QueueMetrics>> = LazyLock::new(|| Arc::new(QueueMetrics::noop()));
+// With no recorder installed, its handles are no-ops.
+static NOOP: LazyLock<Arc<QueueMetrics>> = LazyLock::new(|| Arc::new(QueueMetrics::new("")));
 
 /// The series `queue` records into: its own while fewer than the cap have
 /// theirs (a queue literally named `other` shares the overflow's), the
@@ -364,19 +439,27 @@ pub fn queue(queue: &QueueName) -> Arc<QueueMetrics> {
     if let Some(found) = read(queues).by_name.get(queue) {
         return Arc::clone(found);
     }
-    let mut queues = queues.write().unwrap_or_else(|p| p.into_inner());
-    let queues = &mut *queues;
-    if let Some(found) = queues.by_name.get(queue) {
-        return Arc::clone(found);
+    queues
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .assign(queue)
+}
+
+impl Queues {
+    /// The series of `queue`, giving it its own while the cap allows.
+    fn assign(&mut self, queue: &QueueName) -> Arc<QueueMetrics> {
+        if let Some(found) = self.by_name.get(queue) {
+            return Arc::clone(found);
+        }
+        let metrics = if self.own < self.max && queue.as_str() != OTHER_QUEUE {
+            self.own += 1;
+            Arc::new(QueueMetrics::new(queue.as_str()))
+        } else {
+            Arc::clone(&self.other)
+        };
+        self.by_name.insert(queue.clone(), Arc::clone(&metrics));
+        metrics
     }
-    let metrics = if queues.own < queues.max && queue.as_str() != OTHER_QUEUE {
-        queues.own += 1;
-        Arc::new(QueueMetrics::new(queue.as_str()))
-    } else {
-        Arc::clone(&queues.other)
-    };
-    queues.by_name.insert(queue.clone(), Arc::clone(&metrics));
-    metrics
 }
 
 fn read(queues: &RwLock<Queues>) -> std::sync::RwLockReadGuard<'_, Queues> {
@@ -419,7 +502,7 @@ pub struct ConsumerGauge(Arc<QueueMetrics>);
 impl ConsumerGauge {
     /// One more consumer of the queue `metrics` belong to.
     pub fn new(metrics: Arc<QueueMetrics>) -> Self {
-        metrics.consumers.increment(1.0);
+        metrics.consumers().increment(1.0);
         ConsumerGauge(metrics)
     }
 
@@ -431,7 +514,7 @@ impl ConsumerGauge {
 
 impl Drop for ConsumerGauge {
     fn drop(&mut self) {
-        self.0.consumers.decrement(1.0);
+        self.0.consumers().decrement(1.0);
     }
 }
 
@@ -800,6 +883,22 @@ fn process_metrics(out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queues_beyond_the_cap_share_other() {
+        let limits = busmq_core::Limits::default();
+        let name = |n: &str| QueueName::parse(n, &limits).unwrap();
+        let mut queues = Queues::new(2);
+        assert_eq!(queues.assign(&name("a")).label(), "a");
+        assert_eq!(queues.assign(&name(OTHER_QUEUE)).label(), OTHER_QUEUE);
+        assert_eq!(queues.assign(&name("b")).label(), "b");
+        for n in 0..1000 {
+            assert!(queues.assign(&name(&format!("q{n}"))).is_other());
+        }
+        // A queue keeps the label it got first.
+        assert_eq!(queues.assign(&name("a")).label(), "a");
+        assert_eq!(queues.own, 2);
+    }
 
     #[test]
     fn listen_off_and_empty_disable() {
