@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use busmq_proto::v1 as pb;
 use busmq_proto::v1::ack_outcome::Outcome;
 use tokio::sync::{Notify, watch};
-use tonic::transport::Channel;
 
+use crate::trace_context::Transport as Channel;
 use crate::{Error, Queue, Result};
 
 type Client = pb::queues_client::QueuesClient<Channel>;

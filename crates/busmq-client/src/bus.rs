@@ -8,7 +8,9 @@ use busmq_proto::v1::channels_client::ChannelsClient;
 use busmq_proto::v1::objects_client::ObjectsClient;
 use busmq_proto::v1::pub_sub_client::PubSubClient;
 use busmq_proto::v1::queues_client::QueuesClient;
-use tonic::transport::{Channel as Transport, Endpoint};
+use tonic::transport::Endpoint;
+
+use crate::trace_context::{TraceContext, Transport};
 
 use crate::channel::{DEFAULT_LOCAL_ROLE, DEFAULT_REMOTE_ROLE};
 use crate::{
@@ -81,11 +83,12 @@ impl Bus {
 
     /// Uses an already configured tonic channel (custom timeouts, a
     /// load-balanced channel, an in-process transport in tests, ...).
-    pub fn from_channel(channel: Transport) -> Bus {
+    pub fn from_channel(channel: tonic::transport::Channel) -> Bus {
         Bus::with_channel(channel, "<channel>".to_owned())
     }
 
-    fn with_channel(channel: Transport, url: String) -> Bus {
+    fn with_channel(channel: tonic::transport::Channel, url: String) -> Bus {
+        let channel = TraceContext::new(channel);
         Bus {
             client: QueuesClient::new(channel.clone())
                 .max_decoding_message_size(MAX_RESPONSE_BYTES),

@@ -22,9 +22,9 @@ use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tonic::codec::Streaming;
-use tonic::transport::Channel as Transport;
 
 use crate::reconnect::{Backoff, is_transient};
+use crate::trace_context::Transport;
 use crate::{ConsumeMode, ConsumeOptions, Error, Reconnect, Result};
 
 /// The role a peer consumes by default (node-busmq's `local`).

@@ -11,12 +11,12 @@ use busmq_proto::v1::consume_event::Event;
 use futures::Stream;
 use futures::stream::FusedStream;
 use tonic::codec::Streaming;
-use tonic::transport::Channel;
 
 use crate::ack::DeferredAcks;
 use crate::consume::{closed_reason, delivered};
 use crate::queue::Shared;
 use crate::reconnect::{Link, Polled, Reconnect, is_transient, reattach, retry_open};
+use crate::trace_context::Transport as Channel;
 use crate::{ClosedReason, ConsumeMode, ConsumeOptions, Delivery, Queue, QueueEvent, Result};
 
 type Client = pb::queues_client::QueuesClient<Channel>;

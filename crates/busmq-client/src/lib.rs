@@ -66,6 +66,7 @@ mod pubsub;
 mod pusher;
 mod queue;
 mod reconnect;
+mod trace_context;
 
 pub use bus::{Bus, DEFAULT_URL};
 pub use channel::{

@@ -8,8 +8,8 @@ use busmq_proto::v1 as pb;
 use busmq_proto::v1::objects_client::ObjectsClient;
 use serde_json::Value;
 use tokio::task::AbortHandle;
-use tonic::transport::Channel;
 
+use crate::trace_context::Transport as Channel;
 use crate::{Error, Result};
 
 /// What [`Persistable::load`] found.

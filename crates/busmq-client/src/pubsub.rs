@@ -14,10 +14,10 @@ use tokio::task::AbortHandle;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tonic::Streaming;
-use tonic::transport::Channel;
 
 use crate::events::EVENT_CAPACITY;
 use crate::reconnect::Backoff;
+use crate::trace_context::Transport as Channel;
 use crate::{Error, ErrorCode, Reconnect, Result};
 
 /// Something that happened on a [`PubSub`] handle: node-busmq's pubsub

@@ -15,9 +15,9 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use busmq_proto::v1::queues_client::QueuesClient;
-use tonic::transport::Channel;
 
 use crate::queue::Shared;
+use crate::trace_context::Transport as Channel;
 use crate::{Error, IdRange, Queue, Result};
 
 /// Options of [`Queue::pusher`] and [`Bus::pusher`](crate::Bus::pusher).

@@ -9,10 +9,10 @@ use busmq_proto::v1 as pb;
 use busmq_proto::v1::queues_client::QueuesClient;
 use bytes::Bytes;
 use tokio::sync::broadcast;
-use tonic::transport::Channel;
 
 use crate::events::EVENT_CAPACITY;
 use crate::reconnect::Reconnect;
+use crate::trace_context::Transport as Channel;
 use crate::{
     ConsumeOptions, Consumer, Error, Pusher, PusherOptions, QueueEvent, QueueEvents, Reason, Result,
 };

@@ -4,6 +4,7 @@
 mod limits;
 pub use limits::LimitsArgs;
 pub mod metrics;
+pub mod telemetry;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -13,6 +14,9 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 pub use tonic_health::server::health_reporter;
 
@@ -54,21 +58,33 @@ pub fn init_tracing() {
 pub fn init_tracing_as(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // A second init (tests starting several servers) is harmless.
-    let _ = match format {
+    let builder = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // The filter is the log's own, not the whole subscriber's: the span
+    // exporter (`telemetry`) has another.
+    let log = match format {
         // Colour only for a person at a terminal, never in log files.
         LogFormat::Text => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init(),
+            .with_filter(filter)
+            .boxed(),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .try_init(),
+            .with_filter(filter)
+            .boxed(),
     };
+    // A second init (tests starting several servers) is harmless.
+    let _ = tracing_subscriber::registry()
+        .with(log)
+        .with(telemetry::layer())
+        .try_init();
+}
+
+/// Exports the spans still buffered before the process exits (see
+/// [`telemetry::flush`]); call it after the servers have drained.
+pub async fn flush_tracing() {
+    telemetry::flush().await;
 }
 
 /// One token for the whole process, cancelled on SIGTERM or Ctrl-C. Every
@@ -196,12 +212,17 @@ pub const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
 /// The gRPC server builder every busmq server starts from: HTTP/2 windows
 /// sized for thousands of streams per connection (see
 /// [`CONNECTION_WINDOW_BYTES`]).
-pub fn grpc_server()
--> tonic::transport::Server<tower_layer::Stack<metrics::GrpcMetricsLayer, tower_layer::Identity>> {
+pub fn grpc_server() -> tonic::transport::Server<
+    tower_layer::Stack<
+        telemetry::ServerTraceLayer,
+        tower_layer::Stack<metrics::GrpcMetricsLayer, tower_layer::Identity>,
+    >,
+> {
     tonic::transport::Server::builder()
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         // Counts every call by method and status code.
         .layer(metrics::GrpcMetricsLayer)
+        .layer(telemetry::ServerTraceLayer)
 }
 
 /// How long in-flight work may take to finish after shutdown is requested,

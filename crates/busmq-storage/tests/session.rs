@@ -85,7 +85,11 @@ impl TypedSession {
         let n = ops.len();
         for (id, op) in ops {
             self.requests
-                .send(pb::SessionRequest { id, op })
+                .send(pb::SessionRequest {
+                    id,
+                    op,
+                    ..Default::default()
+                })
                 .await
                 .unwrap();
         }
@@ -273,7 +277,13 @@ async fn raw_session(channel: Channel, frames: Vec<Bytes>) -> (Vec<pb::SessionRe
 }
 
 fn encoded(id: u64, op: Option<Op>) -> Bytes {
-    pb::SessionRequest { id, op }.encode_to_vec().into()
+    pb::SessionRequest {
+        id,
+        op,
+        ..Default::default()
+    }
+    .encode_to_vec()
+    .into()
 }
 
 /// Operations on another session of the same connection, and unary calls,

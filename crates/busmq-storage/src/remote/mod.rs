@@ -51,6 +51,10 @@ pub const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Longest wait between two reconnects of the watch stream.
 pub const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
+/// The connection to the storage: every unary call carries the current
+/// span's trace context in its metadata (when traces are exported).
+type Transport = busmq_server::telemetry::ClientTrace<Channel>;
+
 /// A [`Storage`] served by a `busmq-storage` process, reached over gRPC.
 ///
 /// Push, take, read, ack, lease and settle ride one multiplexed `Session`
@@ -58,7 +62,7 @@ pub const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// clone: clones share one HTTP/2 connection and one session.
 #[derive(Clone, Debug)]
 pub struct RemoteStorage {
-    client: StorageClient<Channel>,
+    client: StorageClient<Transport>,
     sessions: Arc<Sessions>,
     url: String,
 }
@@ -98,7 +102,7 @@ impl RemoteStorage {
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true)
             .connect_lazy();
-        let client = StorageClient::new(channel)
+        let client = StorageClient::new(busmq_server::telemetry::ClientTrace::new(channel))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         Ok(RemoteStorage {
@@ -118,7 +122,7 @@ impl RemoteStorage {
         &self.url
     }
 
-    fn client(&self) -> StorageClient<Channel> {
+    fn client(&self) -> StorageClient<Transport> {
         self.client.clone()
     }
 
@@ -244,7 +248,7 @@ pub fn notification_from_proto(n: pb::Notification) -> Notification {
 
 /// State of the reconnecting watch stream.
 struct WatchState {
-    client: StorageClient<Channel>,
+    client: StorageClient<Transport>,
     url: String,
     stream: Option<Streaming<pb::Notification>>,
     /// Wait before the next connection attempt; zero for the first one.
@@ -288,6 +292,7 @@ impl WatchState {
 
 #[async_trait]
 impl Storage for RemoteStorage {
+    #[tracing::instrument(level = "debug", name = "storage.attach", skip_all, fields(otel.kind = "client", messaging.destination.name = queue.as_str()))]
     async fn attach(&self, queue: &QueueName, ttl: Option<Duration>) -> Result<Attached> {
         let r = self
             .client()
@@ -304,6 +309,7 @@ impl Storage for RemoteStorage {
         })
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.detach", skip_all, fields(otel.kind = "client", messaging.destination.name = queue.as_str()))]
     async fn detach(&self, queue: &QueueName) -> Result<u64> {
         let r = self
             .client()
@@ -313,6 +319,7 @@ impl Storage for RemoteStorage {
         Ok(r.into_inner().attachments)
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.push", skip_all, fields(otel.kind = "client", messaging.destination.name = queue.as_str(), messaging.batch.message_count = messages.len()))]
     async fn push(&self, queue: &QueueName, messages: Vec<Bytes>) -> Result<IdRange> {
         // The storage service validates the batch (Limits::check_batch);
         // its refusal comes back as the same typed error.
@@ -338,6 +345,7 @@ impl Storage for RemoteStorage {
         })
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.take", skip_all, fields(otel.kind = "client", messaging.destination.name = queue.as_str(), max))]
     async fn take(&self, queue: &QueueName, max: u32, mode: TakeMode) -> Result<Vec<Message>> {
         let op = Op::Take(pb::TakeRequest {
             queue: queue.to_string(),
@@ -350,6 +358,7 @@ impl Storage for RemoteStorage {
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.take_many", skip_all, fields(otel.kind = "client", queues = requests.len(), budget))]
     async fn take_many(&self, requests: &[TakeRequest], budget: u32) -> Vec<Taken> {
         let op = Op::TakeMany(pb::TakeManyRequest {
             queues: requests
@@ -394,6 +403,7 @@ impl Storage for RemoteStorage {
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.read", skip_all, fields(otel.kind = "client", messaging.destination.name = queue.as_str(), from, max))]
     async fn read(&self, queue: &QueueName, from: u64, max: u32) -> Result<Vec<Message>> {
         let op = Op::Read(pb::ReadRequest {
             queue: queue.to_string(),
@@ -406,6 +416,7 @@ impl Storage for RemoteStorage {
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.ack", skip_all, fields(otel.kind = "client", messaging.destination.name = queue.as_str(), id))]
     async fn ack(&self, queue: &QueueName, id: u64) -> Result<u64> {
         let op = Op::Ack(v1::QueueAck {
             queue: queue.to_string(),
@@ -417,6 +428,7 @@ impl Storage for RemoteStorage {
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.begin_reliable", skip_all, fields(otel.kind = "client", messaging.destination.name = queue.as_str()))]
     async fn begin_reliable(
         &self,
         queue: &QueueName,
@@ -436,6 +448,7 @@ impl Storage for RemoteStorage {
         Ok(r.into_inner().requeued)
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.renew_reliable", skip_all, fields(otel.kind = "client", messaging.destination.name = queue.as_str()))]
     async fn renew_reliable(&self, queue: &QueueName, lock: &ReliableLock) -> Result<bool> {
         let r = self
             .client()
@@ -449,6 +462,7 @@ impl Storage for RemoteStorage {
         Ok(r.into_inner().held)
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.end_reliable", skip_all, fields(otel.kind = "client", messaging.destination.name = queue.as_str()))]
     async fn end_reliable(&self, queue: &QueueName, lock: &ReliableLock) -> Result<bool> {
         let r = self
             .client()
@@ -462,6 +476,7 @@ impl Storage for RemoteStorage {
         Ok(r.into_inner().released)
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.lease", skip_all, fields(otel.kind = "client", messaging.destination.name = queue.as_str(), max))]
     async fn lease(
         &self,
         queue: &QueueName,
@@ -497,6 +512,7 @@ impl Storage for RemoteStorage {
         })
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.settle", skip_all, fields(otel.kind = "client", messaging.destination.name = queue.as_str(), id = token.id, attempt = token.attempt))]
     async fn settle(
         &self,
         queue: &QueueName,
@@ -528,6 +544,7 @@ impl Storage for RemoteStorage {
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.release_leases", skip_all, fields(otel.kind = "client", messaging.destination.name = queue.as_str()))]
     async fn release_leases(&self, queue: &QueueName, owner: &str) -> Result<u64> {
         let r = self
             .client()
@@ -540,6 +557,7 @@ impl Storage for RemoteStorage {
         Ok(r.into_inner().released)
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.set_max_deliveries", skip_all, fields(otel.kind = "client", messaging.destination.name = queue.as_str()))]
     async fn set_max_deliveries(&self, queue: &QueueName, max: u32) -> Result<()> {
         self.client()
             .set_max_deliveries(pb::SetMaxDeliveriesRequest {
@@ -551,6 +569,7 @@ impl Storage for RemoteStorage {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.close", skip_all, fields(otel.kind = "client", messaging.destination.name = queue.as_str()))]
     async fn close(&self, queue: &QueueName) -> Result<bool> {
         let r = self
             .client()
@@ -560,6 +579,7 @@ impl Storage for RemoteStorage {
         Ok(r.into_inner().existed)
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.flush", skip_all, fields(otel.kind = "client", messaging.destination.name = queue.as_str()))]
     async fn flush(&self, queue: &QueueName) -> Result<u64> {
         let r = self
             .client()
@@ -569,6 +589,7 @@ impl Storage for RemoteStorage {
         Ok(r.into_inner().removed)
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.info", skip_all, fields(otel.kind = "client", messaging.destination.name = queue.as_str()))]
     async fn info(&self, queue: &QueueName) -> Result<Option<QueueInfo>> {
         match self.client().info(queue_request(queue)).await {
             Ok(info) => Ok(Some(info.into_inner().into())),
@@ -579,6 +600,7 @@ impl Storage for RemoteStorage {
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.get_metadata", skip_all, fields(otel.kind = "client", messaging.destination.name = queue.as_str()))]
     async fn get_metadata(&self, queue: &QueueName, key: &str) -> Result<Option<String>> {
         let r = self
             .client()
@@ -591,6 +613,7 @@ impl Storage for RemoteStorage {
         Ok(r.into_inner().value)
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.set_metadata", skip_all, fields(otel.kind = "client", messaging.destination.name = queue.as_str()))]
     async fn set_metadata(&self, queue: &QueueName, key: &str, value: &str) -> Result<()> {
         self.client()
             .set_metadata(v1::SetMetadataRequest {
@@ -620,6 +643,7 @@ impl Storage for RemoteStorage {
         futures::stream::unfold(state, WatchState::next).boxed()
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.publish", skip_all, fields(otel.kind = "client", messaging.destination.name = channel.as_str()))]
     async fn publish(&self, channel: &ChannelName, message: Bytes) -> Result<u64> {
         let r = self
             .client()
@@ -638,6 +662,7 @@ impl Storage for RemoteStorage {
     /// restarted), the subscription ends with an UNAVAILABLE error rather
     /// than resubscribing by itself: what was published meanwhile is lost,
     /// and the subscriber must know.
+    #[tracing::instrument(level = "debug", name = "storage.subscribe", skip_all, fields(otel.kind = "client", messaging.destination.name = channel.as_str()))]
     async fn subscribe(&self, channel: &ChannelName) -> Result<Subscription> {
         let stream = self
             .client()
@@ -659,6 +684,7 @@ impl Storage for RemoteStorage {
         )
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.object_save", skip_all, fields(otel.kind = "client", busmq.object = object.as_str()))]
     async fn object_save(
         &self,
         object: &ObjectName,
@@ -679,6 +705,7 @@ impl Storage for RemoteStorage {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.object_load", skip_all, fields(otel.kind = "client", busmq.object = object.as_str()))]
     async fn object_load(&self, object: &ObjectName) -> Result<Option<ObjectFields>> {
         let r = self
             .client()
@@ -696,6 +723,7 @@ impl Storage for RemoteStorage {
         }))
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.object_touch", skip_all, fields(otel.kind = "client", busmq.object = object.as_str()))]
     async fn object_touch(&self, object: &ObjectName, ttl: Duration) -> Result<bool> {
         let r = self
             .client()

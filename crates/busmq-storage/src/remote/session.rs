@@ -17,10 +17,10 @@ use pb::session_request::Op;
 use pb::session_response::Result as Answer;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 use tonic::{Status, Streaming};
+use tracing::Instrument as _;
 
-use super::{REQUEST_TIMEOUT, call_error, with_causes};
+use super::{REQUEST_TIMEOUT, Transport, call_error, with_causes};
 use crate::{Error, Result};
 
 /// Operations one session may have in flight; more wait for room. The
@@ -66,7 +66,7 @@ impl Session {
 /// The session shared by the clones of one client, opened on first use
 /// and again after it breaks.
 pub(crate) struct Sessions {
-    client: StorageClient<Channel>,
+    client: StorageClient<Transport>,
     url: String,
     current: Mutex<Option<Arc<Session>>>,
     /// One opener at a time: callers arriving meanwhile use its session,
@@ -85,7 +85,7 @@ impl std::fmt::Debug for Sessions {
 }
 
 impl Sessions {
-    pub(crate) fn new(client: StorageClient<Channel>, url: String) -> Self {
+    pub(crate) fn new(client: StorageClient<Transport>, url: String) -> Self {
         Sessions {
             client,
             url,
@@ -125,7 +125,14 @@ impl Sessions {
             }
         }
         let (requests, rx) = mpsc::channel(SESSION_QUEUE);
-        let opened = self.client.clone().session(ReceiverStream::new(rx)).await;
+        // Outside the span of the operation that happens to open it: the
+        // session outlives that operation's trace by hours.
+        let opened = self
+            .client
+            .clone()
+            .session(ReceiverStream::new(rx))
+            .instrument(tracing::Span::none())
+            .await;
         let answers = match opened {
             Ok(response) => response.into_inner(),
             Err(status) => {
@@ -170,7 +177,15 @@ impl Sessions {
             in_flight.waiting.insert(id, reply);
             id
         };
-        let request = pb::SessionRequest { id, op: Some(op) };
+        // Per frame, because the stream is shared by every operation of the
+        // broker: the storage parents its span for this one on it.
+        let trace = busmq_server::telemetry::current_trace_parent().unwrap_or_default();
+        let request = pb::SessionRequest {
+            id,
+            op: Some(op),
+            traceparent: trace.traceparent,
+            tracestate: trace.tracestate,
+        };
         if session.requests.send(request).await.is_err() {
             lock(&session.in_flight).waiting.remove(&id);
             return Err(self.broke("the session ended"));

@@ -67,11 +67,14 @@ impl StorageService {
         self
     }
 
+    /// The queue of the request being served, also named on its span.
     fn name(&self, name: &str) -> Result<QueueName, Status> {
+        busmq_server::telemetry::record_queue(name);
         QueueName::parse(name, &self.limits).map_err(to_status)
     }
 
     fn object(&self, name: &str) -> Result<ObjectName, Status> {
+        busmq_server::telemetry::record_object(name);
         ObjectName::parse(name, &self.limits).map_err(to_status)
     }
 
@@ -88,6 +91,7 @@ impl StorageService {
         let payloads = req.messages.unwrap_or_default();
         // Counted before a view of each payload is made: a forged list of
         // a million empty lengths costs nothing.
+        busmq_server::telemetry::record_batch(payloads.lengths.len());
         self.limits
             .check_batch_len(payloads.lengths.len())
             .map_err(to_status)?;
@@ -113,6 +117,7 @@ impl StorageService {
             .take(&queue, self.cap(req.max), mode)
             .await
             .map_err(to_status)?;
+        busmq_server::telemetry::record_batch(taken.len());
         Ok(messages_to_wire(&taken))
     }
 
@@ -126,7 +131,8 @@ impl StorageService {
             .into_iter()
             .map(|r| {
                 Ok(TakeRequest {
-                    queue: self.name(&r.queue)?,
+                    // Not `name`: a span names one queue, this fetch many.
+                    queue: QueueName::parse(&r.queue, &self.limits).map_err(to_status)?,
                     max: self.cap(r.max),
                     mode: wire::take_mode(r.mode).map_err(to_status)?,
                 })
@@ -158,6 +164,7 @@ impl StorageService {
             .read(&queue, req.from, self.cap(req.max))
             .await
             .map_err(to_status)?;
+        busmq_server::telemetry::record_batch(read.len());
         Ok(messages_to_wire(&read))
     }
 
@@ -182,6 +189,7 @@ impl StorageService {
             .lease(&queue, &req.owner, self.cap(req.max), visibility)
             .await
             .map_err(to_status)?;
+        busmq_server::telemetry::record_batch(leases.messages.len());
         Ok(pb::LeaseResponse {
             messages: leases
                 .messages
@@ -577,6 +585,7 @@ impl StorageRpc for StorageService {
         request: Request<v1::PublishRequest>,
     ) -> Result<Response<v1::PublishResponse>, Status> {
         let req = request.into_inner();
+        busmq_server::telemetry::record_queue(&req.channel);
         let receivers =
             crate::pubsub::publish_checked(&*self.storage, &self.limits, &req.channel, req.message)
                 .await
@@ -590,10 +599,12 @@ impl StorageRpc for StorageService {
         &self,
         request: Request<v1::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let channel = request.into_inner().channel;
+        busmq_server::telemetry::record_queue(&channel);
         let batches = crate::pubsub::subscribe_checked(
             &*self.storage,
             &self.limits,
-            &request.into_inner().channel,
+            &channel,
             self.shutdown.clone(),
         )
         .await

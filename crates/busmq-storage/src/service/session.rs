@@ -22,6 +22,7 @@ use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
+use tracing::Instrument as _;
 
 use super::StorageService;
 
@@ -118,8 +119,45 @@ async fn serve(
     }
 }
 
+/// The span of one session operation. Its parent is the broker span the
+/// frame names, never the session's: the session is one stream for every
+/// operation of a broker, open for hours.
+fn span(request: &pb::SessionRequest) -> tracing::Span {
+    let name = match &request.op {
+        Some(Op::Push(_)) => "busmq.storage.v1.Storage/Session.Push",
+        Some(Op::Take(_)) => "busmq.storage.v1.Storage/Session.Take",
+        Some(Op::Read(_)) => "busmq.storage.v1.Storage/Session.Read",
+        Some(Op::Ack(_)) => "busmq.storage.v1.Storage/Session.Ack",
+        Some(Op::Lease(_)) => "busmq.storage.v1.Storage/Session.Lease",
+        Some(Op::Settle(_)) => "busmq.storage.v1.Storage/Session.Settle",
+        Some(Op::TakeMany(_)) => "busmq.storage.v1.Storage/Session.TakeMany",
+        None => "busmq.storage.v1.Storage/Session.Unknown",
+    };
+    let span = tracing::debug_span!(
+        parent: None,
+        "storage.session",
+        otel.name = name,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        busmq.session.request = request.id,
+        messaging.destination.name = tracing::field::Empty,
+        messaging.batch.message_count = tracing::field::Empty,
+        busmq.error = tracing::field::Empty,
+    );
+    busmq_server::telemetry::set_parent_from(&span, &request.traceparent, &request.tracestate);
+    span
+}
+
 /// Runs one request and words its answer; never fails the session.
 async fn run(service: StorageService, request: pb::SessionRequest) -> pb::SessionResponse {
+    let span = span(&request);
+    let timed = super::metrics::start(request.op.as_ref());
+    let answer = run_op(service, request).instrument(span).await;
+    super::metrics::finish(timed);
+    answer
+}
+
+async fn run_op(service: StorageService, request: pb::SessionRequest) -> pb::SessionResponse {
     let id = request.id;
     let result = match request.op {
         Some(Op::Push(r)) => service.push_op(r).await.map(Answer::Push),
@@ -135,9 +173,15 @@ async fn run(service: StorageService, request: pb::SessionRequest) -> pb::Sessio
             "session request with no operation this storage knows",
         )),
     };
+    let result = result.unwrap_or_else(|status| {
+        let span = tracing::Span::current();
+        span.record("otel.status_code", "ERROR");
+        span.record("busmq.error", status.message());
+        error(&status)
+    });
     let mut answer = pb::SessionResponse {
         id,
-        result: Some(result.unwrap_or_else(|status| error(&status))),
+        result: Some(result),
     };
     // An answer the encoder would refuse would end the whole session; it
     // fails alone instead, as the unary call would.
