@@ -324,6 +324,26 @@ async fn compose_end_to_end() {
     project.wait_healthy("storage", 1).await;
     project.wait_healthy("broker", 1).await;
     clock.done("redis, storage and broker healthy");
+    let aof = project
+        .ok(&[
+            "exec",
+            "-T",
+            "redis",
+            "redis-cli",
+            "config",
+            "get",
+            "appendonly",
+        ])
+        .await;
+    assert_eq!(
+        aof.split_whitespace().collect::<Vec<_>>(),
+        ["appendonly", "yes"]
+    );
+    for service in ["storage", "broker"] {
+        let uid = project.ok(&["exec", "-T", service, "id", "-u"]).await;
+        assert_eq!(uid.trim(), "10001", "{service} runs as the image's user");
+    }
+    clock.done("Redis appends to its AOF; storage and broker run as uid 10001");
 
     // The SDK, through the published port.
     let url1 = project.broker_url(1).await;
@@ -490,6 +510,23 @@ async fn compose_end_to_end() {
         acked.len(),
         got.len()
     ));
+
+    // SIGTERM reaches the servers (exec-form entrypoint) and they drain and
+    // exit 0 well inside the grace period; a signal lost on the way would
+    // end in SIGKILL after it, exit code 137.
+    project.ok(&["stop", "-t", "15", "broker", "storage"]).await;
+    let mut ids = project.containers("broker").await;
+    ids.extend(project.containers("storage").await);
+    let mut args = vec!["inspect", "-f", "{{.Name}} {{.State.ExitCode}}"];
+    args.extend(ids.iter().map(String::as_str));
+    let exits = run("docker", &args, COMMAND_TIMEOUT).await.unwrap();
+    let exits = String::from_utf8_lossy(&exits.stdout).into_owned();
+    assert_eq!(exits.lines().count(), 4, "{exits}");
+    assert!(
+        exits.lines().all(|l| l.ends_with(" 0")),
+        "stopped servers exit 0: {exits}"
+    );
+    clock.done("stop: 3 brokers and storage drained and exited 0 on SIGTERM");
 
     drop(down);
     let label = format!("label=com.docker.compose.project={}", project.name);
