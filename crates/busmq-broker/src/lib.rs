@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 pub mod channel;
 pub mod config;
 mod consume;
+mod metrics;
 pub mod objects;
 pub mod pubsub;
 mod push_stream;
@@ -46,6 +47,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let wakeups = Arc::new(wakeup::Wakeups::default());
+    metrics::spawn_sampler(Arc::clone(&storage), shutdown.clone());
     tokio::spawn(Arc::clone(&wakeups).run(storage.watch(), shutdown.clone()));
 
     let max_bytes = config.limits.max_request_bytes();

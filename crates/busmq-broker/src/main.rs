@@ -37,12 +37,18 @@ struct Args {
     /// Milliseconds a reliable consumer's lock outlives a crashed broker.
     #[arg(long, env = "BUSMQ_RELIABLE_LEASE_MS", default_value_t = 5000)]
     reliable_lease_ms: u64,
+    #[command(flatten)]
+    metrics: busmq_server::metrics::MetricsArgs,
+    /// Log lines as `text` or `json` (one object per line); `RUST_LOG`
+    /// filters them.
+    #[arg(long, env = "BUSMQ_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: busmq_server::LogFormat,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    busmq_server::init_tracing();
+    busmq_server::init_tracing_as(args.log_format);
     let limits = args.limits.limits();
     anyhow::ensure!(args.prefetch >= 1, "--prefetch must be at least 1");
     anyhow::ensure!(
@@ -63,6 +69,9 @@ async fn main() -> anyhow::Result<()> {
         )
     };
     let shutdown = busmq_server::shutdown_on_signal();
+    args.metrics
+        .serve(busmq_server::metrics::BROKER_METRICS_PORT, shutdown.clone())
+        .await?;
     let listener = busmq_server::bind(args.listen).await?;
     tracing::info!(
         listen = %listener.local_addr()?,
@@ -77,5 +86,6 @@ async fn main() -> anyhow::Result<()> {
             tokio::time::sleep(busmq_server::DRAIN_TIMEOUT).await;
         } => tracing::warn!("in-flight work did not drain in time; exiting"),
     }
+    busmq_server::flush_tracing().await;
     Ok(())
 }

@@ -49,7 +49,15 @@ pub async fn run(
     let store = |batch: Batch| {
         let storage = Arc::clone(&storage);
         async move {
+            let pushed = batch.messages.len() as u64;
+            let started = busmq_server::metrics::start_timer();
             let stored = storage.push(&batch.queue, batch.messages).await;
+            busmq_server::metrics::observe_since(&crate::metrics::PUSH_DURATION, started);
+            if stored.is_ok() {
+                busmq_server::metrics::queue(&batch.queue)
+                    .pushed()
+                    .increment(pushed);
+            }
             (batch.sequence, batch.queue, stored)
         }
         .boxed()

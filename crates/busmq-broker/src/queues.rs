@@ -71,6 +71,7 @@ impl QueuesService {
             mode,
             remaining: req.max,
             prefetch,
+            consumer: None,
         })
     }
 
@@ -210,6 +211,8 @@ impl Queues for QueuesService {
             }
         }
         let attached = store(self.storage.attach(&queue, ttl).await)?;
+        // Sampled from now on, before its first push or consumer.
+        busmq_server::metrics::queue(&queue);
         if let Some(max) = req.max_deliveries {
             store(self.storage.set_max_deliveries(&queue, max).await)?;
         }
@@ -236,7 +239,13 @@ impl Queues for QueuesService {
         let req = request.into_inner();
         let queue = self.name(&req.queue)?;
         store(self.config.limits.check_batch(&req.messages))?;
+        let pushed = req.messages.len() as u64;
+        let started = busmq_server::metrics::start_timer();
         let ids = store(self.storage.push(&queue, req.messages).await)?;
+        busmq_server::metrics::observe_since(&crate::metrics::PUSH_DURATION, started);
+        busmq_server::metrics::queue(&queue)
+            .pushed()
+            .increment(pushed);
         Ok(Response::new(v1::PushResponse {
             first_id: ids.first,
             last_id: ids.last,

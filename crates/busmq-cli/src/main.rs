@@ -174,6 +174,13 @@ struct ServeArgs {
     /// stopped renewing it.
     #[arg(long, env = "BUSMQ_RELIABLE_LEASE_MS", default_value_t = 5000)]
     reliable_lease_ms: u64,
+    /// One admin port for both services.
+    #[command(flatten)]
+    metrics: busmq_server::metrics::MetricsArgs,
+    /// Log lines as `text` or `json` (one object per line); `RUST_LOG`
+    /// filters them.
+    #[arg(long, env = "BUSMQ_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: busmq_server::LogFormat,
 }
 
 /// Where the client commands find the bus.
@@ -301,7 +308,10 @@ struct StatsArgs {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    busmq_server::init_tracing();
+    match &cli.command {
+        Command::Serve(args) => busmq_server::init_tracing_as(args.log_format),
+        _ => busmq_server::init_tracing(),
+    }
     let result = match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Push(args) => client::push(args).await,
@@ -317,6 +327,7 @@ async fn main() -> ExitCode {
         #[cfg(feature = "bench")]
         Command::Bench(args) => busmq_bench::run(args).await.map(drop),
     };
+    busmq_server::flush_tracing().await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

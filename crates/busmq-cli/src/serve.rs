@@ -24,13 +24,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         reliable_lease: Duration::from_millis(args.reliable_lease_ms),
     };
 
+    let shutdown = busmq_server::shutdown_on_signal();
+    // Before the store opens, so that its commits are recorded from the
+    // first.
+    args.metrics
+        .serve(busmq_server::metrics::BROKER_METRICS_PORT, shutdown.clone())
+        .await?;
     let options = BackendOptions {
         data_dir: args.data_dir.clone(),
     };
     let storage = backend::open(&args.storage, &options)
         .await
         .with_context(|| format!("opening storage backend {:?}", args.storage))?;
-    let shutdown = busmq_server::shutdown_on_signal();
     let storage_listener = busmq_server::bind(args.storage_listen).await?;
     let broker_listener = busmq_server::bind(args.listen).await?;
     tracing::info!(backend = ?args.storage, "store opened");

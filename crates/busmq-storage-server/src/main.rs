@@ -36,12 +36,29 @@ struct Args {
 
     #[command(flatten)]
     limits: busmq_server::LimitsArgs,
+
+    #[command(flatten)]
+    metrics: busmq_server::metrics::MetricsArgs,
+
+    /// Log lines as `text` or `json` (one object per line); `RUST_LOG`
+    /// filters them.
+    #[arg(long, env = "BUSMQ_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: busmq_server::LogFormat,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    busmq_server::init_tracing();
+    busmq_server::init_tracing_as(args.log_format);
+    let shutdown = busmq_server::shutdown_on_signal();
+    // Before the store opens, so that its commits are recorded from the
+    // first.
+    args.metrics
+        .serve(
+            busmq_server::metrics::STORAGE_METRICS_PORT,
+            shutdown.clone(),
+        )
+        .await?;
 
     let limits = args.limits.limits();
     let options = BackendOptions {
@@ -51,7 +68,6 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("opening storage backend {:?}", args.backend))?;
 
-    let shutdown = busmq_server::shutdown_on_signal();
     let listener = busmq_server::bind(args.listen).await?;
     let addr = listener
         .local_addr()
@@ -70,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
                 busmq_server::DRAIN_TIMEOUT);
         }
     }
+    busmq_server::flush_tracing().await;
     tracing::info!("busmq-storage stopped");
     Ok(())
 }

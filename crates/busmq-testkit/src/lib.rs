@@ -151,6 +151,14 @@ impl ProcessBuilder {
         self.addr
     }
 
+    /// Serves the process's metrics on a [`free_addr`], returned with the
+    /// builder (through `BUSMQ_METRICS_LISTEN`, so it goes with any
+    /// subcommand).
+    pub fn metrics(self) -> (Self, SocketAddr) {
+        let addr = free_addr();
+        (self.env("BUSMQ_METRICS_LISTEN", addr.to_string()), addr)
+    }
+
     /// The process's own temporary directory (removed with it): for data
     /// directories and config files. Its log is `process.log` in it.
     pub fn dir(&self) -> &Path {
@@ -215,13 +223,18 @@ pub struct Process {
 }
 
 impl Process {
-    /// Prepares to start workspace binary `name` (see [`bin_path`]).
+    /// Prepares to start workspace binary `name` (see [`bin_path`]), with
+    /// its metrics listener off (`BUSMQ_METRICS_LISTEN=off`): its fixed
+    /// default port would collide between the servers of a test, and
+    /// across tests running at once. A test of metrics passes
+    /// `--metrics-listen` (which wins over the environment) or calls
+    /// [`ProcessBuilder::metrics`].
     ///
     /// # Panics
     ///
     /// When the binary is not built, or no temporary directory can be made.
     pub fn builder(name: &str) -> ProcessBuilder {
-        Process::program(name, bin_path(name))
+        Process::program(name, bin_path(name)).env("BUSMQ_METRICS_LISTEN", "off")
     }
 
     /// Prepares to start any program by path (`redis-server`, say), named

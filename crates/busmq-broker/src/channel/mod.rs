@@ -86,6 +86,7 @@ impl ChannelsService {
                 mode,
                 remaining: None,
                 prefetch,
+                consumer: None,
             },
             signal: self.wakeups.subscribe(&queues.inbound),
             shutdown: self.shutdown.clone(),

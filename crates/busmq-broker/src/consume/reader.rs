@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use busmq_core::{Error, QueueName};
 use busmq_proto::v1;
+use busmq_server::metrics::{ConsumerGauge, DeliveryMode};
 use busmq_storage::{LeasedMessage, ReliableLock, Storage, TakeMode, TakeRequest};
 use tokio::time::Instant;
 use tonic::Status;
@@ -37,6 +38,9 @@ pub struct QueueReader {
     pub remaining: Option<u64>,
     /// The most messages one fetch takes.
     pub prefetch: u32,
+    /// This consumer in the queue's series, from [`Self::begin`] on (a
+    /// consumer that was refused is not counted).
+    pub consumer: Option<ConsumerGauge>,
 }
 
 impl QueueReader {
@@ -44,19 +48,33 @@ impl QueueReader {
     /// un-acked messages of an earlier consumer go out again) or checks
     /// that lease mode may start. Refusals come before `consuming`.
     pub async fn begin(&mut self) -> Result<u64, Status> {
-        match &self.mode {
+        let redelivered = match &self.mode {
             Mode::Reliable { lock, last } => self
                 .storage
                 .begin_reliable(&self.queue, lock, *last)
                 .await
-                .map_err(busmq_proto::to_status),
+                .map_err(busmq_proto::to_status)?,
             // Leasing nothing checks that no reliable consumer holds the
             // queue.
             Mode::Lease { .. } => {
                 self.lease(0).await.map_err(busmq_proto::to_status)?;
-                Ok(0)
+                0
             }
-            Mode::Unreliable | Mode::Persistent { .. } => Ok(0),
+            Mode::Unreliable | Mode::Persistent { .. } => 0,
+        };
+        let consumer = ConsumerGauge::new(busmq_server::metrics::queue(&self.queue));
+        consumer.metrics().redeliveries().increment(redelivered);
+        self.consumer = Some(consumer);
+        Ok(redelivered)
+    }
+
+    /// This reader's `mode` label.
+    fn delivery_mode(&self) -> DeliveryMode {
+        match self.mode {
+            Mode::Unreliable => DeliveryMode::Unreliable,
+            Mode::Reliable { .. } => DeliveryMode::Reliable,
+            Mode::Persistent { .. } => DeliveryMode::Persistent,
+            Mode::Lease { .. } => DeliveryMode::Lease,
         }
     }
 
@@ -101,11 +119,29 @@ impl QueueReader {
         if let Some(r) = self.remaining.as_mut() {
             *r = r.saturating_sub(delivered as u64);
         }
+        if delivered > 0
+            && let Some(consumer) = &self.consumer
+        {
+            consumer
+                .metrics()
+                .delivered(self.delivery_mode())
+                .increment(delivered as u64);
+        }
     }
 
     /// Takes up to `max` messages (never more than [`Self::want`]) and
     /// counts them against `max`.
     pub async fn fetch(&mut self, max: u32) -> Result<Vec<v1::Message>, Error> {
+        let started = busmq_server::metrics::start_timer();
+        let fetched = self.fetch_from_store(max).await;
+        busmq_server::metrics::observe_since(
+            crate::metrics::take_duration(self.delivery_mode()),
+            started,
+        );
+        fetched
+    }
+
+    async fn fetch_from_store(&mut self, max: u32) -> Result<Vec<v1::Message>, Error> {
         if let Some(take) = self.take_request(max) {
             let taken = self.storage.take(&take.queue, take.max, take.mode).await;
             return self.took(taken);
@@ -120,16 +156,23 @@ impl QueueReader {
                 plain(batch)
             }
             // Lease mode (the modes that take returned above).
-            _ => self
-                .lease(max)
-                .await?
-                .into_iter()
-                .map(|m| v1::Message {
-                    id: m.message.id,
-                    payload: m.message.payload,
-                    attempt: m.attempt,
-                })
-                .collect(),
+            _ => {
+                let leased = self.lease(max).await?;
+                let again = leased.iter().filter(|m| m.attempt > 1).count() as u64;
+                if again > 0
+                    && let Some(consumer) = &self.consumer
+                {
+                    consumer.metrics().redeliveries().increment(again);
+                }
+                leased
+                    .into_iter()
+                    .map(|m| v1::Message {
+                        id: m.message.id,
+                        payload: m.message.payload,
+                        attempt: m.attempt,
+                    })
+                    .collect()
+            }
         };
         self.count(batch.len());
         Ok(batch)

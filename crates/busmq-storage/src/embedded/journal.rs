@@ -223,6 +223,8 @@ impl SqliteJournal {
 fn write_loop(mut db: Db, handoff: &Handoff, progress: &watch::Sender<Progress>, dir: &Path) {
     let mut batch = Vec::new();
     let mut linger = Linger { skip: 0 };
+    let commit_duration =
+        metrics::histogram!("busmq_store_commit_duration_seconds", "backend" => "embedded");
     loop {
         let ticket = {
             let mut inbox = handoff.inbox();
@@ -243,7 +245,10 @@ fn write_loop(mut db: Db, handoff: &Handoff, progress: &watch::Sender<Progress>,
             std::mem::swap(&mut batch, &mut inbox.records);
             inbox.ticket
         };
-        match db.commit(&mut batch) {
+        let started = busmq_server::metrics::start_timer();
+        let committed = db.commit(&mut batch);
+        busmq_server::metrics::observe_since(&commit_duration, started);
+        match committed {
             Ok(()) => {
                 batch.clear();
                 progress.send_modify(|p| {

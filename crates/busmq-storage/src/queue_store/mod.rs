@@ -205,6 +205,11 @@ impl<J: Journal> QueueStore<J> {
                 Lookup::Live(q) => {
                     let mut dead = Vec::new();
                     let out = f(q, &mut rec, &mut dead);
+                    if !dead.is_empty() {
+                        busmq_server::metrics::queue(name)
+                            .dead_lettered()
+                            .increment(dead.len() as u64);
+                    }
                     let dlq = (!dead.is_empty())
                         .then(|| dead_letter(&mut queues, name, dead, now, &mut rec));
                     (Some(out), self.submit(rec), false, dlq)

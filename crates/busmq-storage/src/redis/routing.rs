@@ -15,6 +15,11 @@ const LOCATION_CACHE_MAX: usize = 100_000;
 
 pub(super) type Args<'a> = &'a (dyn Fn(&mut ScriptInvocation<'_>) + Sync);
 
+/// `busmq_store_commit_duration_seconds` of Redis: one script's round trip.
+static SCRIPT_DURATION: std::sync::LazyLock<metrics::Histogram> = std::sync::LazyLock::new(
+    || metrics::histogram!("busmq_store_commit_duration_seconds", "backend" => "redis"),
+);
+
 impl Inner {
     /// Runs `script` over the keys of `queue` on `shard`; when `durable`,
     /// then waits for [`RedisConfig::wait_replicas`] on the same connection.
@@ -66,11 +71,13 @@ impl Inner {
             invocation.key(key);
         }
         args(&mut invocation);
+        let started = busmq_server::metrics::start_timer();
         let reply = tokio::time::timeout(
             conn::CALL_TIMEOUT,
             invocation.invoke_async::<Value>(&mut conn),
         )
         .await;
+        busmq_server::metrics::observe_since(&SCRIPT_DURATION, started);
         let value = settle(node, generation, reply)?;
         if durable && self.config.wait_replicas > 0 {
             self.wait_replicas(node, generation, &mut conn).await?;

@@ -20,6 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+mod metrics;
 mod session;
 
 pub use session::{SESSION_BUFFER, SESSION_WINDOW, SessionStream};
