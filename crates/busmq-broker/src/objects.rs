@@ -25,6 +25,7 @@ impl ObjectsService {
     }
 
     fn object(&self, name: &str) -> Result<ObjectName, Status> {
+        busmq_server::telemetry::record_object(name);
         ObjectName::parse(name, &self.limits).map_err(to_status)
     }
 }

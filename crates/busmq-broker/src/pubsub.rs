@@ -63,6 +63,7 @@ impl PubSub for PubSubService {
         request: Request<v1::PublishRequest>,
     ) -> Result<Response<v1::PublishResponse>, Status> {
         let req = request.into_inner();
+        busmq_server::telemetry::record_queue(&req.channel);
         let receivers = publish_checked(&*self.storage, &self.limits, &req.channel, req.message)
             .await
             .map_err(to_status)?;
@@ -75,10 +76,12 @@ impl PubSub for PubSubService {
         &self,
         request: Request<v1::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let channel = request.into_inner().channel;
+        busmq_server::telemetry::record_queue(&channel);
         let batches = subscribe_checked(
             &*self.storage,
             &self.limits,
-            &request.into_inner().channel,
+            &channel,
             self.shutdown.clone(),
         )
         .await

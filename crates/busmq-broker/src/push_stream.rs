@@ -17,6 +17,7 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
+use tracing::Instrument as _;
 
 /// Push batches a PushStream may have answered but not yet sent.
 pub const ACK_BUFFER: usize = 64;
@@ -48,6 +49,18 @@ pub async fn run(
     let mut storing = FuturesUnordered::new();
     let store = |batch: Batch| {
         let storage = Arc::clone(&storage);
+        // A span per batch, linked to the stream's rather than inside it:
+        // a stream lives as long as its producer, and one trace of all its
+        // batches would never end.
+        let span = tracing::debug_span!(
+            parent: None,
+            "push_stream.batch",
+            otel.name = "busmq.v1.Queues/PushStream.Batch",
+            messaging.destination.name = batch.queue.as_str(),
+            messaging.batch.message_count = batch.messages.len(),
+            busmq.sequence = batch.sequence,
+        );
+        span.follows_from(tracing::Span::current());
         async move {
             let pushed = batch.messages.len() as u64;
             let started = busmq_server::metrics::start_timer();
@@ -60,6 +73,7 @@ pub async fn run(
             }
             (batch.sequence, batch.queue, stored)
         }
+        .instrument(span)
         .boxed()
     };
     let mut reading = true;

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
 
 use crate::config::{
     ACK_CONCURRENCY, BrokerConfig, DEFAULT_LEASE_PREFETCH, DEFAULT_MANY_PREFETCH,
@@ -196,6 +197,7 @@ impl Queues for QueuesService {
         request: Request<v1::AttachRequest>,
     ) -> Result<Response<v1::AttachResponse>, Status> {
         let req = request.into_inner();
+        busmq_server::telemetry::record_queue(&req.queue);
         let queue = self.name(&req.queue)?;
         let ttl = attach_ttl(req.ttl.as_ref())?;
         if let Some(max) = req.max_deliveries {
@@ -228,6 +230,7 @@ impl Queues for QueuesService {
         request: Request<v1::DetachRequest>,
     ) -> Result<Response<v1::DetachResponse>, Status> {
         let queue = self.name(&request.into_inner().queue)?;
+        busmq_server::telemetry::record_queue(queue.as_str());
         let attachments = store(self.storage.detach(&queue).await)?;
         Ok(Response::new(v1::DetachResponse { attachments }))
     }
@@ -237,6 +240,8 @@ impl Queues for QueuesService {
         request: Request<v1::PushRequest>,
     ) -> Result<Response<v1::PushResponse>, Status> {
         let req = request.into_inner();
+        busmq_server::telemetry::record_queue(&req.queue);
+        busmq_server::telemetry::record_batch(req.messages.len());
         let queue = self.name(&req.queue)?;
         store(self.config.limits.check_batch(&req.messages))?;
         let pushed = req.messages.len() as u64;
@@ -259,12 +264,16 @@ impl Queues for QueuesService {
         request: Request<Streaming<v1::PushStreamRequest>>,
     ) -> Result<Response<Self::PushStreamStream>, Status> {
         let (tx, rx) = mpsc::channel(push_stream::ACK_BUFFER);
-        tokio::spawn(push_stream::run(
-            Arc::clone(&self.storage),
-            self.config.limits,
-            request.into_inner(),
-            tx,
-        ));
+        tokio::spawn(
+            push_stream::run(
+                Arc::clone(&self.storage),
+                self.config.limits,
+                request.into_inner(),
+                tx,
+            )
+            // Its batches' spans link to this call's.
+            .instrument(tracing::Span::current()),
+        );
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -275,6 +284,7 @@ impl Queues for QueuesService {
         request: Request<v1::ConsumeRequest>,
     ) -> Result<Response<Self::ConsumeStream>, Status> {
         let reader = self.reader(&request.into_inner())?;
+        busmq_server::telemetry::record_queue(reader.queue.as_str());
         // Subscribe before the existence check so nothing after it is missed.
         let signal = self.wakeups.subscribe(&reader.queue);
         check_exists(&*self.storage, &reader.queue).await?;
@@ -285,7 +295,8 @@ impl Queues for QueuesService {
             shutdown: self.shutdown.clone(),
             tx,
         };
-        tokio::spawn(task.run());
+        // Its fetches' spans link to this call's.
+        tokio::spawn(task.run().instrument(tracing::Span::current()));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -348,6 +359,7 @@ impl Queues for QueuesService {
         request: Request<v1::AckRequest>,
     ) -> Result<Response<v1::AckResponse>, Status> {
         let req = request.into_inner();
+        busmq_server::telemetry::record_queue(&req.queue);
         match req.target {
             Some(v1::ack_request::Target::Lease(token)) => {
                 self.settle(&req.queue, Some(token), Settlement::Ack)
@@ -370,6 +382,8 @@ impl Queues for QueuesService {
         request: Request<v1::AckLeasesRequest>,
     ) -> Result<Response<v1::AckLeasesResponse>, Status> {
         let req = request.into_inner();
+        busmq_server::telemetry::record_queue(&req.queue);
+        busmq_server::telemetry::record_batch(req.leases.len());
         let queue = self.name(&req.queue)?;
         if req.leases.len() > MAX_ACK_LEASES {
             return Err(invalid(format!(
@@ -440,6 +454,7 @@ impl Queues for QueuesService {
         request: Request<v1::AckManyRequest>,
     ) -> Result<Response<v1::AckManyResponse>, Status> {
         let req = request.into_inner();
+        busmq_server::telemetry::record_batch(req.acks.len());
         if req.acks.len() > MAX_ACK_MANY {
             return Err(invalid(format!(
                 "{} acks in one call is over the limit of {MAX_ACK_MANY}",
@@ -484,6 +499,7 @@ impl Queues for QueuesService {
         request: Request<v1::NackRequest>,
     ) -> Result<Response<v1::NackResponse>, Status> {
         let req = request.into_inner();
+        busmq_server::telemetry::record_queue(&req.queue);
         let settled = self.settle(&req.queue, req.lease, Settlement::Nack).await?;
         Ok(Response::new(v1::NackResponse {
             dead_lettered: settled == Settled::DeadLettered,
@@ -495,6 +511,7 @@ impl Queues for QueuesService {
         request: Request<v1::CloseRequest>,
     ) -> Result<Response<v1::CloseResponse>, Status> {
         let queue = self.name(&request.into_inner().queue)?;
+        busmq_server::telemetry::record_queue(queue.as_str());
         let existed = store(self.storage.close(&queue).await)?;
         Ok(Response::new(v1::CloseResponse { existed }))
     }
@@ -504,6 +521,7 @@ impl Queues for QueuesService {
         request: Request<v1::FlushRequest>,
     ) -> Result<Response<v1::FlushResponse>, Status> {
         let queue = self.name(&request.into_inner().queue)?;
+        busmq_server::telemetry::record_queue(queue.as_str());
         let removed = store(self.storage.flush(&queue).await)?;
         Ok(Response::new(v1::FlushResponse { removed }))
     }
@@ -513,6 +531,7 @@ impl Queues for QueuesService {
         request: Request<v1::InfoRequest>,
     ) -> Result<Response<v1::QueueInfo>, Status> {
         let queue = self.name(&request.into_inner().queue)?;
+        busmq_server::telemetry::record_queue(queue.as_str());
         match store(self.storage.info(&queue).await)? {
             Some(info) => Ok(Response::new(info.into())),
             None => Err(to_status(Error::QueueNotFound(queue.to_string()))),
@@ -524,6 +543,7 @@ impl Queues for QueuesService {
         request: Request<v1::GetMetadataRequest>,
     ) -> Result<Response<v1::GetMetadataResponse>, Status> {
         let req = request.into_inner();
+        busmq_server::telemetry::record_queue(&req.queue);
         let queue = self.name(&req.queue)?;
         let value = store(self.storage.get_metadata(&queue, &req.key).await)?;
         Ok(Response::new(v1::GetMetadataResponse { value }))
@@ -534,6 +554,7 @@ impl Queues for QueuesService {
         request: Request<v1::SetMetadataRequest>,
     ) -> Result<Response<v1::SetMetadataResponse>, Status> {
         let req = request.into_inner();
+        busmq_server::telemetry::record_queue(&req.queue);
         let queue = self.name(&req.queue)?;
         if req.key.is_empty() {
             return Err(invalid("metadata key must not be empty"));

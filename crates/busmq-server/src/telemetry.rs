@@ -297,7 +297,10 @@ pub struct ServerTrace<S> {
     inner: S,
 }
 
-type Recorded<F, R, E> = Instrumented<Map<F, fn(Result<R, E>) -> Result<R, E>>>;
+/// What reads a response's status on its way out.
+type Recorder<R, E> = fn(Result<R, E>) -> Result<R, E>;
+
+type Recorded<F, R, E> = Instrumented<Map<F, Recorder<R, E>>>;
 
 impl<S, B, R> Service<http::Request<B>> for ServerTrace<S>
 where
@@ -315,8 +318,7 @@ where
         let span = server_span(request.uri().path());
         set_parent_from_headers(&span, request.headers());
         let future = span.in_scope(|| self.inner.call(request));
-        let record: fn(Result<S::Response, S::Error>) -> Result<S::Response, S::Error> =
-            record_status::<R, S::Error>;
+        let record: Recorder<S::Response, S::Error> = record_status::<R, S::Error>;
         future.map(record).instrument(span)
     }
 }

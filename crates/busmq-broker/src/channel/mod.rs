@@ -157,6 +157,7 @@ impl Channels for ChannelsService {
         };
         let queues =
             SessionQueues::new(&open.name, &open.local, &open.remote, &self.config.limits)?;
+        busmq_server::telemetry::record_queue(&open.name);
         let consume = v1::ConsumeRequest {
             queue: queues.inbound.to_string(),
             mode: open.mode,
@@ -199,6 +200,8 @@ impl Channels for ChannelsService {
         request: Request<v1::SendToRequest>,
     ) -> Result<Response<v1::SendToResponse>, Status> {
         let req = request.into_inner();
+        busmq_server::telemetry::record_queue(&req.name);
+        busmq_server::telemetry::record_batch(req.messages.len());
         let role = Role::parse(&req.endpoint, "")?;
         let queue = names::endpoint_queue(&req.name, &role, &self.config.limits)?;
         let frames = frame::data_frames(req.messages, &self.config.limits)?;

@@ -18,7 +18,6 @@ use pb::session_response::Result as Answer;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
-use tracing::Instrument as _;
 
 use super::{REQUEST_TIMEOUT, Transport, call_error, with_causes};
 use crate::{Error, Result};
@@ -125,14 +124,13 @@ impl Sessions {
             }
         }
         let (requests, rx) = mpsc::channel(SESSION_QUEUE);
-        // Outside the span of the operation that happens to open it: the
+        // In a task of its own, outside the span of the operation that
+        // happens to open it (a disabled span would not hide that one): the
         // session outlives that operation's trace by hours.
-        let opened = self
-            .client
-            .clone()
-            .session(ReceiverStream::new(rx))
-            .instrument(tracing::Span::none())
-            .await;
+        let mut client = self.client.clone();
+        let opened = tokio::spawn(async move { client.session(ReceiverStream::new(rx)).await })
+            .await
+            .unwrap_or_else(|e| Err(Status::internal(format!("opening the session: {e}"))));
         let answers = match opened {
             Ok(response) => response.into_inner(),
             Err(status) => {

@@ -1,0 +1,249 @@
+//! Distributed tracing across real processes: a push made inside a client
+//! span is one trace through `busmq-broker` and `busmq-storage`, exported
+//! by both over OTLP/gRPC to a collector this test runs.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use busmq_client::{AttachOptions, Bus};
+use busmq_testkit::Process;
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+
+/// One span as the collector received it, with the `service.name` of the
+/// process that sent it.
+#[derive(Debug, Clone)]
+struct Received {
+    service: String,
+    name: String,
+    trace_id: String,
+    span_id: String,
+    parent_span_id: String,
+    attributes: HashMap<String, String>,
+}
+
+/// The OTLP trace collector: keeps every span it is sent.
+#[derive(Default, Clone)]
+struct Collector {
+    spans: Arc<Mutex<Vec<Received>>>,
+}
+
+fn text(value: &Option<AnyValue>) -> String {
+    match value.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(any_value::Value::StringValue(s)) => s.clone(),
+        Some(any_value::Value::IntValue(i)) => i.to_string(),
+        Some(any_value::Value::BoolValue(b)) => b.to_string(),
+        Some(any_value::Value::DoubleValue(d)) => d.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn attributes(kvs: &[KeyValue]) -> HashMap<String, String> {
+    kvs.iter()
+        .map(|kv| (kv.key.clone(), text(&kv.value)))
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let mut kept = self.spans.lock().unwrap();
+        for resource_spans in request.into_inner().resource_spans {
+            let resource = resource_spans
+                .resource
+                .map(|r| attributes(&r.attributes))
+                .unwrap_or_default();
+            let service = resource.get("service.name").cloned().unwrap_or_default();
+            for scope in resource_spans.scope_spans {
+                for span in scope.spans {
+                    kept.push(Received {
+                        service: service.clone(),
+                        name: span.name,
+                        trace_id: hex(&span.trace_id),
+                        span_id: hex(&span.span_id),
+                        parent_span_id: hex(&span.parent_span_id),
+                        attributes: attributes(&span.attributes),
+                    });
+                }
+            }
+        }
+        Ok(Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+/// A collector serving OTLP/gRPC on a free port; returns it and its URL.
+async fn collector() -> (Collector, String) {
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let service = TraceServiceServer::new(collector.clone());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    (collector, url)
+}
+
+/// `name` exporting its spans to `otlp`. The batch processor is told to
+/// wait an hour between exports, so whatever arrives was sent by the flush
+/// at shutdown.
+fn traced(name: &str, otlp: &str) -> busmq_testkit::ProcessBuilder {
+    Process::builder(name)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "3600000")
+        .env("OTEL_TRACES_SAMPLER", "parentbased_always_on")
+}
+
+#[tokio::test]
+async fn a_push_is_one_trace_from_the_client_through_broker_and_storage() {
+    let (collector, otlp) = collector().await;
+
+    let builder = traced("busmq-storage", &otlp);
+    let storage_addr = builder.listen_addr();
+    let storage = builder
+        .args(["--listen", &storage_addr.to_string(), "--backend", "memory"])
+        .spawn();
+    storage.wait_ready().await;
+    let builder = traced("busmq-broker", &otlp);
+    let broker_addr = builder.listen_addr();
+    let broker = builder
+        .args(["--listen", &broker_addr.to_string()])
+        .args(["--storage", &storage.url()])
+        .spawn();
+    broker.wait_ready().await;
+
+    // The application's own tracing, as a user of the SDK sets it up: its
+    // spans get OpenTelemetry ids, and the SDK sends the current one.
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test-client")));
+    let _subscriber = tracing::subscriber::set_default(subscriber);
+
+    let bus = Bus::connect(broker.url()).await.unwrap();
+    let queue = bus.queue("traced");
+    queue.attach(AttachOptions::default()).await.unwrap();
+
+    let client_span = tracing::info_span!("client push");
+    let client = client_span.context().span().span_context().clone();
+    assert!(client.is_valid() && client.is_sampled());
+    let trace_id = client.trace_id().to_string();
+    let client_span_id = client.span_id().to_string();
+    let id = queue.push("hello").instrument(client_span).await.unwrap();
+    assert_eq!(id, 1);
+
+    // Graceful stops: each process exports what it still holds before it
+    // exits, so once both are gone the collector has everything.
+    let broker_exit = broker.terminate().await.expect("the broker was running");
+    let storage_exit = storage.terminate().await.expect("the storage was running");
+    assert!(broker_exit.success(), "broker: {broker_exit}");
+    assert!(storage_exit.success(), "storage: {storage_exit}");
+
+    let spans = collector.spans.lock().unwrap().clone();
+    let trace: Vec<&Received> = spans.iter().filter(|s| s.trace_id == trace_id).collect();
+    let by_id: HashMap<&str, &Received> = trace.iter().map(|s| (s.span_id.as_str(), *s)).collect();
+    let described = || {
+        trace
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {} {} <- {}",
+                    s.service, s.name, s.span_id, s.parent_span_id
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+
+    // The broker's span for the call is the child of the client's span.
+    let broker_push = trace
+        .iter()
+        .find(|s| s.service == "busmq-broker" && s.name == "busmq.v1.Queues/Push")
+        .unwrap_or_else(|| panic!("no broker Push span in the trace:\n{}", described()));
+    assert_eq!(
+        broker_push.parent_span_id,
+        client_span_id,
+        "{}",
+        described()
+    );
+    assert_eq!(
+        broker_push
+            .attributes
+            .get("messaging.destination.name")
+            .map(String::as_str),
+        Some("traced")
+    );
+    assert_eq!(
+        broker_push
+            .attributes
+            .get("messaging.batch.message_count")
+            .map(String::as_str),
+        Some("1")
+    );
+
+    // The storage's span for the stored batch, in the same trace, whose
+    // parents lead back through the broker to the broker's call span.
+    let stored = trace
+        .iter()
+        .find(|s| s.service == "busmq-storage" && s.name.ends_with("/Session.Push"))
+        .unwrap_or_else(|| panic!("no storage push span in the trace:\n{}", described()));
+    assert_eq!(
+        stored
+            .attributes
+            .get("messaging.destination.name")
+            .map(String::as_str),
+        Some("traced")
+    );
+    assert_eq!(
+        stored
+            .attributes
+            .get("messaging.batch.message_count")
+            .map(String::as_str),
+        Some("1")
+    );
+    // The session stream carrying it is shared by every operation of the
+    // broker: it must not be counted in this push's trace.
+    assert!(
+        !trace
+            .iter()
+            .any(|s| s.name == "busmq.storage.v1.Storage/Session"),
+        "{}",
+        described()
+    );
+    let mut chain = vec![stored.service.as_str()];
+    let mut at = *stored;
+    while at.span_id != broker_push.span_id {
+        at = by_id.get(at.parent_span_id.as_str()).unwrap_or_else(|| {
+            panic!(
+                "the parent {} of {} is not in the trace:\n{}",
+                at.parent_span_id,
+                at.name,
+                described()
+            )
+        });
+        chain.push(at.service.as_str());
+    }
+    assert_eq!(chain.first(), Some(&"busmq-storage"));
+    assert!(chain[1..].iter().all(|s| *s == "busmq-broker"), "{chain:?}");
+    eprintln!("the trace, span <- parent:\n{}", described());
+}
