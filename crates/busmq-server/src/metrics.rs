@@ -35,8 +35,8 @@ pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// Bucket bounds of every `_seconds` histogram: from a memory-store
 /// operation (tens of µs) to a stalled disk or Redis (seconds).
 const SECONDS_BUCKETS: [f64; 16] = [
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-    0.5, 1.0, 2.5, 10.0,
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 10.0,
 ];
 
 /// Distinct gRPC paths with series of their own; any path beyond (only a
@@ -721,11 +721,7 @@ fn method(service: &str, method: &str) -> MethodSeries {
 
 /// The series of the call to `path` (`/package.Service/Method`).
 fn method_series(path: &str) -> Arc<MethodSeries> {
-    if let Some(found) = METHODS
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(path)
-    {
+    if let Some(found) = METHODS.read().unwrap_or_else(|p| p.into_inner()).get(path) {
         return Arc::clone(found);
     }
     let mut methods = METHODS.write().unwrap_or_else(|p| p.into_inner());
@@ -737,9 +733,7 @@ fn method_series(path: &str) -> Arc<MethodSeries> {
         .and_then(|p| p.split_once('/'))
         .filter(|(s, m)| !s.is_empty() && !m.is_empty() && !m.contains('/'));
     let series = match parsed {
-        Some((service, name)) if methods.len() < MAX_GRPC_PATHS => {
-            Arc::new(method(service, name))
-        }
+        Some((service, name)) if methods.len() < MAX_GRPC_PATHS => Arc::new(method(service, name)),
         _ => return Arc::clone(&OTHER_METHOD),
     };
     methods.insert(path.to_owned(), Arc::clone(&series));
@@ -748,8 +742,7 @@ fn method_series(path: &str) -> Arc<MethodSeries> {
 
 // ----- connections -----
 
-static CONNECTIONS: LazyLock<Gauge> =
-    LazyLock::new(|| metrics::gauge!("busmq_grpc_connections"));
+static CONNECTIONS: LazyLock<Gauge> = LazyLock::new(|| metrics::gauge!("busmq_grpc_connections"));
 
 /// A gRPC server's connection, counted in `busmq_grpc_connections` while
 /// open.
@@ -914,9 +907,15 @@ mod tests {
     #[test]
     fn grpc_paths_split_into_service_and_method() {
         let m = method_series("/busmq.v1.Queues/Push");
-        assert_eq!((m.service.as_str(), m.method.as_str()), ("busmq.v1.Queues", "Push"));
+        assert_eq!(
+            (m.service.as_str(), m.method.as_str()),
+            ("busmq.v1.Queues", "Push")
+        );
         let bad = method_series("/no-method");
-        assert_eq!((bad.service.as_str(), bad.method.as_str()), ("other", "other"));
+        assert_eq!(
+            (bad.service.as_str(), bad.method.as_str()),
+            ("other", "other")
+        );
     }
 
     #[test]
