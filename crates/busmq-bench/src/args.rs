@@ -46,6 +46,12 @@ pub struct BenchArgs {
     /// default, removed afterwards).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Serve the in-process broker's Prometheus metrics on this address,
+    /// as `busmq serve --metrics-listen` does (off by default here, so that
+    /// runs compare with those from before metrics; see
+    /// `scripts/bench-metrics.sh`).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Producer tasks, each on its own connection.
     #[arg(long, short = 'p', default_value_t = 4)]
     pub producers: usize,

@@ -30,6 +30,18 @@ impl Target {
                 _data_dir: None,
             });
         }
+        // Once per process: a sweep starts a broker per step.
+        if let Some(addr) = args.metrics_listen
+            && !busmq_server::metrics::enabled()
+        {
+            busmq_server::metrics::serve(
+                busmq_server::metrics::MetricsListen(Some(addr)),
+                busmq_server::metrics::DEFAULT_MAX_QUEUES,
+                CancellationToken::new(),
+            )
+            .await
+            .context("serving metrics")?;
+        }
         let spec = BackendSpec::from_str(&args.storage)?;
         let (data_dir, temp) = match &args.data_dir {
             Some(dir) => (dir.clone(), None),

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# What metrics cost: `busmq bench` (in-process broker, the headline rows'
+# workload: 100 queues, unreliable) with metrics off against the same run
+# with the Prometheus exporter on and scraped every second, alternating for
+# ROUNDS rounds per store; the median on / off ratio is the figure.
+#
+#   scripts/bench-metrics.sh                  # memory and embedded, 10 s runs
+#   STORES=embedded scripts/bench-metrics.sh --mode reliable
+#
+# Extra flags go to `busmq bench`. Environment: BIN (directory of busmq;
+# default: cargo build --release and target/release), STORES ("memory
+# embedded"), ROUNDS (3), PORT (17490: the metrics port of the "on" runs),
+# OUT (the runs' output; default a temporary directory).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/bench-ratios.sh
+. scripts/bench-ratios.sh
+FLAGS=("$@")
+[ ${#FLAGS[@]} -eq 0 ] && FLAGS=(--duration 10s)
+STORES=${STORES:-memory embedded}
+ROUNDS=${ROUNDS:-3}
+PORT=${PORT:-17490}
+OUT=${OUT:-$(mktemp -d /tmp/busmq-bench-metrics.XXXXXX)}
+mkdir -p "$OUT"
+if [ -z "${BIN:-}" ]; then
+    cargo build --release -q -p busmq-cli
+    BIN=target/release
+fi
+
+SCRAPER=""
+stop_scraper() {
+    if [ -n "$SCRAPER" ]; then
+        kill "$SCRAPER" 2>/dev/null || true
+        wait "$SCRAPER" 2>/dev/null || true
+        SCRAPER=""
+    fi
+}
+trap stop_scraper EXIT
+
+run() {
+    local name=$1
+    shift
+    echo "== $name"
+    "$BIN/busmq" bench "$@" "${FLAGS[@]}" 2>&1 | tee "$OUT/$name.txt"
+    echo
+}
+
+for store in $STORES; do
+    for round in $(seq 1 "$ROUNDS"); do
+        run "$store-off-$round" --storage "$store"
+        # A scrape a second, as a Prometheus with a short interval would.
+        (
+            while sleep 1; do
+                curl -s -o /dev/null "http://127.0.0.1:$PORT/metrics" || true
+            done
+        ) &
+        SCRAPER=$!
+        run "$store-on-$round" --storage "$store" --metrics-listen "127.0.0.1:$PORT"
+        stop_scraper
+    done
+done
+
+echo "flags: ${FLAGS[*]}"
+for store in $STORES; do
+    RATIOS=""
+    for round in $(seq 1 "$ROUNDS"); do
+        off=$(consumed_in "$OUT/$store-off-$round.txt")
+        on=$(consumed_in "$OUT/$store-on-$round.txt")
+        ratio=$(ratio_of "$on" "$off")
+        echo "$store round $round: off ${off:-failed} msgs/s consumed; on ${on:-failed} msgs/s consumed${ratio:+; on / off $ratio%}"
+        if [ -n "$ratio" ]; then RATIOS+="$ratio"$'\n'; fi
+    done
+    printf '%s' "$RATIOS" | summarize "$store, metrics on / off"
+done
+echo "every run's output is in $OUT"
