@@ -285,6 +285,27 @@ async fn queues_beyond_the_cap_are_counted_as_other() {
 }
 
 #[tokio::test]
+async fn by_default_a_hundred_queues_have_series_of_their_own() {
+    let (_storage, _, broker, broker_metrics) = split("memory", &[]).await;
+    let bus = Bus::connect(broker.url()).await.unwrap();
+    let queues: Vec<_> = (0..130).map(|n| bus.queue(format!("many{n:03}"))).collect();
+    let pushes = queues.iter().map(|q| async move {
+        q.attach(AttachOptions::default()).await.unwrap();
+        q.push("m").await.unwrap();
+    });
+    futures::future::join_all(pushes).await;
+    let metrics = scrape(broker_metrics).await;
+    let labels = queue_labels(&metrics, "busmq_messages_pushed_total");
+    assert_eq!(labels.len(), 101, "100 queues and other: {labels:?}");
+    assert!(labels.iter().any(|l| l == "other"), "{labels:?}");
+    assert_eq!(
+        value(&metrics, r#"busmq_messages_pushed_total{queue="other"}"#),
+        Some(30.0),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
 async fn busmq_serve_has_one_endpoint_for_both_services() {
     let (builder, metrics_addr) = Process::builder("busmq").metrics();
     let listen = builder.listen_addr().to_string();
@@ -368,5 +389,80 @@ async fn the_admin_port_answers_bad_requests_and_keeps_serving() {
         assert_eq!(status, 400);
         let body = scrape(addr).await;
         assert!(body.contains("process_start_time_seconds"), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line() {
+    let builder = Process::builder("busmq-broker").env("BUSMQ_LOG_FORMAT", "json");
+    let listen = builder.listen_addr().to_string();
+    let broker = builder
+        .args(["--listen", &listen, "--storage", "memory"])
+        .spawn();
+    broker.wait_ready().await;
+    // The start line follows the bind that wait_ready sees.
+    let deadline = tokio::time::Instant::now() + SHOW_TIMEOUT;
+    let log = loop {
+        let log = broker.log();
+        if log.contains("busmq-broker serving") {
+            break log;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no start line:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let lines: Vec<&str> = log.lines().collect();
+    for line in &lines {
+        let entry: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("{line:?} is not one JSON object: {e}"));
+        assert!(entry["level"].is_string(), "{line}");
+        assert!(entry["timestamp"].is_string(), "{line}");
+    }
+    assert!(
+        lines.iter().any(
+            |l| l.contains(r#""message":"busmq-broker serving busmq.v1""#)
+                && l.contains(&format!(r#""listen":"{listen}""#))
+        ),
+        "the start line with its fields:\n{log}"
+    );
+}
+
+/// Every `busmq_` series the Grafana dashboard queries is one that
+/// docs/metrics.md documents, so a renamed series cannot leave a panel
+/// silently empty.
+#[test]
+fn the_dashboard_queries_documented_series() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dashboard = std::fs::read_to_string(root.join("deploy/grafana/busmq.json")).unwrap();
+    let docs = std::fs::read_to_string(root.join("docs/metrics.md")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let mut queried = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(at) = rest.find("busmq_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                let series = ["_bucket", "_count", "_sum"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .unwrap_or(&name)
+                    .to_owned();
+                queried.push(series);
+            }
+        }
+    }
+    assert!(queried.len() > 10, "{queried:?}");
+    for series in queried {
+        assert!(
+            docs.contains(&format!("`{series}`")),
+            "{series} is on the dashboard but not in docs/metrics.md"
+        );
     }
 }
