@@ -13,6 +13,10 @@ use tokio_util::sync::CancellationToken;
 pub(crate) static PUSH_DURATION: LazyLock<Histogram> =
     LazyLock::new(|| metrics::histogram!("busmq_push_duration_seconds"));
 
+/// `busmq_take_many_duration_seconds`.
+pub(crate) static TAKE_MANY_DURATION: LazyLock<Histogram> =
+    LazyLock::new(|| metrics::histogram!("busmq_take_many_duration_seconds"));
+
 // Made on first use, so only modes consumed in show.
 static TAKE_DURATION: [OnceLock<Histogram>; 4] = [const { OnceLock::new() }; 4];
 

@@ -254,6 +254,11 @@ fn describe() {
         "Time a broker waits for the store to answer one consumer fetch, by consume mode."
     );
     describe_histogram!(
+        "busmq_take_many_duration_seconds",
+        Unit::Seconds,
+        "Time a broker waits for the store to answer one ConsumeMany take across queues."
+    );
+    describe_histogram!(
         "busmq_store_commit_duration_seconds",
         Unit::Seconds,
         "One commit of the store: an embedded group commit with its fsync, or one Redis script round trip."

@@ -333,7 +333,10 @@ impl Consuming {
                 if requests.is_empty() {
                     return Vec::new();
                 }
-                storage.take_many(&requests, budget).await
+                let started = busmq_server::metrics::start_timer();
+                let taken = storage.take_many(&requests, budget).await;
+                busmq_server::metrics::observe_since(&crate::metrics::TAKE_MANY_DURATION, started);
+                taken
             };
             let (mut round, taken) = futures::join!(join_all(fetches), take);
             let mut taken = taken.into_iter();
