@@ -66,7 +66,7 @@ pub async fn run(
             let started = busmq_server::metrics::start_timer();
             let stored = storage.push(&batch.queue, batch.messages).await;
             busmq_server::metrics::observe_since(&crate::metrics::PUSH_DURATION, started);
-            if stored.is_ok() {
+            if stored.is_ok() && busmq_server::metrics::enabled() {
                 busmq_server::metrics::queue(&batch.queue)
                     .pushed()
                     .increment(pushed);

@@ -248,9 +248,11 @@ impl Queues for QueuesService {
         let started = busmq_server::metrics::start_timer();
         let ids = store(self.storage.push(&queue, req.messages).await)?;
         busmq_server::metrics::observe_since(&crate::metrics::PUSH_DURATION, started);
-        busmq_server::metrics::queue(&queue)
-            .pushed()
-            .increment(pushed);
+        if busmq_server::metrics::enabled() {
+            busmq_server::metrics::queue(&queue)
+                .pushed()
+                .increment(pushed);
+        }
         Ok(Response::new(v1::PushResponse {
             first_id: ids.first,
             last_id: ids.last,
