@@ -10,12 +10,14 @@
 //! however the test ends.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use busmq_client::{AttachOptions, Bus, ConsumeOptions, Reconnect};
+use busmq_testkit::scrape;
 use busmq_testkit::skip::skip;
 use futures::StreamExt;
 use tokio::process::Command;
@@ -176,16 +178,23 @@ impl Project {
 
     /// The host address of broker replica `index` (1-based), as an URL.
     async fn broker_url(&self, index: usize) -> String {
+        format!("http://{}", self.published(index, "broker", 50051).await)
+    }
+
+    /// Where replica `index` (1-based) of `service` publishes its `port`
+    /// on the host.
+    async fn published(&self, index: usize, service: &str, port: u16) -> SocketAddr {
         let index = index.to_string();
         let out = self
-            .ok(&["port", "--index", &index, "broker", "50051"])
+            .ok(&["port", "--index", &index, service, &port.to_string()])
             .await;
         let addr = out.trim();
         assert!(
             addr.starts_with("127.0.0.1:"),
-            "replica {index} published on {addr:?}, not on loopback"
+            "{service} replica {index} published {port} on {addr:?}, not on loopback"
         );
-        format!("http://{addr}")
+        addr.parse()
+            .unwrap_or_else(|e| panic!("{service} replica {index}: {addr:?}: {e}"))
     }
 }
 
@@ -447,6 +456,26 @@ async fn compose_end_to_end() {
     let third = bus(&urls[2]).await;
     assert_eq!(third.queue("compose-scale").count().await.unwrap(), 0);
     clock.done("pushed 5 through replica 1, consumed and acked them through replica 2");
+
+    // Each service's /metrics, through its published admin port, shows
+    // what went through it: replica 1 took the pushes, replica 2 delivered
+    // them, the storage service ran them against Redis.
+    let pushed = "busmq_messages_pushed_total{queue=\"compose-scale\"}";
+    let delivered = "busmq_messages_delivered_total{queue=\"compose-scale\",mode=\"reliable\"}";
+    let replica1 = project.published(1, "broker", 9101).await;
+    scrape::until_value(replica1, pushed, 5.0, HEALTH_TIMEOUT).await;
+    let replica2 = project.published(2, "broker", 9101).await;
+    let metrics = scrape::until_value(replica2, delivered, 5.0, HEALTH_TIMEOUT).await;
+    assert_eq!(scrape::value(&metrics, pushed), None, "replica 2 took no push");
+    let storage = scrape::scrape(project.published(1, "storage", 9102).await).await;
+    for series in [
+        "busmq_store_commit_duration_seconds_count{backend=\"redis\"}",
+        "busmq_storage_operations_total{op=\"push\"}",
+    ] {
+        let n = scrape::value(&storage, series);
+        assert!(n.is_some_and(|n| n > 0.0), "storage {series}: {n:?}\n{storage}");
+    }
+    clock.done("/metrics of replicas 1 and 2 and of storage show the pushes, deliveries and store work");
 
     // Kill every broker and the storage service while a producer pushes;
     // every push they acknowledged must be in Redis afterwards.

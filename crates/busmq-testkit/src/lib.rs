@@ -25,6 +25,7 @@
 
 pub mod deployment;
 pub mod redis;
+pub mod scrape;
 pub mod skip;
 
 use std::ffi::{OsStr, OsString};
