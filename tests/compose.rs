@@ -466,16 +466,25 @@ async fn compose_end_to_end() {
     scrape::until_value(replica1, pushed, 5.0, HEALTH_TIMEOUT).await;
     let replica2 = project.published(2, "broker", 9101).await;
     let metrics = scrape::until_value(replica2, delivered, 5.0, HEALTH_TIMEOUT).await;
-    assert_eq!(scrape::value(&metrics, pushed), None, "replica 2 took no push");
+    assert_eq!(
+        scrape::value(&metrics, pushed),
+        None,
+        "replica 2 took no push"
+    );
     let storage = scrape::scrape(project.published(1, "storage", 9102).await).await;
     for series in [
         "busmq_store_commit_duration_seconds_count{backend=\"redis\"}",
         "busmq_storage_operations_total{op=\"push\"}",
     ] {
         let n = scrape::value(&storage, series);
-        assert!(n.is_some_and(|n| n > 0.0), "storage {series}: {n:?}\n{storage}");
+        assert!(
+            n.is_some_and(|n| n > 0.0),
+            "storage {series}: {n:?}\n{storage}"
+        );
     }
-    clock.done("/metrics of replicas 1 and 2 and of storage show the pushes, deliveries and store work");
+    clock.done(
+        "/metrics of replicas 1 and 2 and of storage show the pushes, deliveries and store work",
+    );
 
     // Kill every broker and the storage service while a producer pushes;
     // every push they acknowledged must be in Redis afterwards.
