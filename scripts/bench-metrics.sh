@@ -2,7 +2,8 @@
 # What metrics cost: `busmq bench` (in-process broker, the headline rows'
 # workload: 100 queues, unreliable) with metrics off against the same run
 # with the Prometheus exporter on and scraped every second, alternating for
-# ROUNDS rounds per store; the median on / off ratio is the figure.
+# ROUNDS rounds per store (off first in odd rounds, on first in even ones);
+# the median on / off ratio is the figure.
 #
 #   scripts/bench-metrics.sh                  # memory and embedded, 10 s runs
 #   STORES=embedded scripts/bench-metrics.sh --mode reliable
@@ -46,18 +47,29 @@ run() {
     echo
 }
 
+on() {
+    # A scrape a second, as a Prometheus with a short interval would.
+    (
+        while sleep 1; do
+            curl -s -o /dev/null "http://127.0.0.1:$PORT/metrics" || true
+        done
+    ) &
+    SCRAPER=$!
+    run "$1-on-$2" --storage "$1" --metrics-listen "127.0.0.1:$PORT"
+    stop_scraper
+}
+
+# Odd rounds run off first, even rounds on first: the machine drifts
+# within minutes, and a fixed order would hand the drift to one side.
 for store in $STORES; do
     for round in $(seq 1 "$ROUNDS"); do
-        run "$store-off-$round" --storage "$store"
-        # A scrape a second, as a Prometheus with a short interval would.
-        (
-            while sleep 1; do
-                curl -s -o /dev/null "http://127.0.0.1:$PORT/metrics" || true
-            done
-        ) &
-        SCRAPER=$!
-        run "$store-on-$round" --storage "$store" --metrics-listen "127.0.0.1:$PORT"
-        stop_scraper
+        if [ $((round % 2)) -eq 1 ]; then
+            run "$store-off-$round" --storage "$store"
+            on "$store" "$round"
+        else
+            on "$store" "$round"
+            run "$store-off-$round" --storage "$store"
+        fi
     done
 done
 
