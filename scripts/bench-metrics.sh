@@ -7,10 +7,18 @@
 #
 #   scripts/bench-metrics.sh                  # memory and embedded, 10 s runs
 #   STORES=embedded scripts/bench-metrics.sh --mode reliable
+#   TRACES=1 scripts/bench-metrics.sh         # "on" also exports every trace
+#
+# With TRACES=1 the "on" runs also export traces over OTLP/gRPC
+# (OTEL_EXPORTER_OTLP_ENDPOINT) to scripts/otlp-sink.py, an endpoint that
+# accepts and drops them, so the figure is what metrics and tracing cost
+# together with an exporter configured. It needs a python with grpcio
+# (TRACE_PYTHON; default target/py/bin/python, the test suite's virtualenv).
 #
 # Extra flags go to `busmq bench`. Environment: BIN (directory of busmq;
 # default: cargo build --release and target/release), STORES ("memory
-# embedded"), ROUNDS (3), PORT (17490: the metrics port of the "on" runs),
+# embedded"), ROUNDS (3), PORT (17490: the metrics port of the "on" runs;
+# PORT+1 the trace sink's),
 # OUT (the runs' output; default a temporary directory).
 set -euo pipefail
 
@@ -37,7 +45,6 @@ stop_scraper() {
         SCRAPER=""
     fi
 }
-trap stop_scraper EXIT
 
 run() {
     local name=$1
@@ -47,6 +54,25 @@ run() {
     echo
 }
 
+SINK=""
+stop_sink() {
+    if [ -n "$SINK" ]; then
+        kill "$SINK" 2>/dev/null || true
+        wait "$SINK" 2>/dev/null || true
+        SINK=""
+    fi
+}
+trap 'stop_scraper; stop_sink' EXIT
+TRACE_ENV=()
+if [ -n "${TRACES:-}" ]; then
+    "${TRACE_PYTHON:-target/py/bin/python}" scripts/otlp-sink.py --listen "127.0.0.1:$((PORT + 1))" \
+        >"$OUT/otlp-sink.txt" 2>&1 &
+    SINK=$!
+    sleep 1
+    kill -0 "$SINK" || { cat "$OUT/otlp-sink.txt"; exit 1; }
+    TRACE_ENV=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$((PORT + 1))")
+fi
+
 on() {
     # A scrape a second, as a Prometheus with a short interval would.
     (
@@ -55,7 +81,10 @@ on() {
         done
     ) &
     SCRAPER=$!
-    run "$1-on-$2" --storage "$1" --metrics-listen "127.0.0.1:$PORT"
+    echo "== $1-on-$2${TRACES:+ (traces exported)}"
+    env "${TRACE_ENV[@]}" "$BIN/busmq" bench --storage "$1" --metrics-listen "127.0.0.1:$PORT" "${FLAGS[@]}" 2>&1 |
+        tee "$OUT/$1-on-$2.txt"
+    echo
     stop_scraper
 }
 
@@ -83,6 +112,8 @@ for store in $STORES; do
         echo "$store round $round: off ${off:-failed} msgs/s consumed; on ${on:-failed} msgs/s consumed${ratio:+; on / off $ratio%}"
         if [ -n "$ratio" ]; then RATIOS+="$ratio"$'\n'; fi
     done
-    printf '%s' "$RATIOS" | summarize "$store, metrics on / off"
+    printf '%s' "$RATIOS" | summarize "$store, metrics${TRACES:+ and traces} on / off"
 done
+stop_sink
+[ -z "${TRACES:-}" ] || cat "$OUT/otlp-sink.txt"
 echo "every run's output is in $OUT"
