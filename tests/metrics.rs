@@ -7,77 +7,17 @@ use std::time::Duration;
 
 use busmq_client::{AttachOptions, Bus, ConsumeOptions};
 use busmq_testkit::Process;
+use busmq_testkit::scrape::{self, get, http, scrape, value};
 use futures::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long a series may take to show what the test did: depth is
 /// sampled every 5 s, so a few rounds.
 const SHOW_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// One HTTP/1.1 exchange on the admin port: `request` as written, the
-/// status code and the body.
-async fn http(addr: SocketAddr, request: &str) -> (u16, String) {
-    let mut conn = tokio::net::TcpStream::connect(addr)
-        .await
-        .unwrap_or_else(|e| panic!("connecting to the metrics port {addr}: {e}"));
-    conn.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    conn.read_to_end(&mut answer).await.unwrap();
-    let answer = String::from_utf8(answer).expect("an HTTP answer in UTF-8");
-    let status = answer
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP status line in {answer:?}"));
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// `GET path`, closing the connection after the answer.
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    http(
-        addr,
-        &format!("GET {path} HTTP/1.1\r\nHost: busmq\r\nConnection: close\r\n\r\n"),
-    )
-    .await
-}
-
-/// The body of `GET /metrics`, which must answer 200.
-async fn scrape(addr: SocketAddr) -> String {
-    let (status, body) = get(addr, "/metrics").await;
-    assert_eq!(status, 200, "GET /metrics answered {status}: {body}");
-    body
-}
-
-/// The value of the series written exactly `series` (name and labels in
-/// the exporter's order), if it is there.
-fn value(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|line| {
-        let rest = line.strip_prefix(series)?.strip_prefix(' ')?;
-        rest.trim().parse().ok()
-    })
-}
-
 /// Scrapes `addr` until `series` reads `want`; panics with the last
 /// scrape when it does not within [`SHOW_TIMEOUT`].
 async fn until_value(addr: SocketAddr, series: &str, want: f64) -> String {
-    let deadline = tokio::time::Instant::now() + SHOW_TIMEOUT;
-    loop {
-        let metrics = scrape(addr).await;
-        if value(&metrics, series) == Some(want) {
-            return metrics;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            panic!(
-                "{series} is {:?}, not {want}, after {SHOW_TIMEOUT:?}:\n{metrics}",
-                value(&metrics, series)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    scrape::until_value(addr, series, want, SHOW_TIMEOUT).await
 }
 
 /// The `queue` labels of every `name` series.
