@@ -18,10 +18,12 @@ use serde_json::json;
 use crate::error::HttpError;
 use crate::{Gateway, MAX_WAIT, broker_ready, payload};
 
-/// How long `GET /message/next` without `?wait` waits for a message the
-/// queue said it has: another consumer may take it first, and then the
-/// answer is 204 rather than a wait the client did not ask for.
-const NO_WAIT_GRACE: Duration = Duration::from_millis(500);
+/// How long `GET /message/next` without `?wait` waits for a message of a
+/// queue that stores some: they may all be leased (or be taken by another
+/// consumer first), and then the answer is 204 rather than a wait the
+/// client did not ask for. The store answers a take within a round trip,
+/// so a message that can be served arrives well within it.
+const NO_WAIT_GRACE: Duration = Duration::from_millis(250);
 
 /// How long `/readyz` waits for the broker's health answer.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -213,10 +215,11 @@ async fn take(
     wait: Duration,
 ) -> Result<Option<(Delivery, Instant)>, busmq_client::Error> {
     if wait.is_zero() {
-        // Nothing waiting: answer now instead of opening a consume that
-        // would only wait.
-        let info = queue.info().await?;
-        if info.count.saturating_sub(info.pending + info.leased) == 0 {
+        // Nothing stored at all: answer now instead of opening a consume
+        // that would only wait. Leased messages count: the info does not
+        // say whether their leases ran out (the store reclaims them when
+        // it is next asked to take), so those need the consume.
+        if queue.info().await?.count == 0 {
             return Ok(None);
         }
     }

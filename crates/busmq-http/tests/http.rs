@@ -544,3 +544,28 @@ async fn readyz_is_503_until_the_broker_is_up() {
     eventually(&s, "/readyz", StatusCode::OK).await;
     assert_eq!(s.push("", json!(1)).await, 1);
 }
+
+#[tokio::test]
+async fn sigterm_ends_a_long_poll_and_exits_cleanly() {
+    let s = stack(&[]).await;
+    let url = s.url("/message/next?wait=20");
+    let poll = tokio::spawn(async move { Client::new().get(url).send().await.map(|r| r.status()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!poll.is_finished(), "the poll answered before any push");
+    let exit = s.gateway.terminate().await.expect("it was running");
+    assert!(exit.success(), "{exit}");
+    assert_eq!(poll.await.unwrap().unwrap(), StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn a_full_lease_book_refuses_next_until_a_lease_is_done() {
+    let s = stack(&["--max-leases", "1"]).await;
+    s.push("", json!("a")).await;
+    s.push("", json!("b")).await;
+    assert_eq!(s.next("", "").await["id"], 1);
+    let r = s.get("/message/next").await;
+    assert_error(r, StatusCode::SERVICE_UNAVAILABLE, "TOO_MANY_LEASES").await;
+    assert_eq!(s.done("", 1, "").await.0, StatusCode::OK);
+    // Refused before taking anything: 2 is served now.
+    assert_eq!(s.next("", "").await["id"], 2);
+}
