@@ -18,12 +18,21 @@ struct Stack {
 }
 
 async fn broker() -> Process {
+    broker_on("memory").await
+}
+
+/// `busmq serve` over `backend` (`memory`, or `embedded` in the process's
+/// own directory).
+async fn broker_on(backend: &str) -> Process {
     let builder = Process::builder("busmq");
     let listen = builder.listen_addr().to_string();
     let storage = busmq_testkit::free_addr().to_string();
+    let data_dir = builder.dir().join("data");
     let serve = builder
-        .args(["serve", "--backend", "memory", "--listen", &listen])
+        .args(["serve", "--backend", backend, "--listen", &listen])
         .args(["--storage-listen", &storage])
+        .arg("--data-dir")
+        .arg(&data_dir)
         .spawn();
     serve.wait_ready().await;
     serve
@@ -264,7 +273,24 @@ async fn a_long_poll_answers_with_the_message_another_client_pushes() {
 
 #[tokio::test]
 async fn an_expired_lease_goes_back_to_the_front_for_another_consumer() {
-    let s = stack(&["--visibility-timeout", "1"]).await;
+    expired_lease_goes_back_to_the_front(stack(&["--visibility-timeout", "1"]).await).await;
+}
+
+#[tokio::test]
+async fn an_expired_lease_goes_back_to_the_front_on_the_embedded_store() {
+    let broker = broker_on("embedded").await;
+    let gateway = gateway_for(&broker, &["--visibility-timeout", "1"]).await;
+    let s = Stack {
+        broker,
+        gateway,
+        http: Client::new(),
+    };
+    expired_lease_goes_back_to_the_front(s).await;
+}
+
+/// Consumer A takes 1 and lets its lease (1 s) run out; consumer B then
+/// gets 1 again, before 2.
+async fn expired_lease_goes_back_to_the_front(s: Stack) {
     s.push("", json!("first")).await;
     s.push("", json!("second")).await;
     // Consumer A takes 1 and never marks it done.
@@ -568,4 +594,31 @@ async fn a_full_lease_book_refuses_next_until_a_lease_is_done() {
     assert_eq!(s.done("", 1, "").await.0, StatusCode::OK);
     // Refused before taking anything: 2 is served now.
     assert_eq!(s.next("", "").await["id"], 2);
+}
+
+#[tokio::test]
+async fn behind_two_gateways_a_done_with_its_attempt_works_on_either() {
+    let s = stack(&[]).await;
+    let other = gateway_for(&s.broker, &[]).await;
+    let other_done = |id: u64, query: &str| {
+        let url = format!("http://{}/message/{id}/status/done{query}", other.addr());
+        async move { Client::new().post(url).send().await.unwrap().status() }
+    };
+    s.push("", json!("one")).await;
+    s.push("", json!("two")).await;
+    let one = s.next("", "").await;
+    let two = s.next("", "").await;
+    // The other replica handed out neither lease: an id-only done there
+    // settles nothing.
+    assert_eq!(other_done(1, "").await, StatusCode::NOT_FOUND);
+    // Naming the delivery needs no book.
+    let attempt = one["attempt"].as_u64().unwrap();
+    assert_eq!(
+        other_done(1, &format!("?attempt={attempt}")).await,
+        StatusCode::OK
+    );
+    // And the replica that handed out 2 settles it by id alone.
+    assert_eq!(two["id"], 2);
+    assert_eq!(s.done("", 2, "").await.0, StatusCode::OK);
+    assert_eq!(s.next_status("").await, StatusCode::NO_CONTENT);
 }
