@@ -11,7 +11,7 @@ use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use busmq_client::{ConsumeOptions, Delivery, LeaseToken};
+use busmq_client::{ConsumeOptions, Delivery, LeaseToken, Reason};
 use futures::{FutureExt, StreamExt};
 use serde_json::json;
 
@@ -280,15 +280,24 @@ async fn done(
     let id = id_param(id)?;
     let attempt = match attempt_param(query)? {
         Some(attempt) => attempt,
-        None => gw
-            .leases
-            .attempt(queue, id, Instant::now())
-            .ok_or_else(|| {
-                HttpError::LeaseNotFound(format!(
+        None => match gw.leases.attempt(queue, id, Instant::now()) {
+            Some(attempt) => attempt,
+            None => {
+                // Names are the broker's to judge: a bad one is the
+                // client's mistake to hear about (400), not a missing
+                // lease. Any other failure leaves the answer as it is:
+                // this gateway holds no lease of the message.
+                if let Err(e) = gw.bus.queue(queue).exists().await
+                    && e.reason() == Some(Reason::InvalidName)
+                {
+                    return Err(e.into());
+                }
+                return Err(HttpError::LeaseNotFound(format!(
                     "message {id} of queue {queue:?} is not leased through this gateway \
-                 (unknown, already done, or its lease expired)"
-                ))
-            })?,
+                     (unknown, already done, or its lease expired)"
+                )));
+            }
+        },
     };
     // Not `with_queue`: a done must not create a queue, and a lease of a
     // queue that vanished is gone with it (404).

@@ -434,6 +434,12 @@ async fn bad_input_is_a_json_error_with_the_right_status() {
         assert_error(r, StatusCode::BAD_REQUEST, "INVALID_NAME").await;
         let r = s.get(&format!("/queues/{name}/message/next")).await;
         assert_error(r, StatusCode::BAD_REQUEST, "INVALID_NAME").await;
+        for query in ["", "?attempt=1"] {
+            let r = s
+                .post(&format!("/queues/{name}/message/1/status/done{query}"))
+                .await;
+            assert_error(r, StatusCode::BAD_REQUEST, "INVALID_NAME").await;
+        }
     }
     // Ids that are not positive integers.
     for id in ["abc", "0", "-1", "1.5", "99999999999999999999999"] {
