@@ -41,16 +41,6 @@ redis-server --port $((PORT_BASE + 1)) --bind 127.0.0.1 --save "" --appendonly n
     --dir "$WORK" >"$OUT/redis.log" 2>&1 &
 PIDS+=($!)
 
-# Waits (bounded) until ADDR accepts TCP connections.
-wait_port() {
-    local host=${1%:*} port=${1##*:} i
-    for i in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "nothing listens on $1" >&2
-    return 1
-}
 wait_port 127.0.0.1:$((PORT_BASE + 1))
 
 # bench BIN NAME ARGS...: one in-process run.

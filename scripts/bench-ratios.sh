@@ -1,5 +1,5 @@
-# Sourced by the bench scripts: reading `busmq bench` output and quoting the
-# median of a ratio measured in alternating rounds.
+# Sourced by the bench scripts: reading `busmq bench` output, quoting the
+# median of a ratio measured in alternating rounds, and waiting for a port.
 
 # The median consumed msgs/s a `busmq bench` run printed to FILE, digits
 # only; nothing for a run that failed or never wrote FILE.
@@ -31,4 +31,16 @@ summarize() {
         awk '{ r[NR] = $1 } END { printf "%.1f", (NR % 2) ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2 }')
     n=$(printf '%s\n' "$values" | wc -l)
     echo "$label: median $median% of $n alternating rounds ($list)"
+}
+
+# Waits (bounded: 10 s) until HOST:PORT accepts TCP connections; fails
+# (exits under `set -e`) when nothing listens by then.
+wait_port() {
+    local _
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing listens on $1" >&2
+    return 1
 }

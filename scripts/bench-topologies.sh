@@ -47,15 +47,6 @@ stop() {
 }
 trap 'stop; rm -rf "$WORK"' EXIT
 
-wait_port() {
-    for _ in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "nothing listens on $1" >&2
-    exit 1
-}
-
 bench() {
     local name=$1
     echo "== $name"

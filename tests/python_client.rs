@@ -37,6 +37,20 @@ async fn python_env() -> Result<PathBuf, String> {
     Ok(python_env::venv("py", PACKAGES).await?.join("python"))
 }
 
+/// `busmq serve` on the memory store, with the addresses of its broker and
+/// its storage service.
+async fn serve() -> (Process, String, String) {
+    let builder = Process::builder("busmq");
+    let listen = builder.listen_addr().to_string();
+    let storage_listen = busmq_testkit::free_addr().to_string();
+    let serve = builder
+        .args(["serve", "--backend", "memory", "--listen", &listen])
+        .args(["--storage-listen", &storage_listen])
+        .spawn();
+    serve.wait_ready().await;
+    (serve, listen, storage_listen)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn generated_python_stubs_push_consume_lease_and_read_error_reasons() {
     let python = match python_env().await {
@@ -47,14 +61,7 @@ async fn generated_python_stubs_push_consume_lease_and_read_error_reasons() {
         }
     };
 
-    let builder = Process::builder("busmq");
-    let listen = builder.listen_addr().to_string();
-    let storage_listen = busmq_testkit::free_addr().to_string();
-    let serve = builder
-        .args(["serve", "--backend", "memory", "--listen", &listen])
-        .args(["--storage-listen", &storage_listen])
-        .spawn();
-    serve.wait_ready().await;
+    let (serve, listen, storage_listen) = serve().await;
 
     let root = repo_root();
     let script = root.join("tests/python/queue_flow.py");
@@ -106,14 +113,7 @@ async fn grpcio_reflection_lists_and_describes_every_servers_services() {
             return;
         }
     };
-    let builder = Process::builder("busmq");
-    let listen = builder.listen_addr().to_string();
-    let storage_listen = busmq_testkit::free_addr().to_string();
-    let serve = builder
-        .args(["serve", "--backend", "memory", "--listen", &listen])
-        .args(["--storage-listen", &storage_listen])
-        .spawn();
-    serve.wait_ready().await;
+    let (serve, listen, storage_listen) = serve().await;
 
     let script = repo_root().join("tests/python/reflection_list.py");
     for (addr, service, method) in [
