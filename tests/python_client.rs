@@ -61,7 +61,7 @@ async fn generated_python_stubs_push_consume_lease_and_read_error_reasons() {
         }
     };
 
-    let (serve, listen, storage_listen) = serve().await;
+    let (serve, listen, _storage) = serve().await;
 
     let root = repo_root();
     let script = root.join("tests/python/queue_flow.py");
@@ -113,7 +113,8 @@ async fn grpcio_reflection_lists_and_describes_every_servers_services() {
             return;
         }
     };
-    let (serve, listen, storage_listen) = serve().await;
+    // Held to the end: dropping it stops the server.
+    let (_serve, listen, storage_listen) = serve().await;
 
     let script = repo_root().join("tests/python/reflection_list.py");
     for (addr, service, method) in [
