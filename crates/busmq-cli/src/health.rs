@@ -4,9 +4,8 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use busmq_client::{Bus, Health};
 use clap::Args;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 /// Ask a busmq server whether it is serving (the standard grpc.health.v1
 /// protocol, which every busmq gRPC server answers).
@@ -27,51 +26,19 @@ pub(crate) struct HealthArgs {
     timeout: u64,
 }
 
-fn url(addr: &str) -> String {
-    if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
-    }
-}
-
 pub(crate) async fn run(args: HealthArgs) -> anyhow::Result<()> {
-    let url = url(&args.addr);
     let timeout = Duration::from_secs(args.timeout);
     let check = async {
-        let channel = tonic::transport::Endpoint::from_shared(url.clone())
-            .with_context(|| format!("{url:?} is not a server address"))?
-            .connect()
-            .await
-            .with_context(|| format!("cannot connect to {url}"))?;
-        let answer = HealthClient::new(channel)
-            .check(HealthCheckRequest {
-                service: args.service.clone(),
-            })
-            .await
-            .with_context(|| format!("{url} did not answer the health check"))?;
-        anyhow::Ok(answer.into_inner().status)
+        // Connecting first tells "nobody listens" apart from a bad answer.
+        let bus = Bus::connect(&args.addr).await?;
+        anyhow::Ok(bus.health(&args.service).await?)
     };
-    let status = tokio::time::timeout(timeout, check)
+    let health = tokio::time::timeout(timeout, check)
         .await
-        .with_context(|| format!("no answer from {url} within {}s", args.timeout))??;
-    let name = ServingStatus::try_from(status)
-        .map(|s| s.as_str_name())
-        .unwrap_or("UNKNOWN_STATUS");
-    println!("{name}");
-    if status != ServingStatus::Serving as i32 {
-        bail!("{url} is {name}");
+        .with_context(|| format!("no answer from {} within {}s", args.addr, args.timeout))??;
+    println!("{}", health.as_str());
+    if health != Health::Serving {
+        bail!("{} is {}", args.addr, health.as_str());
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::url;
-
-    #[test]
-    fn a_bare_address_becomes_an_http_url() {
-        assert_eq!(url("broker:50051"), "http://broker:50051");
-        assert_eq!(url("https://b:1"), "https://b:1");
-    }
 }

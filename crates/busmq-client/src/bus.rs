@@ -122,6 +122,11 @@ impl Bus {
         self
     }
 
+    /// The connection every client of this bus shares.
+    pub(crate) fn transport(&self) -> Transport {
+        self.transport.clone()
+    }
+
     /// The broker address this bus talks to.
     pub fn url(&self) -> &str {
         &self.url

@@ -60,6 +60,7 @@ mod consume;
 mod consume_many;
 mod error;
 mod events;
+mod health;
 mod lease;
 mod persistable;
 mod pubsub;
@@ -76,6 +77,7 @@ pub use consume::{ClosedReason, ConsumeMode, ConsumeOptions, Consumer, Delivery}
 pub use consume_many::{ManyConsumer, ManyDelivery};
 pub use error::{Error, ErrorCode, Reason, Result};
 pub use events::{QueueEvent, QueueEvents};
+pub use health::Health;
 pub use lease::{AckedLeases, LeaseToken, Nacked};
 pub use persistable::{Loaded, Persistable};
 pub use pubsub::{PubSub, PubSubEvent, PubSubEvents};

@@ -23,7 +23,6 @@ use std::time::Duration;
 use busmq_client::{AttachOptions, Bus, Queue, Reason};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 pub use error::HttpError;
 pub use routes::router;
@@ -65,12 +64,11 @@ impl Default for Config {
     }
 }
 
-/// Everything a request handler shares: the bus, the broker's health
-/// service, the lease book and the queues attached so far.
+/// Everything a request handler shares: the bus, the lease book and the
+/// queues attached so far.
 #[derive(Debug)]
 pub struct Gateway {
     bus: Bus,
-    health: Channel,
     config: Config,
     leases: leases::LeaseBook,
     /// Queues this process attached to. The gateway never detaches: a
@@ -82,12 +80,11 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// A gateway over `bus`, asking `health` (a channel to the same broker)
-    /// for readiness. Long polls give up when `shutdown` fires.
-    pub fn new(bus: Bus, health: Channel, config: Config, shutdown: CancellationToken) -> Gateway {
+    /// A gateway over `bus`, ready while its broker answers the health
+    /// check. Long polls give up when `shutdown` fires.
+    pub fn new(bus: Bus, config: Config, shutdown: CancellationToken) -> Gateway {
         Gateway {
             bus,
-            health,
             leases: leases::LeaseBook::new(config.max_leases),
             config,
             attached: Mutex::new(HashSet::new()),
@@ -147,29 +144,14 @@ impl Gateway {
     }
 }
 
-/// The broker's gRPC health check, over `health`, within `timeout`:
+/// The broker's gRPC health check through `bus`, within `timeout`:
 /// `Ok(())` when it answers SERVING, else why not.
-pub async fn broker_ready(health: &Channel, timeout: Duration) -> Result<(), String> {
-    use tonic_health::pb::health_check_response::ServingStatus;
-    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-    let mut client = HealthClient::new(health.clone());
-    let check = client.check(HealthCheckRequest {
-        service: String::new(),
-    });
-    match tokio::time::timeout(timeout, check).await {
+pub async fn broker_ready(bus: &Bus, timeout: Duration) -> Result<(), String> {
+    match tokio::time::timeout(timeout, bus.health("")).await {
         Err(_) => Err(format!("no health answer within {timeout:?}")),
-        Ok(Err(status)) => Err(format!("health check failed: {}", status.message())),
-        Ok(Ok(answer)) => {
-            let status = answer.into_inner().status;
-            if status == ServingStatus::Serving as i32 {
-                Ok(())
-            } else {
-                let name = ServingStatus::try_from(status)
-                    .map(|s| s.as_str_name())
-                    .unwrap_or("UNKNOWN_STATUS");
-                Err(format!("the broker reports {name}"))
-            }
-        }
+        Ok(Err(e)) => Err(format!("health check failed: {e}")),
+        Ok(Ok(busmq_client::Health::Serving)) => Ok(()),
+        Ok(Ok(other)) => Err(format!("the broker reports {}", other.as_str())),
     }
 }
 

@@ -78,17 +78,8 @@ async fn main() -> anyhow::Result<()> {
             enabled: false,
             give_up_after: Duration::ZERO,
         });
-    let url = if args.server.contains("://") {
-        args.server.clone()
-    } else {
-        format!("http://{}", args.server)
-    };
-    let health = tonic::transport::Endpoint::from_shared(url.clone())
-        .with_context(|| format!("{url:?} is not a broker address"))?
-        .connect_timeout(Duration::from_secs(2))
-        .connect_lazy();
     let shutdown = busmq_server::shutdown_on_signal();
-    let gateway = Arc::new(Gateway::new(bus, health, config, shutdown.clone()));
+    let gateway = Arc::new(Gateway::new(bus, config, shutdown.clone()));
     let listener = busmq_server::bind(args.listen).await?;
     tracing::info!(
         listen = %listener.local_addr()?,

@@ -64,7 +64,7 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 async fn readyz(State(gw): Shared) -> Result<Json<serde_json::Value>, HttpError> {
-    broker_ready(&gw.health, READY_TIMEOUT)
+    broker_ready(&gw.bus, READY_TIMEOUT)
         .await
         .map_err(HttpError::NotReady)?;
     Ok(Json(json!({ "status": "ready" })))
