@@ -5,8 +5,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use busmq_client::{AttachOptions, Bus};
+use busmq_client::{AttachOptions, Bus, ConsumeOptions, PusherOptions};
 use busmq_testkit::Process;
+use futures::StreamExt;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -108,58 +109,96 @@ async fn collector() -> (Collector, String) {
 /// `name` exporting its spans to `otlp`. The batch processor is told to
 /// wait an hour between exports, so whatever arrives was sent by the flush
 /// at shutdown.
-fn traced(name: &str, otlp: &str) -> busmq_testkit::ProcessBuilder {
+fn traced(name: &str, otlp: &str, sampler: &str) -> busmq_testkit::ProcessBuilder {
     Process::builder(name)
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
         .env("OTEL_BSP_SCHEDULE_DELAY", "3600000")
-        .env("OTEL_TRACES_SAMPLER", "parentbased_always_on")
+        .env("OTEL_TRACES_SAMPLER", sampler)
+}
+
+/// A split deployment (`busmq-storage` on memory, `busmq-broker`) exporting
+/// to a collector of its own, with `sampler` as `OTEL_TRACES_SAMPLER`.
+struct Stack {
+    collector: Collector,
+    storage: Process,
+    broker: Process,
+}
+
+impl Stack {
+    async fn start(sampler: &str) -> Stack {
+        let (collector, otlp) = collector().await;
+        let builder = traced("busmq-storage", &otlp, sampler);
+        let storage_addr = builder.listen_addr();
+        let storage = builder
+            .args(["--listen", &storage_addr.to_string(), "--backend", "memory"])
+            .spawn();
+        storage.wait_ready().await;
+        let builder = traced("busmq-broker", &otlp, sampler);
+        let broker_addr = builder.listen_addr();
+        let broker = builder
+            .args(["--listen", &broker_addr.to_string()])
+            .args(["--storage", &storage.url()])
+            .spawn();
+        broker.wait_ready().await;
+        Stack {
+            collector,
+            storage,
+            broker,
+        }
+    }
+
+    /// Stops both processes gracefully (each exports what it still holds
+    /// before it exits) and returns every span the collector received.
+    async fn stop(self) -> Vec<Received> {
+        let broker_exit = self
+            .broker
+            .terminate()
+            .await
+            .expect("the broker was running");
+        let storage_exit = self
+            .storage
+            .terminate()
+            .await
+            .expect("the storage was running");
+        assert!(broker_exit.success(), "broker: {broker_exit}");
+        assert!(storage_exit.success(), "storage: {storage_exit}");
+        self.collector.spans.lock().unwrap().clone()
+    }
+}
+
+/// The application's own tracing, as a user of the SDK sets it up: its
+/// spans get OpenTelemetry ids, and the SDK sends the current one.
+fn client_tracing() -> tracing::subscriber::DefaultGuard {
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test-client")));
+    tracing::subscriber::set_default(subscriber)
+}
+
+/// A client span, sampled, with its trace and span ids.
+fn client_span() -> (tracing::Span, String, String) {
+    let span = tracing::info_span!("client push");
+    let context = span.context().span().span_context().clone();
+    assert!(context.is_valid() && context.is_sampled());
+    let trace_id = context.trace_id().to_string();
+    let span_id = context.span_id().to_string();
+    (span, trace_id, span_id)
 }
 
 #[tokio::test]
 async fn a_push_is_one_trace_from_the_client_through_broker_and_storage() {
-    let (collector, otlp) = collector().await;
+    let stack = Stack::start("parentbased_always_on").await;
+    let _tracing = client_tracing();
 
-    let builder = traced("busmq-storage", &otlp);
-    let storage_addr = builder.listen_addr();
-    let storage = builder
-        .args(["--listen", &storage_addr.to_string(), "--backend", "memory"])
-        .spawn();
-    storage.wait_ready().await;
-    let builder = traced("busmq-broker", &otlp);
-    let broker_addr = builder.listen_addr();
-    let broker = builder
-        .args(["--listen", &broker_addr.to_string()])
-        .args(["--storage", &storage.url()])
-        .spawn();
-    broker.wait_ready().await;
-
-    // The application's own tracing, as a user of the SDK sets it up: its
-    // spans get OpenTelemetry ids, and the SDK sends the current one.
-    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test-client")));
-    let _subscriber = tracing::subscriber::set_default(subscriber);
-
-    let bus = Bus::connect(broker.url()).await.unwrap();
+    let bus = Bus::connect(stack.broker.url()).await.unwrap();
     let queue = bus.queue("traced");
     queue.attach(AttachOptions::default()).await.unwrap();
 
-    let client_span = tracing::info_span!("client push");
-    let client = client_span.context().span().span_context().clone();
-    assert!(client.is_valid() && client.is_sampled());
-    let trace_id = client.trace_id().to_string();
-    let client_span_id = client.span_id().to_string();
+    let (client_span, trace_id, client_span_id) = client_span();
     let id = queue.push("hello").instrument(client_span).await.unwrap();
     assert_eq!(id, 1);
 
-    // Graceful stops: each process exports what it still holds before it
-    // exits, so once both are gone the collector has everything.
-    let broker_exit = broker.terminate().await.expect("the broker was running");
-    let storage_exit = storage.terminate().await.expect("the storage was running");
-    assert!(broker_exit.success(), "broker: {broker_exit}");
-    assert!(storage_exit.success(), "storage: {storage_exit}");
-
-    let spans = collector.spans.lock().unwrap().clone();
+    let spans = stack.stop().await;
     let trace: Vec<&Received> = spans.iter().filter(|s| s.trace_id == trace_id).collect();
     let by_id: HashMap<&str, &Received> = trace.iter().map(|s| (s.span_id.as_str(), *s)).collect();
     let described = || {
@@ -246,4 +285,51 @@ async fn a_push_is_one_trace_from_the_client_through_broker_and_storage() {
     assert_eq!(chain.first(), Some(&"busmq-storage"));
     assert!(chain[1..].iter().all(|s| *s == "busmq-broker"), "{chain:?}");
     eprintln!("the trace, span <- parent:\n{}", described());
+}
+
+/// With roots sampled away, the work busmq would trace on its own (each
+/// push batch of a stream, each consumer fetch, each RPC that arrives with
+/// no trace context) exports nothing from either process, while a trace a
+/// client started is still followed end to end.
+#[tokio::test]
+async fn with_roots_sampled_away_only_a_clients_trace_is_exported() {
+    let stack = Stack::start("parentbased_always_off").await;
+    let _tracing = client_tracing();
+
+    let bus = Bus::connect(stack.broker.url()).await.unwrap();
+    let queue = bus.queue("unsampled");
+    queue.attach(AttachOptions::default()).await.unwrap();
+    let pusher = queue.pusher(PusherOptions::default());
+    for batch in 0..50 {
+        let messages: Vec<String> = (0..10).map(|i| format!("{batch}.{i}")).collect();
+        pusher.push(messages).await.unwrap().await.unwrap();
+    }
+    pusher.finish().await.unwrap();
+    let mut consumer = queue.consume(ConsumeOptions::default()).await.unwrap();
+    for _ in 0..500 {
+        consumer.next().await.expect("a delivery").unwrap();
+    }
+    drop(consumer);
+
+    let (client_span, trace_id, client_span_id) = client_span();
+    queue.push("traced").instrument(client_span).await.unwrap();
+
+    let spans = stack.stop().await;
+    let strays: Vec<String> = spans
+        .iter()
+        .filter(|s| s.trace_id != trace_id)
+        .map(|s| format!("{} {}", s.service, s.name))
+        .collect();
+    assert!(strays.is_empty(), "spans of traces nobody kept: {strays:?}");
+    let broker_push = spans
+        .iter()
+        .find(|s| s.service == "busmq-broker" && s.name == "busmq.v1.Queues/Push")
+        .expect("the client's push was traced by the broker");
+    assert_eq!(broker_push.parent_span_id, client_span_id);
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.service == "busmq-storage" && s.name.ends_with("/Session.Push")),
+        "the client's push was traced by the storage: {spans:?}"
+    );
 }

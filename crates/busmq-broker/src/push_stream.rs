@@ -17,7 +17,6 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
-use tracing::Instrument as _;
 
 /// Push batches a PushStream may have answered but not yet sent.
 pub const ACK_BUFFER: usize = 64;
@@ -52,16 +51,19 @@ pub async fn run(
         // A span per batch, linked to the stream's rather than inside it:
         // a stream lives as long as its producer, and one trace of all its
         // batches would never end.
-        let span = tracing::debug_span!(
-            parent: None,
-            "push_stream.batch",
-            otel.name = "busmq.v1.Queues/PushStream.Batch",
-            messaging.destination.name = batch.queue.as_str(),
-            messaging.batch.message_count = batch.messages.len(),
-            busmq.sequence = batch.sequence,
-        );
-        span.follows_from(tracing::Span::current());
-        async move {
+        let root = busmq_server::telemetry::RootSpan::new(|| {
+            let span = tracing::debug_span!(
+                parent: None,
+                "push_stream.batch",
+                otel.name = "busmq.v1.Queues/PushStream.Batch",
+                messaging.destination.name = batch.queue.as_str(),
+                messaging.batch.message_count = batch.messages.len(),
+                busmq.sequence = batch.sequence,
+            );
+            span.follows_from(tracing::Span::current());
+            span
+        });
+        let future = async move {
             let pushed = batch.messages.len() as u64;
             let started = busmq_server::metrics::start_timer();
             let stored = storage.push(&batch.queue, batch.messages).await;
@@ -72,9 +74,8 @@ pub async fn run(
                     .increment(pushed);
             }
             (batch.sequence, batch.queue, stored)
-        }
-        .instrument(span)
-        .boxed()
+        };
+        root.wrap(future).boxed()
     };
     let mut reading = true;
     loop {

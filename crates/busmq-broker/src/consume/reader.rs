@@ -10,7 +10,6 @@ use busmq_server::metrics::{ConsumerGauge, DeliveryMode};
 use busmq_storage::{LeasedMessage, ReliableLock, Storage, TakeMode, TakeRequest};
 use tokio::time::Instant;
 use tonic::Status;
-use tracing::Instrument as _;
 
 /// How this consumer reads the queue.
 #[derive(Debug)]
@@ -135,19 +134,23 @@ impl QueueReader {
     pub async fn fetch(&mut self, max: u32) -> Result<Vec<v1::Message>, Error> {
         // Linked to the consume call's span, not inside it: a consumer
         // stream may live for days.
-        let span = tracing::debug_span!(
-            parent: None,
-            "consume.fetch",
-            otel.name = "busmq.v1.Queues/Consume.Fetch",
-            messaging.destination.name = self.queue.as_str(),
-            max,
-            messaging.batch.message_count = tracing::field::Empty,
-        );
-        span.follows_from(tracing::Span::current());
+        let root = busmq_server::telemetry::RootSpan::new(|| {
+            let span = tracing::debug_span!(
+                parent: None,
+                "consume.fetch",
+                otel.name = "busmq.v1.Queues/Consume.Fetch",
+                messaging.destination.name = self.queue.as_str(),
+                max,
+                messaging.batch.message_count = tracing::field::Empty,
+            );
+            span.follows_from(tracing::Span::current());
+            span
+        });
         let started = busmq_server::metrics::start_timer();
-        let fetched = self.fetch_from_store(max).instrument(span.clone()).await;
+        let fetched = root.wrap(self.fetch_from_store(max)).await;
         if let Ok(batch) = &fetched {
-            span.record("messaging.batch.message_count", batch.len());
+            root.span()
+                .record("messaging.batch.message_count", batch.len());
         }
         busmq_server::metrics::observe_since(
             crate::metrics::take_duration(self.delivery_mode()),

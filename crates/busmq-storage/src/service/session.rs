@@ -14,6 +14,7 @@
 use std::collections::VecDeque;
 
 use busmq_proto::storage::v1 as pb;
+use busmq_server::telemetry::RootSpan;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use pb::session_request::Op;
@@ -22,7 +23,6 @@ use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
-use tracing::Instrument as _;
 
 use super::StorageService;
 
@@ -121,8 +121,10 @@ async fn serve(
 
 /// The span of one session operation. Its parent is the broker span the
 /// frame names, never the session's: the session is one stream for every
-/// operation of a broker, open for hours.
-fn span(request: &pb::SessionRequest) -> tracing::Span {
+/// operation of a broker, open for hours. A frame with no trace context
+/// belongs to no kept trace (the broker samples before it sends), and gets
+/// no span.
+fn span(request: &pb::SessionRequest) -> RootSpan {
     let name = match &request.op {
         Some(Op::Push(_)) => "busmq.storage.v1.Storage/Session.Push",
         Some(Op::Take(_)) => "busmq.storage.v1.Storage/Session.Take",
@@ -133,26 +135,27 @@ fn span(request: &pb::SessionRequest) -> tracing::Span {
         Some(Op::TakeMany(_)) => "busmq.storage.v1.Storage/Session.TakeMany",
         None => "busmq.storage.v1.Storage/Session.Unknown",
     };
-    let span = tracing::debug_span!(
-        parent: None,
-        "storage.session",
-        otel.name = name,
-        otel.kind = "server",
-        otel.status_code = tracing::field::Empty,
-        busmq.session.request = request.id,
-        messaging.destination.name = tracing::field::Empty,
-        messaging.batch.message_count = tracing::field::Empty,
-        busmq.error = tracing::field::Empty,
-    );
-    busmq_server::telemetry::set_parent_from(&span, &request.traceparent, &request.tracestate);
-    span
+    let make = || {
+        tracing::debug_span!(
+            parent: None,
+            "storage.session",
+            otel.name = name,
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            busmq.session.request = request.id,
+            messaging.destination.name = tracing::field::Empty,
+            messaging.batch.message_count = tracing::field::Empty,
+            busmq.error = tracing::field::Empty,
+        )
+    };
+    RootSpan::continuing(make, &request.traceparent, &request.tracestate)
 }
 
 /// Runs one request and words its answer; never fails the session.
 async fn run(service: StorageService, request: pb::SessionRequest) -> pb::SessionResponse {
-    let span = span(&request);
+    let root = span(&request);
     let timed = super::metrics::start(request.op.as_ref());
-    let answer = run_op(service, request).instrument(span).await;
+    let answer = root.wrap(run_op(service, request)).await;
     super::metrics::finish(timed);
     answer
 }
