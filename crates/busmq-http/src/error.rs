@@ -42,6 +42,17 @@ pub enum HttpError {
     /// out, already done, expired, or handed out by another gateway.
     #[error("{0}")]
     LeaseNotFound(String),
+    /// A body that parses but is not what the route takes (an empty batch,
+    /// a persistable that is not a JSON object, a WebSocket frame that is
+    /// not an operation).
+    #[error("{0}")]
+    InvalidBody(String),
+    /// No persistable object of this name is stored.
+    #[error("{0}")]
+    ObjectNotFound(String),
+    /// `GET /v1/ws` without a WebSocket upgrade.
+    #[error("{0}")]
+    UpgradeRequired(String),
     /// No route has this path.
     #[error("no route for {0}")]
     NoRoute(String),
@@ -65,10 +76,13 @@ pub enum HttpError {
 }
 
 /// The JSON body of every error: `{"error": "...", "code": "..."}`.
-#[derive(Debug, Serialize)]
-struct Body<'a> {
-    error: String,
-    code: &'a str,
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, for a person.
+    pub error: String,
+    /// The stable, machine-readable code (see `docs/http.md`).
+    #[schema(example = "INVALID_NAME")]
+    pub code: String,
 }
 
 impl HttpError {
@@ -93,10 +107,14 @@ impl HttpError {
             HttpError::MalformedJson(_)
             | HttpError::MissingPayload(_)
             | HttpError::BadBody(_)
+            | HttpError::InvalidBody(_)
             | HttpError::BadParameter(_) => StatusCode::BAD_REQUEST,
             HttpError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             HttpError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            HttpError::LeaseNotFound(_) | HttpError::NoRoute(_) => StatusCode::NOT_FOUND,
+            HttpError::LeaseNotFound(_) | HttpError::ObjectNotFound(_) | HttpError::NoRoute(_) => {
+                StatusCode::NOT_FOUND
+            }
+            HttpError::UpgradeRequired(_) => StatusCode::UPGRADE_REQUIRED,
             HttpError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             HttpError::TooManyLeases(_) | HttpError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             HttpError::Bus(e) => bus_status(e),
@@ -113,6 +131,9 @@ impl HttpError {
             HttpError::BodyTooLarge { .. } => "BODY_TOO_LARGE",
             HttpError::BadBody(_) => "BAD_BODY",
             HttpError::BadParameter(_) => "BAD_PARAMETER",
+            HttpError::InvalidBody(_) => "INVALID_BODY",
+            HttpError::ObjectNotFound(_) => "OBJECT_NOT_FOUND",
+            HttpError::UpgradeRequired(_) => "UPGRADE_REQUIRED",
             HttpError::LeaseNotFound(_) => "LEASE_NOT_FOUND",
             HttpError::NoRoute(_) => "NO_ROUTE",
             HttpError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
@@ -120,7 +141,7 @@ impl HttpError {
             HttpError::NotReady(_) => "BROKER_UNAVAILABLE",
             HttpError::Bus(e) => match e.reason() {
                 Some(reason) => reason.as_str(),
-                None => match e.code() {
+                None => match bus_code(e) {
                     ErrorCode::InvalidArgument => "INVALID_ARGUMENT",
                     ErrorCode::NotFound => "NOT_FOUND",
                     ErrorCode::FailedPrecondition => "FAILED_PRECONDITION",
@@ -133,9 +154,21 @@ impl HttpError {
     }
 }
 
+/// The code of an error of the bus, with one departure: a failure of the
+/// transport to the broker (a connection broken mid-call, which gRPC
+/// reports as UNKNOWN, the SDK as an internal error without a busmq reason)
+/// is the broker being unavailable, not a failure of it.
+fn bus_code(err: &busmq_client::Error) -> ErrorCode {
+    let transport = matches!(err, busmq_client::Error::Bus(_)) && err.reason().is_none();
+    match err.code() {
+        ErrorCode::Internal if transport => ErrorCode::Unavailable,
+        code => code,
+    }
+}
+
 /// busmq's own table, read once here for every error of the bus.
 fn bus_status(err: &busmq_client::Error) -> StatusCode {
-    StatusCode::from_u16(err.code().http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    StatusCode::from_u16(bus_code(err).http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 impl IntoResponse for HttpError {
@@ -148,12 +181,14 @@ impl IntoResponse for HttpError {
             // The SDK's message of a transport failure names the cause but
             // not the party; a client reading the body should know the
             // gateway itself is up.
-            HttpError::Bus(e) if e.is_unavailable() => format!("the broker is unavailable: {e}"),
+            HttpError::Bus(e) if bus_code(e) == ErrorCode::Unavailable => {
+                format!("the broker is unavailable: {e}")
+            }
             other => other.to_string(),
         };
-        let body = Body {
+        let body = ErrorBody {
             error,
-            code: self.code(),
+            code: self.code().to_owned(),
         };
         (status, Json(body)).into_response()
     }
@@ -171,6 +206,19 @@ mod tests {
         let err = HttpError::from(down);
         assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(err.code(), "BROKER_UNAVAILABLE");
+    }
+
+    #[test]
+    fn a_connection_broken_mid_call_is_the_broker_unavailable() {
+        let broken = busmq_client::Error::from(tonic::Status::unknown("broken pipe"));
+        let err = HttpError::from(broken);
+        assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(err.code(), "BROKER_UNAVAILABLE");
+        let protocol = busmq_client::Error::Protocol("odd frame".into());
+        assert_eq!(
+            HttpError::from(protocol).status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 
     #[test]

@@ -9,11 +9,12 @@
 //! deadline). An entry is dropped when it is done, refused, or past that
 //! moment; a done after it is 404 without asking the bus.
 //!
-//! Every lease of one gateway has the same visibility timeout, so deadlines
-//! grow in the order entries are made, and expired entries are dropped from
-//! the front of a queue in O(1) each.
+//! Leases may have different visibility timeouts (`/v1`'s `?visibility`),
+//! so deadlines are kept in a min-heap and expired entries are dropped from
+//! its top in O(log n) each.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -29,19 +30,22 @@ type Key = (Arc<str>, u64);
 #[derive(Debug, Default)]
 struct Book {
     entries: HashMap<Key, Entry>,
-    /// Every entry made, oldest first, to drop each at its deadline. An
-    /// entry replaced since (the message leased again through this
-    /// gateway) stays here until its own deadline and then removes nothing.
-    order: VecDeque<(Instant, Key, u32)>,
+    /// Every entry made, earliest deadline on top, to drop each at its
+    /// deadline. An entry replaced since (the message leased again through
+    /// this gateway) stays here until its own deadline and then removes
+    /// nothing.
+    order: BinaryHeap<Reverse<(Instant, Key, u32)>>,
 }
 
 impl Book {
     fn purge(&mut self, now: Instant) {
-        while let Some((deadline, _, _)) = self.order.front() {
+        while let Some(Reverse((deadline, _, _))) = self.order.peek() {
             if *deadline > now {
                 break;
             }
-            let (_, key, attempt) = self.order.pop_front().expect("front exists");
+            let Some(Reverse((_, key, attempt))) = self.order.pop() else {
+                break;
+            };
             if self.entries.get(&key).is_some_and(|e| e.attempt == attempt) {
                 self.entries.remove(&key);
             }
@@ -107,7 +111,7 @@ impl LeaseBook {
         let key: Key = (Arc::from(queue), id);
         book.entries
             .insert(key.clone(), Entry { attempt, deadline });
-        book.order.push_back((deadline, key, attempt));
+        book.order.push(Reverse((deadline, key, attempt)));
     }
 
     /// The attempt of the lease of message `id` of `queue`, if this gateway
@@ -166,6 +170,22 @@ mod tests {
         assert_eq!(book.attempt("q", 1, t1), Some(2));
         book.remove("q", 1, 2);
         assert_eq!(book.attempt("q", 1, t1), None);
+    }
+
+    #[test]
+    fn leases_of_different_timeouts_expire_each_at_its_own_deadline() {
+        let book = LeaseBook::new(10);
+        let t0 = Instant::now();
+        book.insert("q", 1, 1, t0 + Duration::from_secs(60), t0);
+        book.insert("q", 2, 1, t0 + Duration::from_secs(1), t0);
+        let t1 = t0 + Duration::from_secs(2);
+        assert_eq!(
+            book.len(t1),
+            1,
+            "the short lease is dropped behind the long one"
+        );
+        assert_eq!(book.attempt("q", 1, t1), Some(1));
+        assert_eq!(book.attempt("q", 2, t1), None);
     }
 
     #[test]

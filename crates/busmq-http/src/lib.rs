@@ -13,8 +13,12 @@
 
 pub mod error;
 pub mod leases;
+mod params;
 pub mod payload;
 mod routes;
+mod settle;
+mod take;
+pub mod v1;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

@@ -11,19 +11,13 @@ use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use busmq_client::{ConsumeOptions, Delivery, LeaseToken, Reason};
-use futures::{FutureExt, StreamExt};
+use busmq_client::Delivery;
 use serde_json::json;
 
 use crate::error::HttpError;
-use crate::{Gateway, MAX_WAIT, broker_ready, payload};
-
-/// How long `GET /message/next` without `?wait` waits for a message of a
-/// queue that stores some: they may all be leased (or be taken by another
-/// consumer first), and then the answer is 204 rather than a wait the
-/// client did not ask for. The store answers a take within a round trip,
-/// so a message that can be served arrives well within it.
-const NO_WAIT_GRACE: Duration = Duration::from_millis(250);
+use crate::params::{attempt_param, bad_path, body, id_param, wait_param};
+use crate::take::Mode;
+use crate::{Gateway, broker_ready, payload, settle, take, v1};
 
 /// How long `/readyz` waits for the broker's health answer.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -42,6 +36,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/queues/{name}/message/{id}/status/done", post(done_named))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(v1::router())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(limit))
@@ -59,10 +54,16 @@ async fn wrong_method(method: Method, uri: Uri) -> HttpError {
     }
 }
 
+/// 200 while the process runs.
+#[utoipa::path(get, path = "/healthz", tag = "meta",
+    responses((status = 200, description = "Up", body = crate::v1::schema::Status)))]
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// 200 when the broker answers its health check as SERVING.
+#[utoipa::path(get, path = "/readyz", tag = "meta",
+    responses((status = 200, description = "Ready", body = crate::v1::schema::Status)))]
 async fn readyz(State(gw): Shared) -> Result<Json<serde_json::Value>, HttpError> {
     broker_ready(&gw.bus, READY_TIMEOUT)
         .await
@@ -70,69 +71,17 @@ async fn readyz(State(gw): Shared) -> Result<Json<serde_json::Value>, HttpError>
     Ok(Json(json!({ "status": "ready" })))
 }
 
-/// A path segment the router matched but could not decode (not UTF-8).
-fn bad_path(rejection: PathRejection) -> HttpError {
-    HttpError::BadParameter(format!("bad path: {}", rejection.body_text()))
-}
-
-fn body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, HttpError> {
-    body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            HttpError::BodyTooLarge { limit }
-        } else {
-            HttpError::BadBody(rejection.body_text())
-        }
-    })
-}
-
-/// `key`'s value in the query string, if given.
-fn query_param(query: &Option<String>, key: &str) -> Option<String> {
-    let query = query.as_deref()?;
-    form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.into_owned())
-}
-
-/// `?wait=SECONDS`: a non-negative number, capped at [`MAX_WAIT`].
-fn wait_param(query: &Option<String>) -> Result<Duration, HttpError> {
-    let Some(raw) = query_param(query, "wait") else {
-        return Ok(Duration::ZERO);
-    };
-    let seconds: f64 = raw
-        .trim()
-        .parse()
-        .ok()
-        .filter(|s: &f64| s.is_finite() && *s >= 0.0)
-        .ok_or_else(|| {
-            HttpError::BadParameter(format!(
-                "wait must be a number of seconds from 0 (at most {} is used), not {raw:?}",
-                MAX_WAIT.as_secs()
-            ))
-        })?;
-    Ok(Duration::from_secs_f64(seconds.min(MAX_WAIT.as_secs_f64())))
-}
-
-/// A message id: a positive integer.
-fn id_param(raw: &str) -> Result<u64, HttpError> {
-    raw.parse::<u64>().ok().filter(|id| *id > 0).ok_or_else(|| {
-        HttpError::BadParameter(format!("a message id is a positive integer, not {raw:?}"))
-    })
-}
-
-/// `?attempt=N`: the delivery a done names, when the client kept it.
-fn attempt_param(query: &Option<String>) -> Result<Option<u32>, HttpError> {
-    let Some(raw) = query_param(query, "attempt") else {
-        return Ok(None);
-    };
-    raw.parse::<u32>()
-        .ok()
-        .filter(|a| *a > 0)
-        .map(Some)
-        .ok_or_else(|| {
-            HttpError::BadParameter(format!("attempt is a positive integer, not {raw:?}"))
-        })
-}
-
+/// Pushes one message to the default queue.
+#[utoipa::path(post, path = "/message/new", tag = "message-queue",
+    request_body(
+        description = "`{\"payload\": ...}` (any JSON) or a form `payload=...` (a string)",
+        content(
+            (crate::v1::schema::PublishRequest = "application/json"),
+            (crate::v1::schema::FormPayload = "application/x-www-form-urlencoded"),
+        ),
+    ),
+    responses((status = 201, description = "Pushed", body = crate::v1::schema::Id)),
+)]
 async fn push_default(
     State(gw): Shared,
     headers: HeaderMap,
@@ -142,6 +91,17 @@ async fn push_default(
     push(&gw, &queue, &headers, bytes).await
 }
 
+/// Pushes one message to the queue `name`.
+#[utoipa::path(post, path = "/queues/{name}/message/new", tag = "message-queue", params(crate::v1::schema::QueuePath),
+    request_body(
+        description = "`{\"payload\": ...}` (any JSON) or a form `payload=...` (a string)",
+        content(
+            (crate::v1::schema::PublishRequest = "application/json"),
+            (crate::v1::schema::FormPayload = "application/x-www-form-urlencoded"),
+        ),
+    ),
+    responses((status = 201, description = "Pushed", body = crate::v1::schema::Id)),
+)]
 async fn push_named(
     State(gw): Shared,
     path: Result<Path<String>, PathRejection>,
@@ -169,11 +129,26 @@ async fn push(
     Ok((StatusCode::CREATED, Json(json!({ "id": id }))).into_response())
 }
 
+/// Leases the next message of the default queue.
+#[utoipa::path(get, path = "/message/next", tag = "message-queue", params(("wait" = Option<f64>, Query, minimum = 0, maximum = 20, description = "Seconds to wait for a message (a long poll)")),
+    responses(
+        (status = 200, description = "The oldest available message, now leased", body = crate::v1::schema::Message),
+        (status = 204, description = "No message to serve (within the wait)"),
+    ),
+)]
 async fn next_default(State(gw): Shared, RawQuery(query): RawQuery) -> Result<Response, HttpError> {
     let queue = gw.config.default_queue.clone();
     next(&gw, &queue, &query).await
 }
 
+/// Leases the next message of the queue `name`.
+#[utoipa::path(get, path = "/queues/{name}/message/next", tag = "message-queue",
+    params(crate::v1::schema::QueuePath, ("wait" = Option<f64>, Query, minimum = 0, maximum = 20, description = "Seconds to wait for a message (a long poll)")),
+    responses(
+        (status = 200, description = "The oldest available message, now leased", body = crate::v1::schema::Message),
+        (status = 204, description = "No message to serve (within the wait)"),
+    ),
+)]
 async fn next_named(
     State(gw): Shared,
     path: Result<Path<String>, PathRejection>,
@@ -208,50 +183,27 @@ async fn next(gw: &Gateway, queue: &str, query: &Option<String>) -> Result<Respo
 }
 
 /// Leases the next message of `queue`, waiting up to `wait` for one, and
-/// returns it with the moment its lease runs out as seen from here.
+/// returns it with the moment its lease runs out as seen from here
+/// (measured from before the consume was asked, so never later than the
+/// store's deadline).
 async fn take(
     gw: &Gateway,
     queue: busmq_client::Queue,
     wait: Duration,
 ) -> Result<Option<(Delivery, Instant)>, busmq_client::Error> {
-    if wait.is_zero() {
-        // Nothing stored at all: answer now instead of opening a consume
-        // that would only wait. Leased messages count: the info does not
-        // say whether their leases ran out (the store reclaims them when
-        // it is next asked to take), so those need the consume.
-        if queue.info().await?.count == 0 {
-            return Ok(None);
-        }
-    }
     let visibility = gw.config.visibility_timeout;
-    // Before the consume is asked, so never later than the store's deadline.
-    let deadline = Instant::now() + visibility;
-    let mut consumer = queue
-        .consume(ConsumeOptions::lease(visibility).max(1).prefetch(1))
-        .await?;
-    let budget = if wait.is_zero() { NO_WAIT_GRACE } else { wait };
-    let waited = tokio::select! {
-        got = tokio::time::timeout(budget, consumer.next()) => got.ok(),
-        () = gw.shutdown.cancelled() => None,
-    };
-    let delivery = match waited {
-        Some(Some(Ok(delivery))) => Some(delivery),
-        Some(Some(Err(e))) => return Err(e),
-        // The stream ended with no message: the queue was closed.
-        Some(None) => None,
-        None => {
-            // Stopping gives back a lease taken but not received yet; one
-            // already received is served rather than left to time out.
-            consumer.stop();
-            match consumer.next().now_or_never() {
-                Some(Some(Ok(delivery))) => Some(delivery),
-                _ => None,
-            }
-        }
-    };
-    Ok(delivery.map(|d| (d, deadline)))
+    let taken = take::take(&gw.shutdown, queue, Mode::Lease(visibility), 1, wait).await?;
+    Ok(taken
+        .into_iter()
+        .next()
+        .map(|t| (t.delivery, t.asked + visibility)))
 }
 
+/// Marks a message of the default queue done (acks its lease).
+#[utoipa::path(post, path = "/message/{id}/status/done", tag = "message-queue",
+    params(crate::v1::schema::IdPath, ("attempt" = Option<u32>, Query, minimum = 1, description = "The delivery, as `next` handed it out")),
+    responses((status = 200, description = "Done: the message is removed", body = crate::v1::schema::Id)),
+)]
 async fn done_default(
     State(gw): Shared,
     path: Result<Path<String>, PathRejection>,
@@ -262,6 +214,11 @@ async fn done_default(
     done(&gw, &queue, &id, &query).await
 }
 
+/// Marks a message of the queue `name` done (acks its lease).
+#[utoipa::path(post, path = "/queues/{name}/message/{id}/status/done", tag = "message-queue",
+    params(crate::v1::schema::QueuePath, crate::v1::schema::IdPath, ("attempt" = Option<u32>, Query, minimum = 1, description = "The delivery, as `next` handed it out")),
+    responses((status = 200, description = "Done: the message is removed", body = crate::v1::schema::Id)),
+)]
 async fn done_named(
     State(gw): Shared,
     path: Result<Path<(String, String)>, PathRejection>,
@@ -278,81 +235,10 @@ async fn done(
     query: &Option<String>,
 ) -> Result<Response, HttpError> {
     let id = id_param(id)?;
-    let attempt = match attempt_param(query)? {
-        Some(attempt) => attempt,
-        None => match gw.leases.attempt(queue, id, Instant::now()) {
-            Some(attempt) => attempt,
-            None => {
-                // Names are the broker's to judge: a bad one is the
-                // client's mistake to hear about (400), not a missing
-                // lease. Any other failure leaves the answer as it is:
-                // this gateway holds no lease of the message.
-                if let Err(e) = gw.bus.queue(queue).exists().await
-                    && e.reason() == Some(Reason::InvalidName)
-                {
-                    return Err(e.into());
-                }
-                return Err(HttpError::LeaseNotFound(format!(
-                    "message {id} of queue {queue:?} is not leased through this gateway \
-                     (unknown, already done, or its lease expired)"
-                )));
-            }
-        },
-    };
-    // Not `with_queue`: a done must not create a queue, and a lease of a
-    // queue that vanished is gone with it (404).
-    match gw
-        .bus
-        .queue(queue)
-        .ack_lease(LeaseToken { id, attempt })
-        .await
-    {
-        Ok(()) => {
-            gw.leases.remove(queue, id, attempt);
-            Ok((StatusCode::OK, Json(json!({ "id": id }))).into_response())
-        }
-        Err(e) => {
-            let err = HttpError::done(id, e);
-            if err.status() == StatusCode::NOT_FOUND {
-                gw.leases.remove(queue, id, attempt);
-            }
-            Err(err)
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn q(s: &str) -> Option<String> {
-        Some(s.to_owned())
-    }
-
-    #[test]
-    fn wait_is_seconds_capped_at_the_maximum() {
-        assert_eq!(wait_param(&None).unwrap(), Duration::ZERO);
-        assert_eq!(wait_param(&q("x=1")).unwrap(), Duration::ZERO);
-        assert_eq!(wait_param(&q("wait=2")).unwrap(), Duration::from_secs(2));
-        assert_eq!(
-            wait_param(&q("wait=0.5")).unwrap(),
-            Duration::from_millis(500)
-        );
-        assert_eq!(wait_param(&q("wait=3600")).unwrap(), MAX_WAIT);
-        for bad in ["wait=", "wait=abc", "wait=-1", "wait=NaN", "wait=inf"] {
-            assert!(wait_param(&q(bad)).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn ids_and_attempts_are_positive_integers() {
-        assert_eq!(id_param("7").unwrap(), 7);
-        for bad in ["0", "-1", "abc", "1.5", "", "99999999999999999999999"] {
-            assert!(id_param(bad).is_err(), "{bad}");
-        }
-        assert_eq!(attempt_param(&q("attempt=2")).unwrap(), Some(2));
-        assert_eq!(attempt_param(&None).unwrap(), None);
-        assert!(attempt_param(&q("attempt=0")).is_err());
-        assert!(attempt_param(&q("attempt=x")).is_err());
-    }
+    let attempt = attempt_param(query)?;
+    settle::settle_lease(gw, queue, id, attempt, |q, token| async move {
+        q.ack_lease(token).await
+    })
+    .await?;
+    Ok((StatusCode::OK, Json(json!({ "id": id }))).into_response())
 }

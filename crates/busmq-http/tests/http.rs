@@ -4,171 +4,14 @@
 //! `busmq` must be built first (`cargo build --workspace --bins`); cargo
 //! builds `busmq-http` itself before these tests.
 
+mod common;
+
 use std::time::Duration;
 
 use busmq_testkit::Process;
-use reqwest::{Client, Method, Response, StatusCode};
-use serde_json::{Value, json};
-
-/// A bus and a gateway in front of it.
-struct Stack {
-    broker: Process,
-    gateway: Process,
-    http: Client,
-}
-
-async fn broker() -> Process {
-    broker_on("memory").await
-}
-
-/// `busmq serve` over `backend` (`memory`, or `embedded` in the process's
-/// own directory).
-async fn broker_on(backend: &str) -> Process {
-    let builder = Process::builder("busmq");
-    let listen = builder.listen_addr().to_string();
-    let storage = busmq_testkit::free_addr().to_string();
-    let data_dir = builder.dir().join("data");
-    let serve = builder
-        .args(["serve", "--backend", backend, "--listen", &listen])
-        .args(["--storage-listen", &storage])
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .spawn();
-    serve.wait_ready().await;
-    serve
-}
-
-async fn gateway_for(broker: &Process, extra: &[&str]) -> Process {
-    let builder = Process::builder("busmq-http");
-    let listen = builder.listen_addr().to_string();
-    let gateway = builder
-        .args(["--listen", &listen, "--server", &broker.url()])
-        .args(extra)
-        .spawn();
-    gateway.wait_ready().await;
-    gateway
-}
-
-async fn stack(extra: &[&str]) -> Stack {
-    let broker = broker().await;
-    let gateway = gateway_for(&broker, extra).await;
-    Stack {
-        broker,
-        gateway,
-        http: Client::new(),
-    }
-}
-
-impl Stack {
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.gateway.addr())
-    }
-
-    async fn send(&self, method: Method, path: &str) -> Response {
-        self.http
-            .request(method, self.url(path))
-            .send()
-            .await
-            .expect("the gateway answers")
-    }
-
-    async fn get(&self, path: &str) -> Response {
-        self.send(Method::GET, path).await
-    }
-
-    async fn post(&self, path: &str) -> Response {
-        self.send(Method::POST, path).await
-    }
-
-    async fn post_json(&self, path: &str, body: &Value) -> Response {
-        self.http
-            .post(self.url(path))
-            .json(body)
-            .send()
-            .await
-            .expect("the gateway answers")
-    }
-
-    async fn post_form(&self, path: &str, form: &[(&str, &str)]) -> Response {
-        self.http
-            .post(self.url(path))
-            .form(form)
-            .send()
-            .await
-            .expect("the gateway answers")
-    }
-
-    async fn post_raw(&self, path: &str, content_type: Option<&str>, body: Vec<u8>) -> Response {
-        let mut request = self.http.post(self.url(path)).body(body);
-        if let Some(content_type) = content_type {
-            request = request.header("content-type", content_type);
-        }
-        request.send().await.expect("the gateway answers")
-    }
-
-    /// Pushes `payload` as JSON and returns its id.
-    async fn push(&self, prefix: &str, payload: Value) -> u64 {
-        let r = self
-            .post_json(
-                &format!("{prefix}/message/new"),
-                &json!({ "payload": payload }),
-            )
-            .await;
-        let (status, body) = status_json(r).await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-        body["id"].as_u64().expect("an id")
-    }
-
-    /// `GET {prefix}/message/next{query}`, expecting a message.
-    async fn next(&self, prefix: &str, query: &str) -> Value {
-        let (status, body) =
-            status_json(self.get(&format!("{prefix}/message/next{query}")).await).await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        body
-    }
-
-    async fn next_status(&self, prefix: &str) -> StatusCode {
-        self.get(&format!("{prefix}/message/next")).await.status()
-    }
-
-    async fn done(&self, prefix: &str, id: u64, query: &str) -> (StatusCode, Value) {
-        status_json(
-            self.post(&format!("{prefix}/message/{id}/status/done{query}"))
-                .await,
-        )
-        .await
-    }
-}
-
-/// The status and the JSON body of `r` (panics on a body that is not JSON).
-async fn status_json(r: Response) -> (StatusCode, Value) {
-    let status = r.status();
-    let content_type = r
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_owned());
-    let text = r.text().await.expect("a body");
-    let body = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{status}: body {text:?} is not JSON ({e})"));
-    assert_eq!(
-        content_type.as_deref(),
-        Some("application/json"),
-        "{status} {text}"
-    );
-    (status, body)
-}
-
-/// Asserts `r` is a JSON error with `status` and `code`.
-async fn assert_error(r: Response, status: StatusCode, code: &str) -> Value {
-    let (got, body) = status_json(r).await;
-    assert_eq!(got, status, "{body}");
-    assert_eq!(body["code"], code, "{body}");
-    assert!(
-        body["error"].as_str().is_some_and(|e| !e.is_empty()),
-        "{body}"
-    );
-    body
-}
+use common::*;
+use reqwest::{Client, Method, StatusCode};
+use serde_json::json;
 
 #[tokio::test]
 async fn the_seed_flow_line_by_line() {
@@ -404,21 +247,11 @@ async fn bad_input_is_a_json_error_with_the_right_status() {
     let r = s
         .post_raw("/message/new", Some("text/plain"), b"payload=x".to_vec())
         .await;
-    assert_error(
-        r,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "UNSUPPORTED_MEDIA_TYPE",
-    )
-    .await;
+    assert_unsupported_media_type(r).await;
     let r = s
         .post_raw("/message/new", None, b"payload=x".to_vec())
         .await;
-    assert_error(
-        r,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "UNSUPPORTED_MEDIA_TYPE",
-    )
-    .await;
+    assert_unsupported_media_type(r).await;
     // A body over --max-body-bytes.
     let big = json!({ "payload": "x".repeat(8192) });
     let r = s.post_json("/message/new", &big).await;
@@ -487,17 +320,6 @@ async fn a_message_over_the_broker_limit_is_413() {
     let big = json!({ "payload": "x".repeat(1_500_000) });
     let r = s.post_json("/message/new", &big).await;
     assert_error(r, StatusCode::PAYLOAD_TOO_LARGE, "MESSAGE_TOO_LARGE").await;
-}
-
-/// Polls `path` until it answers `status`, for at most 20 s.
-async fn eventually(s: &Stack, path: &str, status: StatusCode) {
-    for _ in 0..200 {
-        if s.get(path).await.status() == status {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{path} did not answer {status} within 20 s");
 }
 
 #[tokio::test]
