@@ -3,12 +3,17 @@
 
 pub mod error;
 pub mod limits;
+pub mod listing;
 pub mod name;
 pub mod object;
 pub mod queue_info;
 
 pub use error::{Error, ErrorCode, Reason, Result};
 pub use limits::Limits;
+pub use listing::{
+    ChannelFilter, ChannelPage, DEFAULT_LIST_LIMIT, ListFilter, ListName, MAX_LIST_LIMIT, Page,
+    QueueFilter, QueuePage,
+};
 pub use name::{ChannelName, DEAD_LETTER_SUFFIX, NameKind, NameMap, ObjectName, QueueName};
 pub use queue_info::QueueInfo;
 

@@ -46,6 +46,11 @@ impl fmt::Display for NameKind {
     }
 }
 
+/// Whether `b` may appear in a name: `[A-Za-z0-9._:-]`.
+pub(crate) fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-')
+}
+
 /// Checks `name` against the shared naming rules; `kind` names what it
 /// names in the error.
 fn validate(kind: NameKind, name: &str, limits: &Limits) -> Result<()> {
@@ -62,10 +67,7 @@ fn validate(kind: NameKind, name: &str, limits: &Limits) -> Result<()> {
     if name.len() > limits.max_name_len {
         return invalid("too long");
     }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-    {
+    if !name.bytes().all(is_name_byte) {
         return invalid("only A-Z a-z 0-9 . _ : - are allowed");
     }
     Ok(())

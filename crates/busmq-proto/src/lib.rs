@@ -2,6 +2,7 @@
 //! busmq's [`Error`] and gRPC [`Status`].
 
 pub mod duration;
+pub mod listing;
 
 use std::collections::HashMap;
 

@@ -14,7 +14,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
-pub use busmq_core::{ChannelName, Error, Message, ObjectName, QueueName, Result};
+pub use busmq_core::{
+    ChannelFilter, ChannelName, ChannelPage, Error, ListFilter, Message, ObjectName, Page,
+    QueueFilter, QueueName, QueuePage, Result,
+};
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -357,6 +360,16 @@ pub trait Storage: Send + Sync + 'static {
     /// State of the queue, or `None` when it does not exist.
     async fn info(&self, queue: &QueueName) -> Result<Option<QueueInfo>>;
 
+    /// A page of the store's queues (dead-letter queues included) in name
+    /// order, each with its state as [`Storage::info`] gives it: the queues
+    /// `filter` admits ([`ListFilter::admits`]), at most its
+    /// [`capped_limit`](ListFilter::capped_limit), with the cursor of the
+    /// next page when more follow. Walking the pages lists every queue that
+    /// exists throughout the walk exactly once; expired queues are never
+    /// listed. Not a snapshot: a queue created or closed meanwhile may or
+    /// may not appear.
+    async fn list_queues(&self, filter: &QueueFilter) -> Result<QueuePage>;
+
     /// One metadata value of the queue.
     async fn get_metadata(&self, queue: &QueueName, key: &str) -> Result<Option<String>>;
 
@@ -382,6 +395,12 @@ pub trait Storage: Send + Sync + 'static {
     /// [`Storage::publish`] on the channel (through any client of the same
     /// store) counts and reaches the subscription.
     async fn subscribe(&self, channel: &ChannelName) -> Result<Subscription>;
+
+    /// A page of the pub/sub channels that have at least one subscription
+    /// right now, in name order, each with its subscriber count as
+    /// [`Storage::publish`] would count it (every subscription through any
+    /// client of the store), paged as [`Storage::list_queues`].
+    async fn list_channels(&self, filter: &ChannelFilter) -> Result<ChannelPage>;
 
     /// Writes `fields` (name, JSON text) of the persistable `object`,
     /// creating it if needed and leaving its other fields alone. `ttl`

@@ -25,7 +25,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::{ChannelEvent, ChannelName, Error, Result, Storage, Subscription};
+use crate::{
+    ChannelEvent, ChannelFilter, ChannelName, ChannelPage, Error, Result, Storage, Subscription,
+};
 
 /// Events buffered per subscription and per hop before messages are
 /// dropped for it.
@@ -318,6 +320,18 @@ impl Hub {
             },
         }
         .boxed()
+    }
+
+    /// A page of the channels with subscribers, each with its count (see
+    /// [`Storage::list_channels`]).
+    pub fn list(&self, filter: &ChannelFilter) -> ChannelPage {
+        let channels = self.channels();
+        filter.page(
+            channels
+                .by_name
+                .iter()
+                .map(|(name, subscribers)| (name.clone(), subscribers.len() as u64)),
+        )
     }
 
     /// Subscribers of `channel` right now.

@@ -9,9 +9,9 @@ use bytes::Bytes;
 
 use busmq_storage::embedded::EmbeddedStorage;
 use busmq_storage::{
-    Attached, ChannelName, IdRange, LeaseToken, Leases, Message, Notifications, ObjectFields,
-    ObjectName, QueueInfo, QueueName, ReliableLock, Result, Settled, Settlement, Storage,
-    Subscription, TakeMode, TakeRequest, Taken,
+    Attached, ChannelFilter, ChannelName, ChannelPage, IdRange, LeaseToken, Leases, Message,
+    Notifications, ObjectFields, ObjectName, QueueFilter, QueueInfo, QueueName, QueuePage,
+    ReliableLock, Result, Settled, Settlement, Storage, Subscription, TakeMode, TakeRequest, Taken,
 };
 
 /// A store in a fresh directory that lives as long as the store: the
@@ -85,6 +85,12 @@ impl Storage for InTempDir {
     }
     async fn info(&self, q: &QueueName) -> Result<Option<QueueInfo>> {
         self.store.info(q).await
+    }
+    async fn list_queues(&self, filter: &QueueFilter) -> Result<QueuePage> {
+        self.store.list_queues(filter).await
+    }
+    async fn list_channels(&self, filter: &ChannelFilter) -> Result<ChannelPage> {
+        self.store.list_channels(filter).await
     }
     async fn get_metadata(&self, q: &QueueName, key: &str) -> Result<Option<String>> {
         self.store.get_metadata(q, key).await

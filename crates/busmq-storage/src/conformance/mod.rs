@@ -33,7 +33,9 @@ use crate::{
 };
 
 mod leases;
+mod listing;
 pub use leases::*;
+pub use listing::*;
 
 /// Expands to one `#[tokio::test]` per conformance check, each running the
 /// check on the `Arc<dyn Storage>` that `$factory.await` yields. See the
@@ -95,6 +97,9 @@ macro_rules! conformance_tests {
             objects_save_merge_and_load,
             object_bad_saves_are_refused,
             object_touch_keeps_alive_then_expires,
+            list_queues_pages_once_in_name_order,
+            list_queues_includes_dead_letter_queues,
+            list_channels_with_subscriber_counts,
         );
     };
     (@each $runtime:tt $factory:expr; $($check:ident),+ $(,)?) => {

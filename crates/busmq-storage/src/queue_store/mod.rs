@@ -37,9 +37,10 @@ use busmq_core::{DEFAULT_TTL_SECS, NameMap};
 use crate::object_state::Objects;
 use crate::pubsub::Hub;
 use crate::{
-    Attached, ChannelName, Error, IdRange, LeaseToken, Leases, Message, Notification,
-    Notifications, ObjectFields, ObjectName, QueueInfo, QueueName, ReliableLock, Result, Settled,
-    Settlement, Storage, Subscription, TakeMode, TakeRequest, Taken,
+    Attached, ChannelFilter, ChannelName, ChannelPage, Error, IdRange, LeaseToken, Leases, Message,
+    Notification, Notifications, ObjectFields, ObjectName, QueueFilter, QueueInfo, QueueName,
+    QueuePage, ReliableLock, Result, Settled, Settlement, Storage, Subscription, TakeMode,
+    TakeRequest, Taken,
 };
 
 /// Notifications buffered per watcher before it is told it lagged. A lag
@@ -678,21 +679,20 @@ impl<J: Journal> Storage for QueueStore<J> {
 
     async fn info(&self, queue: &QueueName) -> Result<Option<QueueInfo>> {
         let now = Instant::now();
-        let info = self
-            .with_queue(queue, |q, _| QueueInfo {
-                count: (q.ready.len() + q.pending.len() + q.leases.len()) as u64,
-                ttl: q.ttl,
-                attachments: q.attachments,
-                pending: q.pending.len() as u64,
-                next_id: q.next_id,
-                pushed: q.pushed,
-                consumed: q.consumed,
-                reliable_consumer: q.lock_holder(now).is_some(),
-                leased: q.leases.len() as u64,
-                max_deliveries: q.max_deliveries,
-            })
-            .await;
+        let info = self.with_queue(queue, |q, _| q.info(now)).await;
         Self::or_missing(info.map(Some), None)
+    }
+
+    async fn list_queues(&self, filter: &QueueFilter) -> Result<QueuePage> {
+        let now = Instant::now();
+        let queues = self.queues();
+        let live = queues
+            .iter()
+            .filter(|(_, q)| !q.expired(now))
+            .map(|(name, _)| (name.clone(), ()));
+        Ok(filter
+            .page(live)
+            .filter_map(|name, ()| queues.get(name).map(|q| q.info(now))))
     }
 
     async fn get_metadata(&self, queue: &QueueName, key: &str) -> Result<Option<String>> {
@@ -724,6 +724,10 @@ impl<J: Journal> Storage for QueueStore<J> {
 
     async fn subscribe(&self, channel: &ChannelName) -> Result<Subscription> {
         Ok(self.shared.hub.subscribe(channel))
+    }
+
+    async fn list_channels(&self, filter: &ChannelFilter) -> Result<ChannelPage> {
+        Ok(self.shared.hub.list(filter))
     }
 
     async fn object_save(

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::change::{Change, QueueMeta, Recorder};
 use super::lease::{Delivery, Lease};
-use crate::{Error, Message, QueueName, Result, TakeMode};
+use crate::{Error, Message, QueueInfo, QueueName, Result, TakeMode};
 
 /// One queue. Invariant: `pending` and `ready` are each sorted by id, and
 /// every pending id is below every ready id (pending messages came from the
@@ -113,6 +113,22 @@ impl Queue {
         }
         rec.meta(name, self);
         Ok(taken)
+    }
+
+    /// The queue's state at `now`, as [`crate::Storage::info`] reports it.
+    pub(crate) fn info(&self, now: Instant) -> QueueInfo {
+        QueueInfo {
+            count: (self.ready.len() + self.pending.len() + self.leases.len()) as u64,
+            ttl: self.ttl,
+            attachments: self.attachments,
+            pending: self.pending.len() as u64,
+            next_id: self.next_id,
+            pushed: self.pushed,
+            consumed: self.consumed,
+            reliable_consumer: self.lock_holder(now).is_some(),
+            leased: self.leases.len() as u64,
+            max_deliveries: self.max_deliveries,
+        }
     }
 
     pub(crate) fn lock_holder(&self, now: Instant) -> Option<&str> {

@@ -39,6 +39,38 @@ pub(super) fn keys(queue: &QueueName) -> [String; 8] {
     ]
 }
 
+/// The `SCAN MATCH` pattern of the meta keys of queues whose name may
+/// contain `contains` (every queue's with `None`). Name characters are no
+/// glob metacharacters, so `contains` needs no escaping; a match may still
+/// be a queue whose dead-letter placement holds the text, so callers check
+/// the name itself ([`queue_of_meta`]).
+pub(super) fn meta_pattern(contains: Option<&str>) -> String {
+    match contains {
+        Some(text) => format!("{KEY_PREFIX}:{{*{text}*:meta"),
+        None => format!("{KEY_PREFIX}:{{*:meta"),
+    }
+}
+
+/// The queue name a meta key ([`keys`]`[0]`) belongs to, or `None` for
+/// any other key.
+pub(super) fn queue_of_meta(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix(KEY_PREFIX)?.strip_prefix(":{")?;
+    let (place, rest) = rest.split_once('}')?;
+    match rest {
+        ":meta" => Some(place),
+        _ => rest.strip_prefix(':')?.strip_suffix(":meta"),
+    }
+}
+
+/// The Redis channels of every busmq pub/sub channel whose name may contain
+/// `contains`, as a `PUBSUB CHANNELS` pattern.
+pub(super) fn pubsub_pattern(contains: Option<&str>) -> String {
+    match contains {
+        Some(text) => format!("{PUBSUB_PREFIX}*{text}*"),
+        None => format!("{PUBSUB_PREFIX}*"),
+    }
+}
+
 /// The hash of a persistable object.
 pub(super) fn object_key(object: &ObjectName) -> String {
     format!("{KEY_PREFIX}:obj:{{{object}}}")
@@ -62,6 +94,12 @@ mod tests {
         assert!(k.iter().all(|k| k.contains("{orders.eu:1}")));
         let dlq = keys(&q.dead_letters().dead_letters());
         assert_eq!(dlq[0], "busmq:{orders.eu:1}:orders.eu:1.dlq.dlq:meta");
+        for name in [&q, &q.dead_letters().dead_letters()] {
+            assert_eq!(queue_of_meta(&keys(name)[0]), Some(name.as_str()));
+            assert_eq!(queue_of_meta(&keys(name)[1]), None, "not a meta key");
+        }
+        assert_eq!(meta_pattern(Some("eu")), "busmq:{*eu*:meta");
+        assert_eq!(queue_of_meta("busmq:obj:{x:meta}"), None);
         let odd = QueueName::parse(".dlq", &Limits::default()).unwrap();
         assert_eq!(placement(&odd), ".dlq");
     }

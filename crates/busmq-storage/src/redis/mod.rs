@@ -157,6 +157,7 @@ mod config;
 mod conn;
 mod expiry;
 mod keys;
+mod listing;
 mod notify;
 mod reply;
 mod routing;

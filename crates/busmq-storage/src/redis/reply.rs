@@ -7,7 +7,9 @@ use bytes::Bytes;
 
 use super::config;
 use super::conn::{self, Node};
-use crate::{Error, LeasedMessage, Message, Result};
+use std::time::Duration;
+
+use crate::{Error, LeasedMessage, Message, QueueInfo, Result};
 
 /// A script's answer, by status.
 pub(super) enum Outcome {
@@ -45,6 +47,29 @@ pub(super) fn settle<T>(
             )))
         }
     }
+}
+
+/// The state of a queue from the info script's answer: `None` when the
+/// queue does not exist.
+pub(super) fn info_reply(outcome: Outcome) -> Result<Option<QueueInfo>> {
+    let v = match outcome {
+        Outcome::Ok(v) => v,
+        Outcome::Missing => return Ok(None),
+        _ => return Err(unexpected("info", &"a status")),
+    };
+    let field = |i: usize| uint(v.get(i), "info");
+    Ok(Some(QueueInfo {
+        count: field(0)?,
+        ttl: Duration::from_millis(field(1)?),
+        attachments: field(2)?,
+        pending: field(3)?,
+        next_id: field(4)?,
+        pushed: field(5)?,
+        consumed: field(6)?,
+        reliable_consumer: field(7)? == 1,
+        leased: field(8)?,
+        max_deliveries: u32::try_from(field(9)?).unwrap_or(u32::MAX),
+    }))
 }
 
 pub(super) fn unexpected(what: &str, v: &impl std::fmt::Debug) -> Error {

@@ -93,11 +93,22 @@ impl Inner {
         settle(node, generation, reply)
     }
 
-    /// Runs a `PUBLISH` on the Cluster node subscriptions use.
-    pub(super) async fn cluster_publish(&self, cmd: &Cmd) -> Result<i64> {
+    /// Runs a pub/sub command (`PUBLISH`, `PUBSUB ...`) where the
+    /// subscriptions are: the pub/sub shard, or on a Cluster the node
+    /// subscriptions use.
+    pub(super) async fn pubsub_query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
+        if matches!(self.config.layout, Layout::Cluster(_)) {
+            self.cluster_pubsub_query(cmd).await
+        } else {
+            self.query(PUBSUB_SHARD, cmd).await
+        }
+    }
+
+    /// Runs a pub/sub command on the Cluster node subscriptions use.
+    async fn cluster_pubsub_query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
         let node = &self.nodes[PUBSUB_SHARD];
         let unavailable =
-            |e: String| Error::Unavailable(format!("Redis at {}: publish: {e}", node.label()));
+            |e: String| Error::Unavailable(format!("Redis at {}: pub/sub: {e}", node.label()));
         let mut conn = {
             let mut publisher = self.cluster_publisher.lock().await;
             match publisher.as_ref() {
@@ -116,9 +127,8 @@ impl Inner {
         };
         // The multiplexed connection is shared: no lock while waiting.
         let failed =
-            match tokio::time::timeout(conn::CALL_TIMEOUT, cmd.query_async::<i64>(&mut conn)).await
-            {
-                Ok(Ok(n)) => return Ok(n),
+            match tokio::time::timeout(conn::CALL_TIMEOUT, cmd.query_async::<T>(&mut conn)).await {
+                Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) => config::describe(&e),
                 Err(_) => format!("no answer within {:?}", conn::CALL_TIMEOUT),
             };

@@ -12,14 +12,14 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
 
 use super::keys::{object_key, pubsub_channel};
-use super::reply::{Outcome, int, leased_members, members, uint, unexpected};
+use super::reply::{Outcome, info_reply, int, leased_members, members, uint, unexpected};
 use super::subscriptions::{open_channel, pump_channel};
-use super::{CHANNEL, Layout, PUBSUB_SHARD, RedisStorage, ms, scripts};
+use super::{CHANNEL, PUBSUB_SHARD, RedisStorage, ms, scripts};
 use crate::pubsub::{Outbox, SUBSCRIPTION_BUFFER};
 use crate::{
-    Attached, ChannelName, Error, IdRange, LeaseToken, Leases, Message, Notification,
-    Notifications, ObjectFields, ObjectName, QueueInfo, QueueName, ReliableLock, Result, Settled,
-    Settlement, Storage, Subscription, TakeMode,
+    Attached, ChannelFilter, ChannelName, ChannelPage, Error, IdRange, LeaseToken, Leases, Message,
+    Notification, Notifications, ObjectFields, ObjectName, QueueFilter, QueueInfo, QueueName,
+    QueuePage, ReliableLock, Result, Settled, Settlement, Storage, Subscription, TakeMode,
 };
 
 /// The default ttl of a dead-letter queue, in ms, as scripts take it.
@@ -387,25 +387,12 @@ impl Storage for RedisStorage {
     async fn info(&self, queue: &QueueName) -> Result<Option<QueueInfo>> {
         let inner = &self.inner;
         let args = |_: &mut ScriptInvocation<'_>| {};
-        match inner.exec(queue, &inner.scripts.info, &args, false).await? {
-            (_, Outcome::Ok(v)) => {
-                let field = |i: usize| uint(v.get(i), "info");
-                Ok(Some(QueueInfo {
-                    count: field(0)?,
-                    ttl: Duration::from_millis(field(1)?),
-                    attachments: field(2)?,
-                    pending: field(3)?,
-                    next_id: field(4)?,
-                    pushed: field(5)?,
-                    consumed: field(6)?,
-                    reliable_consumer: field(7)? == 1,
-                    leased: field(8)?,
-                    max_deliveries: u32::try_from(field(9)?).unwrap_or(u32::MAX),
-                }))
-            }
-            (_, Outcome::Missing) => Ok(None),
-            _ => Err(unexpected("info", &"a status")),
-        }
+        let (_, outcome) = inner.exec(queue, &inner.scripts.info, &args, false).await?;
+        info_reply(outcome)
+    }
+
+    async fn list_queues(&self, filter: &QueueFilter) -> Result<QueuePage> {
+        self.inner.list_queues(filter).await
     }
 
     async fn get_metadata(&self, queue: &QueueName, key: &str) -> Result<Option<String>> {
@@ -461,12 +448,12 @@ impl Storage for RedisStorage {
     async fn publish(&self, channel: &ChannelName, message: Bytes) -> Result<u64> {
         let mut cmd = ::redis::cmd("PUBLISH");
         cmd.arg(pubsub_channel(channel)).arg(message.as_ref());
-        let receivers: i64 = if matches!(self.inner.config.layout, Layout::Cluster(_)) {
-            self.inner.cluster_publish(&cmd).await?
-        } else {
-            self.inner.query(PUBSUB_SHARD, &cmd).await?
-        };
+        let receivers: i64 = self.inner.pubsub_query(&cmd).await?;
         u64::try_from(receivers).map_err(|_| unexpected("PUBLISH", &receivers))
+    }
+
+    async fn list_channels(&self, filter: &ChannelFilter) -> Result<ChannelPage> {
+        self.inner.list_channels(filter).await
     }
 
     async fn subscribe(&self, channel: &ChannelName) -> Result<Subscription> {

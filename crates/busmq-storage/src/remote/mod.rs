@@ -13,7 +13,7 @@ use busmq_core::Limits;
 use busmq_proto::from_status;
 use busmq_proto::storage::v1 as pb;
 use busmq_proto::storage::v1::storage_client::StorageClient;
-use busmq_proto::{duration, v1};
+use busmq_proto::{duration, listing, v1};
 use bytes::Bytes;
 use futures::StreamExt;
 use prost::Message as _;
@@ -30,9 +30,10 @@ use session::{Sessions, mismatch};
 
 use crate::wire;
 use crate::{
-    Attached, ChannelEvent, ChannelName, Error, IdRange, LeaseToken, LeasedMessage, Leases,
-    Message, Notification, Notifications, ObjectFields, ObjectName, QueueInfo, QueueName,
-    ReliableLock, Result, Settled, Settlement, Storage, Subscription, TakeMode, TakeRequest, Taken,
+    Attached, ChannelEvent, ChannelFilter, ChannelName, ChannelPage, Error, IdRange, LeaseToken,
+    LeasedMessage, Leases, Message, Notification, Notifications, ObjectFields, ObjectName,
+    QueueFilter, QueueInfo, QueueName, QueuePage, ReliableLock, Result, Settled, Settlement,
+    Storage, Subscription, TakeMode, TakeRequest, Taken,
 };
 
 /// Largest message the client sends or accepts: generous, so the server's
@@ -600,6 +601,16 @@ impl Storage for RemoteStorage {
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.list_queues", skip_all, fields(otel.kind = "client"))]
+    async fn list_queues(&self, filter: &QueueFilter) -> Result<QueuePage> {
+        let r = self
+            .client()
+            .list_queues(listing::queues_request(filter))
+            .await
+            .map_err(|s| self.error(s))?;
+        listing::queue_page(r.into_inner())
+    }
+
     #[tracing::instrument(level = "debug", name = "storage.get_metadata", skip_all, fields(otel.kind = "client", messaging.destination.name = queue.as_str()))]
     async fn get_metadata(&self, queue: &QueueName, key: &str) -> Result<Option<String>> {
         let r = self
@@ -654,6 +665,16 @@ impl Storage for RemoteStorage {
             .await
             .map_err(|s| self.error(s))?;
         Ok(r.into_inner().receivers)
+    }
+
+    #[tracing::instrument(level = "debug", name = "storage.list_channels", skip_all, fields(otel.kind = "client"))]
+    async fn list_channels(&self, filter: &ChannelFilter) -> Result<ChannelPage> {
+        let r = self
+            .client()
+            .list_channels(listing::channels_request(filter))
+            .await
+            .map_err(|s| self.error(s))?;
+        listing::channel_page(r.into_inner())
     }
 
     /// Opens one `Subscribe` stream per subscription (streams share the

@@ -13,7 +13,7 @@ use busmq_core::Limits;
 use busmq_proto::storage::v1 as pb;
 use busmq_proto::storage::v1::storage_server::Storage as StorageRpc;
 use busmq_proto::to_status;
-use busmq_proto::{duration, prost_types, v1};
+use busmq_proto::{duration, listing, prost_types, v1};
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -529,6 +529,28 @@ impl StorageRpc for StorageService {
             Some(info) => Ok(Response::new(info.into())),
             None => Err(to_status(Error::QueueNotFound(queue.to_string()))),
         }
+    }
+
+    async fn list_queues(
+        &self,
+        request: Request<v1::ListQueuesRequest>,
+    ) -> Result<Response<v1::ListQueuesResponse>, Status> {
+        let filter = listing::queue_filter(request.get_ref(), &self.limits).map_err(to_status)?;
+        let page = self.storage.list_queues(&filter).await.map_err(to_status)?;
+        Ok(Response::new(page.into()))
+    }
+
+    async fn list_channels(
+        &self,
+        request: Request<v1::ListChannelsRequest>,
+    ) -> Result<Response<v1::ListChannelsResponse>, Status> {
+        let filter = listing::channel_filter(request.get_ref(), &self.limits).map_err(to_status)?;
+        let page = self
+            .storage
+            .list_channels(&filter)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(page.into()))
     }
 
     async fn get_metadata(
