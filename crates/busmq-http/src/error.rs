@@ -67,6 +67,13 @@ pub enum HttpError {
     /// The gateway holds as many leases as `--max-leases` allows.
     #[error("the gateway already tracks {0} leases; retry when some are done or expired")]
     TooManyLeases(usize),
+    /// `--token` is set and the request does not carry it as a bearer
+    /// token.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// `GET /metrics` in a process that records none.
+    #[error("{0}")]
+    MetricsOff(String),
     /// The broker does not answer its health check.
     #[error("the broker does not answer: {0}")]
     NotReady(String),
@@ -116,7 +123,10 @@ impl HttpError {
             }
             HttpError::UpgradeRequired(_) => StatusCode::UPGRADE_REQUIRED,
             HttpError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            HttpError::TooManyLeases(_) | HttpError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            HttpError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            HttpError::TooManyLeases(_) | HttpError::NotReady(_) | HttpError::MetricsOff(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             HttpError::Bus(e) => bus_status(e),
         }
     }
@@ -138,6 +148,8 @@ impl HttpError {
             HttpError::NoRoute(_) => "NO_ROUTE",
             HttpError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             HttpError::TooManyLeases(_) => "TOO_MANY_LEASES",
+            HttpError::Unauthorized(_) => "UNAUTHORIZED",
+            HttpError::MetricsOff(_) => "METRICS_OFF",
             HttpError::NotReady(_) => "BROKER_UNAVAILABLE",
             HttpError::Bus(e) => match e.reason() {
                 Some(reason) => reason.as_str(),
@@ -190,7 +202,14 @@ impl IntoResponse for HttpError {
             error,
             code: self.code().to_owned(),
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"busmq\""),
+            );
+        }
+        response
     }
 }
 

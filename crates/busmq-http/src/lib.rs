@@ -11,8 +11,10 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod error;
 pub mod leases;
+pub mod observe;
 mod params;
 pub mod payload;
 mod routes;
@@ -55,6 +57,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// The most leases tracked at once for id-only dones (503 above).
     pub max_leases: usize,
+    /// The bearer token every request but `/healthz` and `/readyz` must
+    /// carry; none by default.
+    pub token: auth::Token,
 }
 
 impl Default for Config {
@@ -64,6 +69,7 @@ impl Default for Config {
             default_queue: "default".to_owned(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_leases: DEFAULT_MAX_LEASES,
+            token: auth::Token::new(None),
         }
     }
 }

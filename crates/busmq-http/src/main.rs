@@ -39,6 +39,13 @@ struct Args {
     /// /message/next answers 503 while that many are outstanding.
     #[arg(long, env = "BUSMQ_HTTP_MAX_LEASES", default_value_t = busmq_http::DEFAULT_MAX_LEASES)]
     max_leases: usize,
+    /// A bearer token every request but /healthz and /readyz must carry
+    /// (`Authorization: Bearer <token>`); none by default. Prefer the
+    /// environment variable: a flag shows in the process list.
+    #[arg(long, env = "BUSMQ_HTTP_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(flatten)]
+    metrics: busmq_server::metrics::MetricsArgs,
     /// Log lines as `text` or `json` (one object per line); `RUST_LOG`
     /// filters them.
     #[arg(long, env = "BUSMQ_LOG_FORMAT", value_enum, default_value_t)]
@@ -67,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
         default_queue: args.default_queue,
         max_body_bytes: args.max_body_bytes,
         max_leases: args.max_leases,
+        token: busmq_http::auth::Token::new(args.token.as_deref()),
     };
     // Lazy: the gateway starts (and /healthz answers) while the broker is
     // still down, and each request says so with a 503 until it is up.
@@ -79,6 +87,15 @@ async fn main() -> anyhow::Result<()> {
             give_up_after: Duration::ZERO,
         });
     let shutdown = busmq_server::shutdown_on_signal();
+    if args
+        .metrics
+        .serve(busmq_server::metrics::HTTP_METRICS_PORT, shutdown.clone())
+        .await
+        .context("metrics listener")?
+        .is_some()
+    {
+        busmq_http::observe::describe();
+    }
     let gateway = Arc::new(Gateway::new(bus, config, shutdown.clone()));
     let listener = busmq_server::bind(args.listen).await?;
     tracing::info!(

@@ -9,6 +9,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use busmq_client::Delivery;
@@ -18,6 +19,7 @@ use crate::error::HttpError;
 use crate::params::{attempt_param, bad_path, body, id_param, wait_param};
 use crate::take::Mode;
 use crate::{Gateway, broker_ready, payload, settle, take, v1};
+use crate::{auth, observe};
 
 /// How long `/readyz` waits for the broker's health answer.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -27,6 +29,7 @@ type Shared = State<Arc<Gateway>>;
 /// The gateway's routes, over `gateway`.
 pub fn router(gateway: Arc<Gateway>) -> Router {
     let limit = gateway.config.max_body_bytes;
+    let token = gateway.config.token.clone();
     Router::new()
         .route("/message/new", post(push_default))
         .route("/message/next", get(next_default))
@@ -36,10 +39,16 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/queues/{name}/message/{id}/status/done", post(done_named))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .merge(v1::router())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
+        // Layers last, so they cover every route above, merged ones too.
+        // Outermost first in a request's path: counted and traced, then
+        // authenticated, and only then is a body read.
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(token, auth::require))
+        .layer(middleware::from_fn(observe::observe))
         .with_state(gateway)
 }
 
@@ -59,6 +68,14 @@ async fn wrong_method(method: Method, uri: Uri) -> HttpError {
     responses((status = 200, description = "Up", body = crate::v1::schema::Status)))]
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
+}
+
+/// The same exposition as the `--metrics-listen` port, for a scraper that
+/// reaches only the gateway's port.
+async fn metrics() -> Result<Response, HttpError> {
+    busmq_server::metrics::exposition().ok_or_else(|| {
+        HttpError::MetricsOff("metrics are off in this process (--metrics-listen off)".to_owned())
+    })
 }
 
 /// 200 when the broker answers its health check as SERVING.

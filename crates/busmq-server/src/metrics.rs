@@ -91,6 +91,9 @@ pub const BROKER_METRICS_PORT: u16 = 9101;
 /// The admin port of `busmq-storage`.
 pub const STORAGE_METRICS_PORT: u16 = 9102;
 
+/// The admin port of `busmq-http`.
+pub const HTTP_METRICS_PORT: u16 = 9103;
+
 /// The metrics flags of every server.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MetricsArgs {
@@ -160,6 +163,7 @@ pub async fn serve(
         .expect("the bucket list is not empty")
         .build_recorder();
     let handle = recorder.handle();
+    let _ = HANDLE.set(handle.clone());
     metrics::set_global_recorder(recorder).map_err(|_| {
         std::io::Error::other("a metrics recorder is installed already in this process")
     })?;
@@ -199,6 +203,15 @@ pub async fn serve(
     });
     tracing::info!("metrics on http://{local}/metrics");
     Ok(Some(local))
+}
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The `GET /metrics` answer of this process, for a gateway that serves it
+/// on its own port too; `None` when metrics are off.
+pub fn exposition() -> Option<axum::response::Response> {
+    use axum::response::IntoResponse;
+    enabled().then(|| HANDLE.get().map(|h| scrape(h).into_response()))?
 }
 
 fn scrape(handle: &PrometheusHandle) -> impl axum::response::IntoResponse + use<> {

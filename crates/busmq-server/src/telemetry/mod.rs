@@ -333,21 +333,9 @@ where
     }
 }
 
-/// The request's span: the child of the caller's trace context when the
-/// sampler follows it, else a root of its own, sampled.
 fn server_root<B>(request: &http::Request<B>) -> RootSpan {
     let path = request.uri().path();
-    let headers = request.headers();
-    if enabled() && sampling::follows_parent() && headers.contains_key("traceparent") {
-        let span = server_span(path);
-        set_parent_from_headers(&span, headers);
-        return RootSpan::built(span);
-    }
-    RootSpan::new(|| {
-        let span = server_span(path);
-        set_parent_from_headers(&span, headers);
-        span
-    })
+    RootSpan::for_request(request.headers(), || server_span(path))
 }
 
 fn server_span(path: &str) -> Span {

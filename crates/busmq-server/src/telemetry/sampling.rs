@@ -196,6 +196,22 @@ impl RootSpan {
         RootSpan::built(span)
     }
 
+    /// The span of a request that came with `headers` (gRPC or HTTP): the
+    /// child of the caller's trace context when it sent one and the sampler
+    /// follows it, else a root of its own, sampled like [`RootSpan::new`].
+    pub fn for_request(headers: &http::HeaderMap, make: impl FnOnce() -> Span) -> RootSpan {
+        if super::enabled() && follows_parent() && headers.contains_key("traceparent") {
+            let span = make();
+            super::set_parent_from_headers(&span, headers);
+            return RootSpan::built(span);
+        }
+        RootSpan::new(|| {
+            let span = make();
+            super::set_parent_from_headers(&span, headers);
+            span
+        })
+    }
+
     pub(crate) fn built(span: Span) -> RootSpan {
         RootSpan {
             span,
