@@ -16,19 +16,20 @@ use axum::http::HeaderMap;
 use busmq_client::{Persistable, Value};
 
 use super::Shared;
-use super::schema::{ObjectPath, ObjectQuery};
+use super::schema::{self, ObjectPath, ObjectQuery};
 use crate::error::HttpError;
 use crate::params::{bad_path, body, seconds_param};
 use crate::{Gateway, payload};
 
-/// The fields of an object.
+/// The fields of an object ([`schema::Fields`]).
 type Fields = BTreeMap<String, Value>;
 
-/// `?ttl=SECONDS`: above 0, when given (the broker judges the ceiling).
+/// `?ttl=SECONDS`: above 0, when given, rounded up to whole seconds as the
+/// bus counts them (the broker judges the ceiling).
 fn ttl_param(query: &Option<String>) -> Result<Option<Duration>, HttpError> {
     seconds_param(query, "ttl", true)?
         .map(|seconds| {
-            Duration::try_from_secs_f64(seconds).map_err(|_| {
+            Duration::try_from_secs_f64(seconds.ceil()).map_err(|_| {
                 HttpError::BadParameter(format!("ttl of {seconds} seconds is out of range"))
             })
         })
@@ -103,7 +104,7 @@ async fn write(
     path = "/v1/objects/{name}",
     tag = "objects",
     params(ObjectPath),
-    responses((status = 200, description = "The fields", body = BTreeMap<String, Value>)),
+    responses((status = 200, description = "The fields", body = schema::Fields)),
 )]
 pub async fn get(
     State(gw): Shared,
@@ -126,8 +127,8 @@ pub async fn get(
     path = "/v1/objects/{name}",
     tag = "objects",
     params(ObjectPath, ObjectQuery),
-    request_body(content = BTreeMap<String, Value>, content_type = "application/json"),
-    responses((status = 200, description = "The fields after", body = BTreeMap<String, Value>)),
+    request_body(content = schema::Fields, content_type = "application/json"),
+    responses((status = 200, description = "The fields after", body = schema::Fields)),
 )]
 pub async fn put(
     State(gw): Shared,
@@ -145,8 +146,8 @@ pub async fn put(
     path = "/v1/objects/{name}",
     tag = "objects",
     params(ObjectPath, ObjectQuery),
-    request_body(content = BTreeMap<String, Value>, content_type = "application/json"),
-    responses((status = 200, description = "The fields after", body = BTreeMap<String, Value>)),
+    request_body(content = schema::Fields, content_type = "application/json"),
+    responses((status = 200, description = "The fields after", body = schema::Fields)),
 )]
 pub async fn patch(
     State(gw): Shared,

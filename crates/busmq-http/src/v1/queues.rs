@@ -37,16 +37,17 @@ fn mode_param(gw: &Gateway, query: &Option<String>) -> Result<Mode, HttpError> {
             })?
         }
     };
+    // Each mode's own parameters are checked in every mode: a malformed
+    // one is a mistake whichever mode it meets.
+    let visibility = visibility_param(query)?;
+    let last = index_param(query, "last")?;
+    let from = index_param(query, "from")?;
     Ok(match name {
-        ModeName::Lease => {
-            Mode::Lease(visibility_param(query)?.unwrap_or(gw.config.visibility_timeout))
-        }
-        ModeName::Reliable => Mode::Reliable {
-            last: index_param(query, "last")?,
-        },
+        ModeName::Lease => Mode::Lease(visibility.unwrap_or(gw.config.visibility_timeout)),
+        ModeName::Reliable => Mode::Reliable { last },
         ModeName::Unreliable => Mode::Unreliable,
         ModeName::Persistent => Mode::Persistent {
-            from: index_param(query, "from")?.unwrap_or(0),
+            from: from.unwrap_or(0),
         },
     })
 }

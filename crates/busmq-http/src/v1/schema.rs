@@ -40,16 +40,25 @@ pub struct Messages {
     pub messages: Vec<Message>,
 }
 
-/// A push to a queue: one message or a batch.
+/// A push to a queue: one message (`payload`) or a batch (`messages`),
+/// not both.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // The handlers read the body as JSON text; this describes it.
+pub enum PushRequest {
+    /// One message.
+    One(PublishRequest),
+    /// A batch.
+    Batch(BatchRequest),
+}
+
+/// A batch of messages.
 #[derive(Debug, Deserialize, ToSchema)]
 #[allow(dead_code)] // The handlers read the body as JSON text; this describes it.
-pub struct PushRequest {
-    /// One message: any JSON value.
-    #[schema(value_type = Option<Value>)]
-    pub payload: Option<Value>,
-    /// A batch: one message per element (any JSON values), at least one.
-    #[schema(value_type = Option<Vec<Value>>, min_items = 1)]
-    pub messages: Option<Vec<Value>>,
+pub struct BatchRequest {
+    /// One message per element (any JSON values), at least one.
+    #[schema(min_items = 1)]
+    pub messages: Vec<Value>,
 }
 
 /// A publication: one message.
@@ -175,6 +184,31 @@ pub struct Published {
     pub receivers: u64,
 }
 
+/// The fields of a persistable object: a JSON object whose names are 1 to
+/// 200 bytes (the broker's rule) and whose values are any JSON.
+#[derive(Debug)]
+pub struct Fields;
+
+impl utoipa::PartialSchema for Fields {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
+        let name = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(200));
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some("Field names (1 to 200 bytes) to any JSON values"))
+            .property_names(Some(name))
+            .additional_properties(Some(
+                AdditionalProperties::<utoipa::openapi::schema::Schema>::FreeForm(true),
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for Fields {}
+
 /// The status of the process or of its broker.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Status {
@@ -246,6 +280,7 @@ pub enum ModeName {
 #[allow(dead_code)] // Read by the handlers from the query; this describes it.
 pub struct ConsumeQuery {
     /// The consume mode (default `lease`).
+    #[param(inline)]
     pub mode: Option<ModeName>,
     /// The most messages to answer with (default 1).
     #[param(minimum = 1, maximum = 1000)]
@@ -255,7 +290,8 @@ pub struct ConsumeQuery {
     #[param(minimum = 0, maximum = 20)]
     pub wait: Option<f64>,
     /// `lease`: seconds each message stays leased (default
-    /// `--visibility-timeout`).
+    /// `--visibility-timeout`). Like `from` and `last`, checked in every
+    /// mode and used only in its own.
     #[param(exclusive_minimum = 0, maximum = 43200)]
     pub visibility: Option<f64>,
     /// `persistent`: the first id to read (default 0: the oldest stored).
@@ -284,6 +320,7 @@ pub enum AckMode {
 #[allow(dead_code)] // Read by the handlers from the query; this describes it.
 pub struct AckQuery {
     /// `lease` (default) or `reliable`.
+    #[param(inline)]
     pub mode: Option<AckMode>,
     /// `lease`: the delivery's attempt, as handed out. Without it, the
     /// lease this gateway handed out (see docs/http.md, the lease book).
@@ -308,7 +345,8 @@ pub struct NackQuery {
 #[allow(dead_code)] // Read by the handlers from the query; this describes it.
 pub struct ObjectQuery {
     /// Seconds the object lives after this write (whole seconds, rounded
-    /// up); without it, it never expires.
-    #[param(exclusive_minimum = 0)]
+    /// up: at least 1), at most the broker's ceiling of ten years; without
+    /// it, it never expires.
+    #[param(exclusive_minimum = 0, maximum = 315_360_000)]
     pub ttl: Option<f64>,
 }
