@@ -1,6 +1,9 @@
 //! The busmq HTTP gateway: the message-queue HTTP API (`POST /message/new`,
 //! `GET /message/next`, `POST /message/:id/status/done`, and the same under
-//! `/queues/:name/`) over a busmq broker, plus `/healthz` and `/readyz`.
+//! `/queues/:name/`) over a busmq broker, plus `/healthz` and `/readyz`;
+//! and the `/v1` REST API ([`v1`]: queues in every consume mode, pub/sub as
+//! Server-Sent Events, persistable objects, a WebSocket) with
+//! `GET /openapi.json` describing every route.
 //!
 //! A thin adapter: every request becomes SDK calls to the broker
 //! (`busmq-client`), and every queue rule (order, leases, their expiry and
