@@ -15,6 +15,7 @@ use busmq_core::Limits;
 use busmq_proto::to_status;
 use busmq_proto::v1::{self, pub_sub_server::PubSub};
 use busmq_storage::Storage;
+use busmq_storage::listing::list_channels_checked;
 use busmq_storage::pubsub::{Batch, publish_checked, subscribe_checked};
 use futures::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
@@ -89,5 +90,15 @@ impl PubSub for PubSubService {
         let subscribed = event(v1::pub_sub_event::Event::Subscribed(v1::Subscribed {}));
         let stream = futures::stream::once(async { Ok(subscribed) }).chain(batches.map(to_wire));
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_channels(
+        &self,
+        request: Request<v1::ListChannelsRequest>,
+    ) -> Result<Response<v1::ListChannelsResponse>, Status> {
+        list_channels_checked(&*self.storage, &self.limits, request.get_ref())
+            .await
+            .map(Response::new)
+            .map_err(to_status)
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use busmq_core::{Error, ErrorCode, QueueName};
 use busmq_proto::v1::{self, queues_server::Queues};
 use busmq_proto::{duration, prost_types, to_status};
+use busmq_storage::listing::list_queues_checked;
 use busmq_storage::{LeaseToken, ReliableLock, Settled, Settlement, Storage};
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -538,6 +539,14 @@ impl Queues for QueuesService {
             Some(info) => Ok(Response::new(info.into())),
             None => Err(to_status(Error::QueueNotFound(queue.to_string()))),
         }
+    }
+
+    async fn list(
+        &self,
+        request: Request<v1::ListQueuesRequest>,
+    ) -> Result<Response<v1::ListQueuesResponse>, Status> {
+        let listed = list_queues_checked(&*self.storage, &self.config.limits, request.get_ref());
+        store(listed.await).map(Response::new)
     }
 
     async fn get_metadata(

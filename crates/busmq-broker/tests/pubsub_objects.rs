@@ -30,28 +30,8 @@ impl Drop for Broker {
     }
 }
 
-/// A broker over a fresh store of the test's deployment, serving until
-/// the token is cancelled.
-async fn serve() -> (
-    std::net::SocketAddr,
-    CancellationToken,
-    Option<busmq_testkit::Process>,
-) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
-    let (storage, process) = common::store().await;
-    tokio::spawn(busmq_broker::serve(
-        listener,
-        storage,
-        BrokerConfig::default(),
-        shutdown.clone(),
-    ));
-    (addr, shutdown, process)
-}
-
 async fn broker() -> Broker {
-    let (addr, shutdown, storage) = serve().await;
+    let (addr, shutdown, storage) = common::serve(BrokerConfig::default()).await;
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -263,7 +243,7 @@ async fn ttl_zero_and_bad_object_names_are_invalid_arguments() {
 /// subscriber before the broker's buffers fill.
 async fn a_stalled_subscriber_drops_with_an_exact_notice() {
     const TOTAL: u64 = 10_000;
-    let (addr, shutdown, _storage) = serve().await;
+    let (addr, shutdown, _storage) = common::serve(BrokerConfig::default()).await;
     let _stop = shutdown.drop_guard();
     let url = format!("http://{addr}");
     let mut publisher = PubSubClient::connect(url.clone()).await.unwrap();

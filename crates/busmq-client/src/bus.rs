@@ -127,6 +127,11 @@ impl Bus {
         self.transport.clone()
     }
 
+    /// The queue service's client of this bus.
+    pub(crate) fn queues_client(&self) -> QueuesClient<Transport> {
+        self.client.clone()
+    }
+
     /// The broker address this bus talks to.
     pub fn url(&self) -> &str {
         &self.url

@@ -16,6 +16,9 @@
 //! gives a bi-directional [`Channel`] between two peers; its
 //! [`ChannelSession`] is a stream of [`ChannelEvent`]s.
 //!
+//! [`Bus::list_queues`] and [`Bus::list_channels`] list what exists on the
+//! bus a page at a time ([`Bus::all_queues`] walks every page).
+//!
 //! [`Bus::pubsub`] gives a [`PubSub`] handle (plain publish/subscribe, not
 //! stored, with its [`PubSubEvent`]s as a stream) and [`Bus::persistable`]
 //! a [`Persistable`] object (tracked JSON fields, saved when dirty, kept
@@ -62,6 +65,7 @@ mod error;
 mod events;
 mod health;
 mod lease;
+mod listing;
 mod persistable;
 mod pubsub;
 mod pusher;
@@ -79,6 +83,10 @@ pub use error::{Error, ErrorCode, Reason, Result};
 pub use events::{QueueEvent, QueueEvents};
 pub use health::Health;
 pub use lease::{AckedLeases, LeaseToken, Nacked};
+pub use listing::{
+    ChannelPage, List, ListChannels, ListQueues, ListedChannel, ListedQueue, MAX_LIST_LIMIT,
+    QueuePage,
+};
 pub use persistable::{Loaded, Persistable};
 pub use pubsub::{PubSub, PubSubEvent, PubSubEvents};
 pub use pusher::{PushTicket, Pusher, PusherOptions};

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use busmq_client::{
-    AttachOptions, Bus, ClosedReason, ConsumeMode, ConsumeOptions, Error, ErrorCode, PusherOptions,
-    QueueEvent, Reconnect,
+    AttachOptions, Bus, ClosedReason, ConsumeMode, ConsumeOptions, Error, ErrorCode, ListQueues,
+    PusherOptions, QueueEvent, Reconnect,
 };
 use busmq_proto::v1 as pb;
 use busmq_proto::v1::queues_server::{Queues, QueuesServer};
@@ -237,6 +237,39 @@ impl Queues for Mock {
         Ok(Response::new(pb::FlushResponse { removed: 4 }))
     }
 
+    /// Five queues `q1`..`q5`, never more than two a page whatever the
+    /// limit, so a walk takes several pages.
+    async fn list(
+        &self,
+        request: Request<pb::ListQueuesRequest>,
+    ) -> Result<Response<pb::ListQueuesResponse>, Status> {
+        let req = request.into_inner();
+        let names: Vec<String> = (1..=5)
+            .map(|i| format!("q{i}"))
+            .filter(|n| n.contains(&req.filter) && *n > req.after)
+            .collect();
+        let page: Vec<pb::ListedQueue> = names
+            .iter()
+            .take(2)
+            .map(|name| pb::ListedQueue {
+                name: name.clone(),
+                info: Some(pb::QueueInfo {
+                    count: name[1..].parse().unwrap_or(0),
+                    ..pb::QueueInfo::default()
+                }),
+            })
+            .collect();
+        let next_after = if names.len() > 2 {
+            page.last().map(|q| q.name.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListQueuesResponse {
+            queues: page,
+            next_after,
+        }))
+    }
+
     async fn info(
         &self,
         request: Request<pb::InfoRequest>,
@@ -349,6 +382,28 @@ async fn server_errors_keep_their_code_and_become_events() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::InvalidArgument);
+}
+
+#[tokio::test]
+async fn list_queues_pages_and_all_queues_walks_every_page() {
+    let (bus, _mock) = start().await;
+    let first = bus.list_queues(ListQueues::default()).await.unwrap();
+    let names: Vec<&str> = first.queues.iter().map(|q| q.name.as_str()).collect();
+    assert_eq!(names, ["q1", "q2"]);
+    assert_eq!(first.next_after.as_deref(), Some("q2"));
+    assert_eq!(first.queues[1].info.count, 2);
+    let last = bus
+        .list_queues(ListQueues {
+            after: Some("q3".into()),
+            ..ListQueues::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(last.next_after, None);
+    let all = bus.all_queues(None).await.unwrap();
+    let names: Vec<&str> = all.iter().map(|q| q.name.as_str()).collect();
+    assert_eq!(names, ["q1", "q2", "q3", "q4", "q5"]);
+    assert_eq!(bus.all_queues(Some("4")).await.unwrap().len(), 1);
 }
 
 #[tokio::test]

@@ -23,6 +23,7 @@ pub use busmq_core::{
 pub mod conformance;
 #[cfg(feature = "embedded")]
 pub mod embedded;
+pub mod listing;
 pub mod memory;
 pub mod object_state;
 pub mod pubsub;

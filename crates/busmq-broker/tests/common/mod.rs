@@ -64,7 +64,12 @@ pub async fn broker() -> Broker {
     broker_with(BrokerConfig::default()).await
 }
 
-pub async fn broker_with(config: BrokerConfig) -> Broker {
+/// A broker with `config` over a fresh store of the test's deployment,
+/// serving until the token is cancelled; its address, the token and the
+/// storage process of a split deployment.
+pub async fn serve(
+    config: BrokerConfig,
+) -> (std::net::SocketAddr, CancellationToken, Option<Process>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
@@ -75,6 +80,11 @@ pub async fn broker_with(config: BrokerConfig) -> Broker {
         config,
         shutdown.clone(),
     ));
+    (addr, shutdown, process)
+}
+
+pub async fn broker_with(config: BrokerConfig) -> Broker {
+    let (addr, shutdown, process) = serve(config).await;
     let client = QueuesClient::connect(format!("http://{addr}"))
         .await
         .unwrap();

@@ -13,7 +13,7 @@ use busmq_core::Limits;
 use busmq_proto::storage::v1 as pb;
 use busmq_proto::storage::v1::storage_server::Storage as StorageRpc;
 use busmq_proto::to_status;
-use busmq_proto::{duration, listing, prost_types, v1};
+use busmq_proto::{duration, prost_types, v1};
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -535,22 +535,20 @@ impl StorageRpc for StorageService {
         &self,
         request: Request<v1::ListQueuesRequest>,
     ) -> Result<Response<v1::ListQueuesResponse>, Status> {
-        let filter = listing::queue_filter(request.get_ref(), &self.limits).map_err(to_status)?;
-        let page = self.storage.list_queues(&filter).await.map_err(to_status)?;
-        Ok(Response::new(page.into()))
+        crate::listing::list_queues_checked(&*self.storage, &self.limits, request.get_ref())
+            .await
+            .map(Response::new)
+            .map_err(to_status)
     }
 
     async fn list_channels(
         &self,
         request: Request<v1::ListChannelsRequest>,
     ) -> Result<Response<v1::ListChannelsResponse>, Status> {
-        let filter = listing::channel_filter(request.get_ref(), &self.limits).map_err(to_status)?;
-        let page = self
-            .storage
-            .list_channels(&filter)
+        crate::listing::list_channels_checked(&*self.storage, &self.limits, request.get_ref())
             .await
-            .map_err(to_status)?;
-        Ok(Response::new(page.into()))
+            .map(Response::new)
+            .map_err(to_status)
     }
 
     async fn get_metadata(
