@@ -450,14 +450,89 @@ async fn every_server_reports_health_and_serves_reflection() {
     }
 }
 
-/// `busmq health ADDR` as a container healthcheck runs it.
-async fn health(addr: &str) -> std::process::Output {
+/// The cells of each line a successful command printed, and the text.
+fn cells(out: &std::process::Output) -> (Vec<Vec<String>>, String) {
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines = text
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect();
+    (lines, text)
+}
+
+/// `busmq ARGS --server URL`, its output.
+async fn busmq_cli(url: &str, args: &[&str]) -> std::process::Output {
+    busmq(&[args, &["--server", url]].concat()).await
+}
+
+#[tokio::test]
+async fn busmq_queues_and_channels_print_tables() {
+    let c = cluster().await;
+    for (name, messages) in [("cli.list.b", 3), ("cli.list.a", 1), ("other", 0)] {
+        let q = c.bus.queue(name);
+        q.attach(AttachOptions::default()).await.unwrap();
+        for i in 0..messages {
+            q.push(format!("m{i}")).await.unwrap();
+        }
+    }
+    let url = c.broker.url();
+    let out = busmq_cli(&url, &["queues", "--filter", "cli.list"]).await;
+    let (lines, text) = cells(&out);
+    assert_eq!(
+        lines,
+        [
+            vec![
+                "QUEUE",
+                "COUNT",
+                "PENDING",
+                "LEASED",
+                "ATTACHMENTS",
+                "PUSHED",
+                "CONSUMED"
+            ],
+            vec!["cli.list.a", "1", "0", "0", "1", "1", "0"],
+            vec!["cli.list.b", "3", "0", "0", "1", "3", "0"],
+        ],
+        "{text}"
+    );
+    let out = busmq_cli(&url, &["queues", "--limit", "1"]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 2, "a header and one queue: {text}");
+    assert!(
+        text.contains("cli.list.a"),
+        "the first in name order: {text}"
+    );
+    let bad = busmq_cli(&url, &["queues", "--filter", "no spaces"]).await;
+    assert!(!bad.status.success(), "{bad:?}");
+
+    let pubsub = c.bus.pubsub("cli.news");
+    let mut events = pubsub.events();
+    pubsub.subscribe().await.unwrap();
+    let subscribed = tokio::time::timeout(Duration::from_secs(10), events.next()).await;
+    assert!(subscribed.is_ok(), "subscribed in time");
+    let out = busmq_cli(&url, &["channels"]).await;
+    let (lines, text) = cells(&out);
+    assert_eq!(
+        lines,
+        [vec!["CHANNEL", "SUBSCRIBERS"], vec!["cli.news", "1"]],
+        "{text}"
+    );
+}
+
+/// `busmq ARGS`, its output.
+async fn busmq(args: &[&str]) -> std::process::Output {
     tokio::process::Command::new(busmq_testkit::bin_path("busmq"))
-        .args(["health", addr, "--timeout", "5"])
+        .args(args)
         .kill_on_drop(true)
         .output()
         .await
         .unwrap()
+}
+
+/// `busmq health ADDR` as a container healthcheck runs it.
+async fn health(addr: &str) -> std::process::Output {
+    busmq(&["health", addr, "--timeout", "5"]).await
 }
 
 #[tokio::test]

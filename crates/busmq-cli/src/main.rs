@@ -15,6 +15,7 @@ mod channel;
 mod client;
 mod health;
 mod lease;
+mod listing;
 mod object;
 mod output;
 mod pubsub;
@@ -41,6 +42,8 @@ enum Command {
     Lease(lease::LeaseArgs),
     Channel(channel::ChannelArgs),
     Stats(StatsArgs),
+    Queues(listing::QueuesArgs),
+    Channels(listing::ChannelsArgs),
     Publish(PublishArgs),
     Subscribe(SubscribeArgs),
     Health(health::HealthArgs),
@@ -319,6 +322,8 @@ async fn main() -> ExitCode {
         Command::Lease(args) => lease::run(args).await,
         Command::Channel(args) => channel::run(args).await,
         Command::Stats(args) => client::stats(args).await,
+        Command::Queues(args) => listing::queues(args).await,
+        Command::Channels(args) => listing::channels(args).await,
         Command::Publish(args) => pubsub::publish(args).await,
         Command::Subscribe(args) => pubsub::subscribe(args).await,
         Command::Health(args) => health::run(args).await,

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use busmq_client::QueueInfo;
+use busmq_client::{ListedChannel, ListedQueue, QueueInfo};
 
 /// The payload as one line of text: invalid UTF-8 replaced, and (unless
 /// `raw`) backslash, newline, carriage return and tab escaped so the line
@@ -75,6 +75,72 @@ pub fn stats_json(queue: &str, info: &QueueInfo) -> serde_json::Value {
     })
 }
 
+/// Rows as columns aligned to their widest cell, a header first; the first
+/// column left-aligned (names), the others right-aligned (numbers).
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let header = vec![header.iter().map(|h| (*h).to_owned()).collect()];
+    let mut out = String::new();
+    for row in header.into_iter().chain(rows) {
+        let mut line = String::new();
+        for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
+            // Writing to a String cannot fail.
+            let _ = match i {
+                0 => write!(line, "{cell:<w$}"),
+                _ => write!(line, "  {cell:>w$}"),
+            };
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `busmq queues`: one row per queue.
+pub fn queues_table(queues: &[ListedQueue]) -> String {
+    let rows = queues
+        .iter()
+        .map(|q| {
+            let i = &q.info;
+            vec![
+                q.name.clone(),
+                i.count.to_string(),
+                i.pending.to_string(),
+                i.leased.to_string(),
+                i.attachments.to_string(),
+                i.pushed.to_string(),
+                i.consumed.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "QUEUE",
+            "COUNT",
+            "PENDING",
+            "LEASED",
+            "ATTACHMENTS",
+            "PUSHED",
+            "CONSUMED",
+        ],
+        rows,
+    )
+}
+
+/// `busmq channels`: one row per channel.
+pub fn channels_table(channels: &[ListedChannel]) -> String {
+    let rows = channels
+        .iter()
+        .map(|c| vec![c.name.clone(), c.subscribers.to_string()])
+        .collect();
+    table(&["CHANNEL", "SUBSCRIBERS"], rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,5 +181,41 @@ mod tests {
         assert_eq!(json["ttl"], "30s");
         assert_eq!(json["leased"], 1);
         assert_eq!(json["queue"], "foo");
+    }
+
+    #[test]
+    fn tables_align_their_columns() {
+        let queues = [
+            ListedQueue {
+                name: "a".into(),
+                info: QueueInfo {
+                    count: 12345,
+                    ..QueueInfo::default()
+                },
+            },
+            ListedQueue {
+                name: "longer.name".into(),
+                info: QueueInfo::default(),
+            },
+        ];
+        let text = queues_table(&queues);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "QUEUE        COUNT  PENDING  LEASED  ATTACHMENTS  PUSHED  CONSUMED"
+        );
+        assert_eq!(
+            lines[1],
+            "a            12345        0       0            0       0         0"
+        );
+        assert!(lines[2].starts_with("longer.name      0"), "{text}");
+        let channels = [ListedChannel {
+            name: "news".into(),
+            subscribers: 2,
+        }];
+        assert_eq!(
+            channels_table(&channels),
+            "CHANNEL  SUBSCRIBERS\nnews               2\n"
+        );
     }
 }
