@@ -177,7 +177,13 @@ struct ServeArgs {
     /// stopped renewing it.
     #[arg(long, env = "BUSMQ_RELIABLE_LEASE_MS", default_value_t = 5000)]
     reliable_lease_ms: u64,
-    /// One admin port for both services.
+    /// Address of the HTTP gateway (the message-queue API, /v1, /info),
+    /// run in this process over the broker above; `off` for none.
+    #[arg(long, env = "BUSMQ_HTTP_LISTEN", default_value = "0.0.0.0:3000")]
+    http_listen: busmq_http::HttpListen,
+    #[command(flatten)]
+    http: busmq_http::GatewayArgs,
+    /// One admin port for every service of the process.
     #[command(flatten)]
     metrics: busmq_server::metrics::MetricsArgs,
     /// Log lines as `text` or `json` (one object per line); `RUST_LOG`

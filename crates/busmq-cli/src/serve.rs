@@ -1,6 +1,8 @@
-//! `busmq serve`: storage and broker in one process, sharing one store.
+//! `busmq serve`: storage, broker and the HTTP gateway in one process,
+//! sharing one store.
 
 use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,12 +26,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         reliable_lease: Duration::from_millis(args.reliable_lease_ms),
     };
 
+    let http_config = args.http.config().map_err(anyhow::Error::msg)?;
+
     let shutdown = busmq_server::shutdown_on_signal();
     // Before the store opens, so that its commits are recorded from the
     // first.
-    args.metrics
+    let metrics = args
+        .metrics
         .serve(busmq_server::metrics::BROKER_METRICS_PORT, shutdown.clone())
         .await?;
+    if metrics.is_some() {
+        busmq_http::observe::describe();
+    }
     let options = BackendOptions {
         data_dir: args.data_dir.clone(),
     };
@@ -38,6 +46,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("opening storage backend {:?}", args.storage))?;
     let storage_listener = busmq_server::bind(args.storage_listen).await?;
     let broker_listener = busmq_server::bind(args.listen).await?;
+    let http_listener = match args.http_listen.0 {
+        Some(addr) => Some(busmq_server::bind(addr).await?),
+        None => None,
+    };
     tracing::info!(backend = ?args.storage, "store opened");
     tracing::info!(
         listen = %storage_listener.local_addr()?,
@@ -58,14 +70,39 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ),
         shutdown.clone(),
     );
+    let http_server = match http_listener {
+        Some(listener) => {
+            // The gateway is the broker's client like any other, over
+            // loopback: it keeps no semantics of its own to share.
+            let broker_url = format!("http://{}", loopback(broker_listener.local_addr()?));
+            let bus = busmq_http::connect(&broker_url)?;
+            tracing::info!(
+                listen = %listener.local_addr()?,
+                "HTTP gateway listening"
+            );
+            let gateway = Arc::new(busmq_http::Gateway::new(bus, http_config, shutdown.clone()));
+            Some(supervise(
+                "http",
+                busmq_http::serve(listener, gateway),
+                shutdown.clone(),
+            ))
+        }
+        None => None,
+    };
     let broker_server = supervise(
         "broker",
         busmq_broker::serve(broker_listener, storage, config, shutdown.clone()),
         shutdown.clone(),
     );
     let servers = async {
-        let (storage, broker) = tokio::join!(storage_server, broker_server);
-        storage.and(broker)
+        let http = async {
+            match http_server {
+                Some(server) => server.await,
+                None => Ok(()),
+            }
+        };
+        let (storage, broker, http) = tokio::join!(storage_server, broker_server, http);
+        storage.and(broker).and(http)
     };
     let deadline = async {
         shutdown.cancelled().await;
@@ -80,6 +117,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!("busmq stopped");
     Ok(())
+}
+
+/// The address to reach a server bound to `addr` from this host: the
+/// loopback address of its family when it listens on every address.
+fn loopback(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, addr.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, addr.port()).into(),
+        _ => addr,
+    }
 }
 
 /// Runs one server on its own task. When it stops, for whatever reason, the

@@ -14,8 +14,10 @@
 
 #![warn(missing_docs)]
 
+mod args;
 pub mod auth;
 pub mod error;
+pub mod info;
 pub mod leases;
 pub mod observe;
 mod params;
@@ -33,6 +35,7 @@ use busmq_client::{AttachOptions, Bus, Queue, Reason};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use args::{GatewayArgs, HttpListen};
 pub use error::HttpError;
 pub use routes::router;
 
@@ -155,6 +158,22 @@ impl Gateway {
             other => other,
         }
     }
+}
+
+/// The bus of a gateway: the broker at `url`, connected lazily, so the
+/// gateway starts (and `/healthz` answers) while the broker is still down
+/// and each request says so with a 503 until it is up. No stream
+/// reconnects: a request whose broker went away answers 503 now rather
+/// than after the SDK's retry window.
+///
+/// # Errors
+///
+/// When `url` is not a broker URL.
+pub fn connect(url: &str) -> Result<Bus, busmq_client::Error> {
+    Ok(Bus::connect_lazy(url)?.reconnect(busmq_client::Reconnect {
+        enabled: false,
+        give_up_after: Duration::ZERO,
+    }))
 }
 
 /// The broker's gRPC health check through `bus`, within `timeout`:

@@ -228,3 +228,19 @@ pub fn grpc_server() -> tonic::transport::Server<
 /// How long in-flight work may take to finish after shutdown is requested,
 /// before the process exits anyway.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An optional listener's flag value: an address (`host:port`), or `off`
+/// (or empty) for none.
+///
+/// # Errors
+///
+/// When `s` is neither.
+pub fn parse_listen_or_off(s: &str) -> Result<Option<SocketAddr>, String> {
+    let s = s.trim();
+    if s.is_empty() || s.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|_| format!("{s:?} is not an address (host:port) nor `off`"))
+}

@@ -75,13 +75,7 @@ impl FromStr for MetricsListen {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        if s.is_empty() || s.eq_ignore_ascii_case("off") {
-            return Ok(MetricsListen(None));
-        }
-        s.parse().map(|a| MetricsListen(Some(a))).map_err(|_| {
-            format!("{s:?} is not an address (host:port) nor `off`: the metrics listener")
-        })
+        crate::parse_listen_or_off(s).map(MetricsListen)
     }
 }
 

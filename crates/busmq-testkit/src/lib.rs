@@ -229,13 +229,20 @@ impl Process {
     /// default port would collide between the servers of a test, and
     /// across tests running at once. A test of metrics passes
     /// `--metrics-listen` (which wins over the environment) or calls
-    /// [`ProcessBuilder::metrics`].
+    /// [`ProcessBuilder::metrics`]. `busmq serve`'s HTTP gateway is off
+    /// too (`BUSMQ_HTTP_LISTEN=off`), for the same reason: a test of it
+    /// passes `--http-listen`.
     ///
     /// # Panics
     ///
     /// When the binary is not built, or no temporary directory can be made.
     pub fn builder(name: &str) -> ProcessBuilder {
-        Process::program(name, bin_path(name)).env("BUSMQ_METRICS_LISTEN", "off")
+        let builder = Process::program(name, bin_path(name)).env("BUSMQ_METRICS_LISTEN", "off");
+        if name == "busmq" {
+            builder.env("BUSMQ_HTTP_LISTEN", "off")
+        } else {
+            builder
+        }
     }
 
     /// Prepares to start any program by path (`redis-server`, say), named
