@@ -5,7 +5,7 @@
 #   busmq-local/debian:12    Debian 12 minbase + ca-certificates, made by
 #                            debootstrap and `docker import`
 #   busmq-local/redis:7      the same rootfs with Debian's redis-server
-#   busmq-local/busmq:latest busmq, busmq-broker and busmq-storage built on
+#   busmq-local/busmq:latest busmq, busmq-broker, busmq-storage and busmq-http built on
 #                            this host, packed by deploy/docker/Dockerfile.prebuilt
 #
 # The two base images are made once per machine: each is skipped when it
@@ -22,7 +22,7 @@ usage() {
   cat <<'EOF'
 usage: deploy/local-images.sh [--force] [--binaries DIR] [--base-only]
 
-  --binaries DIR  where busmq, busmq-broker and busmq-storage are (default:
+  --binaries DIR  where busmq, busmq-broker, busmq-storage and busmq-http are (default:
                   target/release or target/debug, whichever holds the newer
                   busmq-broker)
   --force         rebuild every image and rootfs tarball
@@ -185,7 +185,7 @@ fi
 
 [ "$base_only" -eq 0 ] || { step "done"; exit 0; }
 
-names=(busmq busmq-broker busmq-storage)
+names=(busmq busmq-broker busmq-storage busmq-http)
 if [ -z "$binaries" ]; then
   binaries=target/debug
   if [ -x target/release/busmq-broker ] \

@@ -1,6 +1,7 @@
 //! `docker-compose.yml` end to end, on the images `deploy/local-images.sh`
 //! builds from this build's binaries: the stack comes up healthy, the SDK
-//! and the CLI push and consume through a published broker port, three
+//! and the CLI push and consume through a published broker port, what the
+//! HTTP gateway stores is consumed over gRPC, three
 //! broker replicas share one queue, and killing every broker and the
 //! storage service loses no acknowledged push.
 //!
@@ -305,6 +306,7 @@ async fn compose_end_to_end() {
     let busmq = busmq_testkit::bin_path("busmq");
     busmq_testkit::bin_path("busmq-broker");
     busmq_testkit::bin_path("busmq-storage");
+    busmq_testkit::bin_path("busmq-http");
     let binaries = busmq.parent().unwrap().to_str().unwrap().to_owned();
     let images = run(
         "bash",
@@ -418,6 +420,29 @@ async fn compose_end_to_end() {
         0,
         "busmq consume --reliable acked what it printed"
     );
+
+    // HTTP in, gRPC out: the gateway is a client of the brokers like any
+    // other, so what it stores is the queue an SDK consumer reads.
+    project.wait_healthy("http", 1).await;
+    let gateway = project.published(1, "http", 3000).await;
+    for k in 1..=3 {
+        let body = format!(r#"{{"payload":"http{k}"}}"#);
+        let request = format!(
+            "POST /queues/compose-http/message/new HTTP/1.1\r\nHost: busmq\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let (status, answer) = busmq_testkit::scrape::http(gateway, &request).await;
+        assert_eq!(status, 201, "POST /message/new: {answer}");
+        assert_eq!(answer, format!(r#"{{"id":{k}}}"#));
+    }
+    // Payloads are stored as JSON text: a string arrives quoted.
+    assert_eq!(
+        consume_reliably(&sdk, "compose-http", 3).await,
+        [r#""http1""#, r#""http2""#, r#""http3""#]
+    );
+    clock.done("pushed 3 over HTTP (the http service), consumed them over gRPC");
     clock.done("CLI pushed and consumed 2");
 
     // Three brokers: what one replica took, another delivers.

@@ -513,6 +513,74 @@ async fn busmq_deployments_probe_grpc_and_drain_within_the_grace_period() {
 }
 
 #[tokio::test]
+async fn the_http_gateway_is_ready_with_a_broker_and_scales_on_its_own() {
+    with_setup!("k8s_manifests_http", |_tools, rendered| {
+        let drain = drain_secs();
+        for (what, rs) in rendered.both() {
+            let d = find(rs, "Deployment", "busmq-http")
+                .unwrap_or_else(|| panic!("{what}: Deployment busmq-http"));
+            let at = format!("{what} busmq-http");
+            let pod = &d["spec"]["template"]["spec"];
+            assert_eq!(pod["enableServiceLinks"], false, "{at}: enableServiceLinks");
+            let [c] = containers(d) else {
+                panic!("{at}: one container")
+            };
+            assert_eq!(container_port(c, "http"), Some(3000), "{at}: http");
+            assert_eq!(container_port(c, "metrics"), Some(9103), "{at}: metrics");
+            assert_eq!(
+                env_value(c, "BUSMQ_HTTP_LISTEN").map(listen_port),
+                Some(3000),
+                "{at}: BUSMQ_HTTP_LISTEN"
+            );
+            assert_eq!(
+                env_value(c, "BUSMQ_METRICS_LISTEN").map(listen_port),
+                Some(9103),
+                "{at}: BUSMQ_METRICS_LISTEN"
+            );
+            // Ready only while a broker answers; alive whatever the broker
+            // does, so a broker outage restarts no gateway.
+            assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz", "{at}");
+            assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz", "{at}");
+            for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+                assert_eq!(c[probe]["httpGet"]["port"], "http", "{at}: {probe} port");
+            }
+            // It reaches the brokers through the busmq-broker Service.
+            let server =
+                env_value(c, "BUSMQ_SERVER").unwrap_or_else(|| panic!("{at}: BUSMQ_SERVER"));
+            let (host, port) = server
+                .strip_prefix("http://")
+                .and_then(|a| a.split_once(':'))
+                .unwrap_or_else(|| panic!("{at}: BUSMQ_SERVER `{server}`"));
+            let service = find(rs, "Service", host)
+                .unwrap_or_else(|| panic!("{at}: BUSMQ_SERVER names no Service {host}"));
+            assert!(
+                service["spec"]["ports"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["port"].as_u64() == port.parse().ok()),
+                "{at}: Service {host} has no port {port}"
+            );
+            let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+            let pre_stop = pre_stop_secs(c).unwrap_or_else(|| panic!("{at}: preStop pause"));
+            assert!(grace > pre_stop + drain, "{at}: grace {grace} s");
+            assert!(
+                d["spec"]["replicas"].is_null(),
+                "{at}: replicas belong to the HPA"
+            );
+            let hpa = find(rs, "HorizontalPodAutoscaler", "busmq-http")
+                .unwrap_or_else(|| panic!("{what}: HPA busmq-http"));
+            assert_eq!(
+                hpa["spec"]["scaleTargetRef"]["name"], "busmq-http",
+                "{what}"
+            );
+            let s = find(rs, "Service", "busmq-http").unwrap_or_else(|| panic!("{what}: Service"));
+            assert_eq!(s["metadata"]["annotations"]["prometheus.io/scrape"], "true");
+        }
+    });
+}
+
+#[tokio::test]
 async fn services_budgets_policies_and_the_autoscaler_select_real_pods() {
     with_setup!("k8s_manifests_selectors", |_tools, rendered| {
         for (what, rs) in rendered.both() {
@@ -596,8 +664,22 @@ async fn services_budgets_policies_and_the_autoscaler_select_real_pods() {
             }
 
             let hpas: Vec<_> = of_kind(rs, "HorizontalPodAutoscaler").collect();
-            assert_eq!(hpas.len(), 1, "{what}: one autoscaler");
-            let target = &hpas[0]["spec"]["scaleTargetRef"];
+            assert_eq!(
+                hpas.len(),
+                2,
+                "{what}: the broker's and the gateway's autoscalers"
+            );
+            for hpa in &hpas {
+                let target = &hpa["spec"]["scaleTargetRef"];
+                let name = target["name"].as_str().unwrap();
+                assert!(
+                    find(rs, "Deployment", name).is_some(),
+                    "{what}: {} scales no Deployment {name}",
+                    id(hpa)
+                );
+            }
+            let target = &find(rs, "HorizontalPodAutoscaler", "busmq-broker")
+                .unwrap_or_else(|| panic!("{what}: HPA busmq-broker"))["spec"]["scaleTargetRef"];
             assert_eq!(target["apiVersion"], "apps/v1", "{what}: HPA target");
             assert_eq!(target["kind"], "Deployment", "{what}: HPA target");
             assert_eq!(target["name"], "busmq-broker", "{what}: HPA target");
@@ -641,7 +723,12 @@ async fn config_secrets_and_backend_spec_name_what_exists() {
                     }
                     for e in c["env"].as_array().into_iter().flatten() {
                         let secret = &e["valueFrom"]["secretKeyRef"];
-                        if let Some(n) = secret["name"].as_str() {
+                        // An optional Secret turns a feature on by being
+                        // created (busmq-http's token); none is shipped.
+                        if let Some(n) = secret["name"]
+                            .as_str()
+                            .filter(|_| secret["optional"] != true)
+                        {
                             let s =
                                 find(rs, "Secret", n).unwrap_or_else(|| panic!("{at}: Secret {n}"));
                             let key = secret["key"].as_str().unwrap();
