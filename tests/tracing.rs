@@ -120,6 +120,8 @@ fn traced(name: &str, otlp: &str, sampler: &str) -> busmq_testkit::ProcessBuilde
 /// to a collector of its own, with `sampler` as `OTEL_TRACES_SAMPLER`.
 struct Stack {
     collector: Collector,
+    /// The collector's URL, for more processes to export to.
+    otlp: String,
     storage: Process,
     broker: Process,
 }
@@ -142,6 +144,7 @@ impl Stack {
         broker.wait_ready().await;
         Stack {
             collector,
+            otlp,
             storage,
             broker,
         }
@@ -331,5 +334,77 @@ async fn with_roots_sampled_away_only_a_clients_trace_is_exported() {
             .iter()
             .any(|s| s.service == "busmq-storage" && s.name.ends_with("/Session.Push")),
         "the client's push was traced by the storage: {spans:?}"
+    );
+}
+
+/// A push over HTTP with a `traceparent` header is one trace through the
+/// gateway, the broker and the storage: the gateway's request span is the
+/// child of the caller's, and the broker's call span the child of the
+/// gateway's.
+#[tokio::test]
+async fn an_http_push_continues_the_callers_trace_through_the_gateway() {
+    let stack = Stack::start("parentbased_always_on").await;
+    let builder = traced("busmq-http", &stack.otlp, "parentbased_always_on");
+    let listen = builder.listen_addr();
+    let gateway = builder
+        .args([
+            "--listen",
+            &listen.to_string(),
+            "--server",
+            &stack.broker.url(),
+        ])
+        .spawn();
+    gateway.wait_ready().await;
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let body = r#"{"payload":"traced over HTTP"}"#;
+    let request = format!(
+        "POST /queues/http-traced/message/new HTTP/1.1\r\nHost: busmq\r\n\
+         traceparent: 00-{trace_id}-{caller_span}-01\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, answer) = busmq_testkit::scrape::http(listen, &request).await;
+    assert_eq!(status, 201, "{answer}");
+
+    let exit = gateway.terminate().await.expect("the gateway was running");
+    assert!(exit.success(), "gateway: {exit}");
+    let spans = stack.stop().await;
+    let trace: Vec<&Received> = spans.iter().filter(|s| s.trace_id == trace_id).collect();
+    let described = trace
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {} {} <- {}",
+                s.service, s.name, s.span_id, s.parent_span_id
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let http = trace
+        .iter()
+        .find(|s| s.service == "busmq-http" && s.name == "POST /queues/{name}/message/new")
+        .unwrap_or_else(|| panic!("no gateway span in the trace:\n{described}"));
+    assert_eq!(http.parent_span_id, caller_span, "{described}");
+    assert_eq!(
+        http.attributes
+            .get("http.response.status_code")
+            .map(String::as_str),
+        Some("201")
+    );
+    // The gateway's calls to the broker (an attach, then the push) are
+    // its children.
+    let push = trace
+        .iter()
+        .find(|s| s.service == "busmq-broker" && s.name == "busmq.v1.Queues/Push")
+        .unwrap_or_else(|| panic!("no broker Push span in the trace:\n{described}"));
+    assert_eq!(push.parent_span_id, http.span_id, "{described}");
+    assert!(
+        trace
+            .iter()
+            .any(|s| s.service == "busmq-storage" && s.name.ends_with("/Session.Push")),
+        "no storage push span in the trace:\n{described}"
     );
 }

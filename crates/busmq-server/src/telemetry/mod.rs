@@ -41,7 +41,7 @@ pub use sampling::{RootSpan, Rooted};
 /// else from INFO. OpenTelemetry's own events stay out, so an export never
 /// records spans about itself.
 pub const DEFAULT_TRACE_FILTER: &str = "info,busmq_server=debug,busmq_broker=debug,\
-    busmq_storage=debug,busmq_storage_server=debug,busmq_client=debug,busmq_cli=debug,\
+    busmq_storage=debug,busmq_storage_server=debug,busmq_client=debug,busmq_cli=debug,busmq_http=debug,\
     opentelemetry=off,opentelemetry_sdk=off,opentelemetry_otlp=off";
 
 /// The longest [`flush`] waits for the last spans to leave.
