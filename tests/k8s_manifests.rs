@@ -547,20 +547,7 @@ async fn the_http_gateway_is_ready_with_a_broker_and_scales_on_its_own() {
             // It reaches the brokers through the busmq-broker Service.
             let server =
                 env_value(c, "BUSMQ_SERVER").unwrap_or_else(|| panic!("{at}: BUSMQ_SERVER"));
-            let (host, port) = server
-                .strip_prefix("http://")
-                .and_then(|a| a.split_once(':'))
-                .unwrap_or_else(|| panic!("{at}: BUSMQ_SERVER `{server}`"));
-            let service = find(rs, "Service", host)
-                .unwrap_or_else(|| panic!("{at}: BUSMQ_SERVER names no Service {host}"));
-            assert!(
-                service["spec"]["ports"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|p| p["port"].as_u64() == port.parse().ok()),
-                "{at}: Service {host} has no port {port}"
-            );
+            assert_names_a_service_port(rs, &format!("{at}: BUSMQ_SERVER"), server);
             let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
             let pre_stop = pre_stop_secs(c).unwrap_or_else(|| panic!("{at}: preStop pause"));
             assert!(grace > pre_stop + drain, "{at}: grace {grace} s");
@@ -759,24 +746,29 @@ async fn config_secrets_and_backend_spec_name_what_exists() {
             // The broker reaches storage through the busmq-storage Service.
             let config = find(rs, "ConfigMap", "busmq-config").expect("busmq-config");
             let storage_url = config["data"]["BUSMQ_STORAGE"].as_str().unwrap();
-            let (host, port) = storage_url
-                .strip_prefix("http://")
-                .and_then(|a| a.split_once(':'))
-                .unwrap_or_else(|| panic!("BUSMQ_STORAGE `{storage_url}`"));
-            let service = find(rs, "Service", host)
-                .unwrap_or_else(|| panic!("{what}: BUSMQ_STORAGE names no Service {host}"));
-            assert!(
-                service["spec"]["ports"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|p| p["port"].as_u64() == port.parse().ok()),
-                "{what}: Service {host} has no port {port}"
-            );
+            assert_names_a_service_port(rs, &format!("{what}: BUSMQ_STORAGE"), storage_url);
 
             check_backend_spec(what, rs);
         }
     });
+}
+
+/// `url` (`http://HOST:PORT`) names a Service of `rs` and one of its ports.
+fn assert_names_a_service_port(rs: &[Value], at: &str, url: &str) {
+    let (host, port) = url
+        .strip_prefix("http://")
+        .and_then(|a| a.split_once(':'))
+        .unwrap_or_else(|| panic!("{at}: `{url}` is not http://HOST:PORT"));
+    let service =
+        find(rs, "Service", host).unwrap_or_else(|| panic!("{at}: names no Service {host}"));
+    assert!(
+        service["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["port"].as_u64() == port.parse().ok()),
+        "{at}: Service {host} has no port {port}"
+    );
 }
 
 /// busmq-storage's BUSMQ_BACKEND names every sentinel of the Redis
