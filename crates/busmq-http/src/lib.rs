@@ -17,6 +17,7 @@
 mod args;
 pub mod auth;
 pub mod error;
+pub mod info;
 pub mod leases;
 pub mod observe;
 mod params;

@@ -41,6 +41,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(v1::router())
+        .merge(crate::info::router())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         // Layers last, so they cover every route above, merged ones too.
