@@ -28,7 +28,11 @@ type Shared = State<Arc<Mutex<Queue>>>;
 
 async fn new(State(q): Shared, Json(body): Json<Value>) -> Response {
     let Some(payload) = body.get("payload").cloned() else {
-        return (StatusCode::BAD_REQUEST, Json(json!({"error": "no payload"}))).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "no payload"})),
+        )
+            .into_response();
     };
     let mut q = q.lock().unwrap();
     q.next_id += 1;
