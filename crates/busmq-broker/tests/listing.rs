@@ -11,7 +11,6 @@ use busmq_proto::v1::{
 };
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 mod common;
@@ -22,28 +21,16 @@ const QUEUES: usize = 2_500;
 struct Broker {
     queues: QueuesClient<Channel>,
     pubsub: PubSubClient<Channel>,
-    shutdown: CancellationToken,
-    _storage: Option<busmq_testkit::Process>,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
+    _served: common::Served,
 }
 
 async fn broker() -> Broker {
-    let (addr, shutdown, process) = common::serve(BrokerConfig::default()).await;
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let served = common::serve(BrokerConfig::default()).await;
+    let channel = served.channel().await;
     Broker {
         queues: QueuesClient::new(channel.clone()),
         pubsub: PubSubClient::new(channel),
-        shutdown,
-        _storage: process,
+        _served: served,
     }
 }
 

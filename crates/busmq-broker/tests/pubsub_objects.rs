@@ -11,7 +11,6 @@ use busmq_proto::v1::{
     pub_sub_event::Event,
 };
 use bytes::Bytes;
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -20,28 +19,16 @@ mod common;
 struct Broker {
     pubsub: PubSubClient<Channel>,
     objects: ObjectsClient<Channel>,
-    shutdown: CancellationToken,
-    _storage: Option<busmq_testkit::Process>,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
+    _served: common::Served,
 }
 
 async fn broker() -> Broker {
-    let (addr, shutdown, storage) = common::serve(BrokerConfig::default()).await;
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let served = common::serve(BrokerConfig::default()).await;
+    let channel = served.channel().await;
     Broker {
         pubsub: PubSubClient::new(channel.clone()),
         objects: ObjectsClient::new(channel),
-        shutdown,
-        _storage: storage,
+        _served: served,
     }
 }
 
@@ -243,9 +230,8 @@ async fn ttl_zero_and_bad_object_names_are_invalid_arguments() {
 /// subscriber before the broker's buffers fill.
 async fn a_stalled_subscriber_drops_with_an_exact_notice() {
     const TOTAL: u64 = 10_000;
-    let (addr, shutdown, _storage) = common::serve(BrokerConfig::default()).await;
-    let _stop = shutdown.drop_guard();
-    let url = format!("http://{addr}");
+    let served = common::serve(BrokerConfig::default()).await;
+    let url = served.url();
     let mut publisher = PubSubClient::connect(url.clone()).await.unwrap();
     // The subscriber's client has a small receive window, so the transport
     // does not hide the drops behind megabytes of buffer.

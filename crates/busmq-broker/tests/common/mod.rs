@@ -34,9 +34,30 @@ pub fn millis(ms: u64) -> busmq_proto::prost_types::Duration {
 
 pub struct Broker {
     pub client: QueuesClient<Channel>,
-    shutdown: CancellationToken,
-    /// The storage process of a split deployment, stopped with the broker.
+    _served: Served,
+}
+
+/// A broker serving for a test: stopped when this is dropped, then the
+/// storage process of a split deployment with it.
+pub struct Served {
+    pub addr: std::net::SocketAddr,
+    _stop: tokio_util::sync::DropGuard,
     _storage: Option<Process>,
+}
+
+impl Served {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A connected channel to the broker.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
 }
 
 /// The store of the running test's deployment: a memory store in this
@@ -54,22 +75,13 @@ pub async fn store() -> (Arc<dyn Storage>, Option<Process>) {
     }
 }
 
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
 pub async fn broker() -> Broker {
     broker_with(BrokerConfig::default()).await
 }
 
 /// A broker with `config` over a fresh store of the test's deployment,
-/// serving until the token is cancelled; its address, the token and the
-/// storage process of a split deployment.
-pub async fn serve(
-    config: BrokerConfig,
-) -> (std::net::SocketAddr, CancellationToken, Option<Process>) {
+/// serving until the returned [`Served`] is dropped.
+pub async fn serve(config: BrokerConfig) -> Served {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
@@ -80,18 +92,19 @@ pub async fn serve(
         config,
         shutdown.clone(),
     ));
-    (addr, shutdown, process)
+    Served {
+        addr,
+        _stop: shutdown.drop_guard(),
+        _storage: process,
+    }
 }
 
 pub async fn broker_with(config: BrokerConfig) -> Broker {
-    let (addr, shutdown, process) = serve(config).await;
-    let client = QueuesClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let served = serve(config).await;
+    let client = QueuesClient::new(served.channel().await);
     Broker {
         client,
-        shutdown,
-        _storage: process,
+        _served: served,
     }
 }
 
