@@ -248,14 +248,7 @@ async fn by_default_a_hundred_queues_have_series_of_their_own() {
 #[tokio::test]
 async fn busmq_serve_has_one_endpoint_for_both_services() {
     let (builder, metrics_addr) = Process::builder("busmq").metrics();
-    let listen = builder.listen_addr().to_string();
-    let data_dir = builder.dir().join("data");
-    let serve = builder
-        .args(["serve", "--backend", "embedded", "--listen", &listen])
-        .args(["--storage-listen", &busmq_testkit::free_addr().to_string()])
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .spawn();
+    let serve = builder.serve("embedded").0.spawn();
     serve.wait_ready().await;
     let bus = Bus::connect(serve.url()).await.unwrap();
     let q = bus.queue("one");

@@ -40,15 +40,9 @@ async fn python_env() -> Result<PathBuf, String> {
 /// `busmq serve` on the memory store, with the addresses of its broker and
 /// its storage service.
 async fn serve() -> (Process, String, String) {
-    let builder = Process::builder("busmq");
-    let listen = builder.listen_addr().to_string();
-    let storage_listen = busmq_testkit::free_addr().to_string();
-    let serve = builder
-        .args(["serve", "--backend", "memory", "--listen", &listen])
-        .args(["--storage-listen", &storage_listen])
-        .spawn();
-    serve.wait_ready().await;
-    (serve, listen, storage_listen)
+    let (serve, storage) = busmq_testkit::serve("memory").await;
+    let listen = serve.addr().to_string();
+    (serve, listen, storage.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -41,14 +41,7 @@ async fn schemathesis() -> Result<PathBuf, String> {
 
 /// `busmq serve` on the memory store, and a gateway in front of it.
 async fn stack() -> (Process, Process) {
-    let builder = Process::builder("busmq");
-    let listen = builder.listen_addr().to_string();
-    let storage_listen = busmq_testkit::free_addr().to_string();
-    let serve = builder
-        .args(["serve", "--backend", "memory", "--listen", &listen])
-        .args(["--storage-listen", &storage_listen])
-        .spawn();
-    serve.wait_ready().await;
+    let (serve, _) = busmq_testkit::serve("memory").await;
     let builder = Process::builder("busmq-http");
     let http_listen = builder.listen_addr().to_string();
     let gateway = builder

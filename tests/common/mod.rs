@@ -37,14 +37,7 @@ pub async fn cluster() -> Cluster {
             (broker, Some(storage), addr)
         }
         Deployment::InProcess => {
-            let storage_addr = busmq_testkit::free_addr();
-            let builder = Process::builder("busmq");
-            let listen = builder.listen_addr().to_string();
-            let serve = builder
-                .args(["serve", "--backend", "memory", "--listen", &listen])
-                .args(["--storage-listen", &storage_addr.to_string()])
-                .spawn();
-            serve.wait_ready().await;
+            let (serve, storage_addr) = busmq_testkit::serve("memory").await;
             (serve, None, storage_addr)
         }
     };

@@ -382,12 +382,10 @@ async fn readyz_is_503_until_the_broker_is_up() {
     assert_error(r, StatusCode::SERVICE_UNAVAILABLE, "BROKER_UNAVAILABLE").await;
 
     // The broker comes up where the gateway looks for it.
-    let storage = busmq_testkit::free_addr().to_string();
     let broker = Process::builder("busmq")
         .addr(broker_addr)
-        .args(["serve", "--backend", "memory"])
-        .args(["--listen", &broker_addr.to_string()])
-        .args(["--storage-listen", &storage])
+        .serve("memory")
+        .0
         .spawn();
     broker.wait_ready().await;
     let s = Stack {

@@ -10,17 +10,11 @@ use serde_json::{Value, json};
 
 #[tokio::test]
 async fn busmq_serve_answers_http_over_its_own_broker() {
-    let builder = Process::builder("busmq");
-    let listen = builder.listen_addr().to_string();
     let http_addr = busmq_testkit::free_addr();
-    let data_dir = builder.dir().join("data");
+    let (builder, _) = Process::builder("busmq").serve("embedded");
     let serve = builder
-        .args(["serve", "--backend", "embedded", "--listen", &listen])
-        .args(["--storage-listen", &busmq_testkit::free_addr().to_string()])
         .args(["--http-listen", &http_addr.to_string()])
         .args(["--visibility-timeout", "5"])
-        .arg("--data-dir")
-        .arg(&data_dir)
         .spawn();
     serve.wait_ready().await;
     let http = Client::new();

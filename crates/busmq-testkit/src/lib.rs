@@ -152,6 +152,22 @@ impl ProcessBuilder {
         self.addr
     }
 
+    /// `busmq serve` on `backend` (its `--backend`): the broker on this
+    /// builder's address, the storage service on a [`free_addr`] (returned
+    /// with the builder), the embedded store in the process's own
+    /// directory. More arguments may follow.
+    pub fn serve(self, backend: &str) -> (Self, SocketAddr) {
+        let listen = self.addr.to_string();
+        let storage = free_addr();
+        let data_dir = self.dir().join("data");
+        let builder = self
+            .args(["serve", "--backend", backend, "--listen", &listen])
+            .args(["--storage-listen", &storage.to_string()])
+            .arg("--data-dir")
+            .arg(data_dir);
+        (builder, storage)
+    }
+
     /// Serves the process's metrics on a [`free_addr`], returned with the
     /// builder (through `BUSMQ_METRICS_LISTEN`, so it goes with any
     /// subcommand).
@@ -478,6 +494,15 @@ fn spawn_watchdog(pid: u32, dir: &Path) -> Option<Child> {
         .spawn()
         .map_err(|e| eprintln!("busmq-testkit: no watchdog for pid {pid}: {e}"))
         .ok()
+}
+
+/// Starts `busmq serve` on `backend` on free ports of 127.0.0.1 and waits
+/// until its broker serves; returns it with its storage service's address.
+pub async fn serve(backend: &str) -> (Process, SocketAddr) {
+    let (builder, storage) = Process::builder("busmq").serve(backend);
+    let p = builder.spawn();
+    p.wait_ready().await;
+    (p, storage)
 }
 
 /// Starts `busmq-storage` (memory backend) on a free port of 127.0.0.1,

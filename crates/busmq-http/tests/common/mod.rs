@@ -25,18 +25,7 @@ pub async fn broker() -> Process {
 /// `busmq serve` over `backend` (`memory`, or `embedded` in the process's
 /// own directory).
 pub async fn broker_on(backend: &str) -> Process {
-    let builder = Process::builder("busmq");
-    let listen = builder.listen_addr().to_string();
-    let storage = busmq_testkit::free_addr().to_string();
-    let data_dir = builder.dir().join("data");
-    let serve = builder
-        .args(["serve", "--backend", backend, "--listen", &listen])
-        .args(["--storage-listen", &storage])
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .spawn();
-    serve.wait_ready().await;
-    serve
+    busmq_testkit::serve(backend).await.0
 }
 
 pub async fn gateway_for(broker: &Process, extra: &[&str]) -> Process {
