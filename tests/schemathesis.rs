@@ -20,7 +20,7 @@ use std::path::PathBuf;
 
 use busmq_testkit::Process;
 use busmq_testkit::skip::skip;
-use python_env::{describe, run};
+use python_env::{describe, run_in};
 
 /// schemathesis and the Hypothesis it runs on, pinned: the CLI's flags and
 /// checks change between releases.
@@ -66,7 +66,10 @@ async fn the_gateway_conforms_to_its_openapi_document() {
     let config = dir.path().join("schemathesis.toml");
     std::fs::write(&config, CONFIG).expect("write the configuration");
     let document = format!("http://{}/openapi.json", gateway.addr());
-    let output = run(
+    // In the temporary directory: schemathesis and Hypothesis leave their
+    // caches where they run, which must not be the source tree.
+    let output = run_in(
+        dir.path(),
         &schemathesis,
         &[
             "--no-color",

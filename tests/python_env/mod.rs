@@ -12,11 +12,23 @@ use tokio::process::Command;
 
 /// Runs `program` to completion, killing it if the test is dropped first.
 pub async fn run(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> std::io::Result<Output> {
-    Command::new(program)
-        .args(args)
-        .kill_on_drop(true)
-        .output()
-        .await
+    command(program, args).output().await
+}
+
+fn command(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Command {
+    let mut command = Command::new(program);
+    command.args(args).kill_on_drop(true);
+    command
+}
+
+/// [`run`] in the working directory `dir`, for a tool that leaves its own
+/// files (caches, reports) where it runs.
+pub async fn run_in(
+    dir: &std::path::Path,
+    program: impl AsRef<std::ffi::OsStr>,
+    args: &[&str],
+) -> std::io::Result<Output> {
+    command(program, args).current_dir(dir).output().await
 }
 
 /// Exit status and both outputs, for failure messages.
